@@ -1,0 +1,32 @@
+"""Shared jaxtyping aliases, so that every module spells shapes and dtypes the same way."""
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeAlias
+
+import equinox as eqx
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
+
+#: A dataset: named, equal-length arrays whose leading axis indexes examples.
+Dataset: TypeAlias = Mapping[str, ArrayLike]
+#: One batch drawn from a :data:`Dataset`, as device arrays.
+Batch: TypeAlias = Mapping[str, Array]
+#: A loss: ``loss(model, batch, key) -> scalar``, the batch holding many examples.
+LossFn: TypeAlias = Callable[[eqx.Module, Batch, PRNGKeyArray | None], Scalar]
+#: A metric: ``metric(model, batch) -> scalar`` averaged over the examples of a batch.
+MetricFn: TypeAlias = Callable[[eqx.Module, Batch], Scalar]
+#: Any pytree.
+PyTree: TypeAlias = Any
+
+__all__ = [
+    "Array",
+    "ArrayLike",
+    "Batch",
+    "Dataset",
+    "Float",
+    "Int",
+    "LossFn",
+    "MetricFn",
+    "PRNGKeyArray",
+    "PyTree",
+    "Scalar",
+]
