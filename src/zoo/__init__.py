@@ -1,1 +1,16 @@
-"""zoo."""
+"""zoo: an Equinox model zoo with a fused trainer, sparse embedding training and Orbax checkpoints.
+
+Every model is a callable pytree (an `equinox.Module`); `zoo.train` trains any of them.
+"""
+
+from . import losses as losses, metrics as metrics
+from ._evaluate import evaluate as evaluate
+from ._mlp import MLP as MLP
+from ._per_example import (
+    per_example_grad_norms as per_example_grad_norms,
+    per_example_grads as per_example_grads,
+)
+from ._training._state import TrainState as TrainState
+from ._training._train import train as train
+
+__version__ = "0.1.0"

@@ -1,0 +1,90 @@
+"""`zoo.evaluate`: metrics of a model over a whole dataset, in one compiled program."""
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ._custom_types import Dataset
+from ._losses import batched_predictions
+from ._metrics import Metric, resolve_metrics
+from ._training._dataset import checked_dataset, gather, num_examples, to_device
+
+
+def evaluate(
+    model: eqx.Module,
+    data: Dataset,
+    metrics: Sequence[str | Metric] = ("accuracy",),
+    *,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Averages per-example metrics of `model` over every example of `data`.
+
+    The model runs without a key (inference: no dropout), batched with `jax.vmap`, in batches of
+    `batch_size` inside one compiled program; the last partial batch is padded and masked, so the
+    averages are exact.
+
+    **Arguments:**
+
+    - `model`: a model mapping one input `x` to one prediction.
+    - `data`: a mapping with inputs under `"x"` and targets under `"y"`.
+    - `metrics`: metric names (`"accuracy"`, `"cross_entropy"`, `"mse"`, `"mae"`, `"bce"`) or
+      callables `metric(predictions, targets) -> per-example values`.
+    - `batch_size`: how many examples run at once.
+
+    **Returns:**
+
+    A dict from metric name to its average over the dataset, as Python floats.
+
+    **Example:**
+
+    ```python
+    zoo.evaluate(model, zoo.data.digits("test"), ["accuracy", "cross_entropy"])
+    # {'accuracy': 0.97, 'cross_entropy': 0.09}
+    ```
+    """
+    named = resolve_metrics(metrics)
+    arrays = checked_dataset(data, argument="data")
+    for field in ("x", "y"):
+        if field not in arrays:
+            raise ValueError(
+                f"data must hold inputs under 'x' and targets under 'y'; no {field!r}."
+            )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    if not named:
+        return {}
+    count = num_examples(arrays)
+    size = min(batch_size, count)
+    num_batches = -(-count // size)
+    indices = np.arange(num_batches * size) % count  # pad by wrapping around; masked below
+    sums = _metric_sums(
+        model,
+        to_device({"x": arrays["x"], "y": arrays["y"]}),
+        jnp.asarray(indices),
+        count,
+        tuple(named.items()),
+        size,
+    )
+    return {name: float(total) / count for name, total in zip(named, sums, strict=True)}
+
+
+@eqx.filter_jit
+def _metric_sums(model, data, indices, count, metrics, batch_size):
+    batch_starts = jnp.arange(0, indices.shape[0], batch_size)
+
+    def batch_sums(start):
+        batch_indices = lax.dynamic_slice_in_dim(indices, start, batch_size)
+        batch = gather(data, batch_indices)
+        predictions = batched_predictions(model, batch["x"], None)
+        real = (start + jnp.arange(batch_size)) < count
+        return tuple(
+            jnp.sum(jnp.where(real, fn(predictions, batch["y"]).astype(jnp.float32), 0.0))
+            for _, fn in metrics
+        )
+
+    per_batch = lax.map(batch_sums, batch_starts)
+    return jax.tree.map(jnp.sum, per_batch)

@@ -1,0 +1,119 @@
+"""Losses: per-example functions of (prediction, target), and the registry of loss names.
+
+A training loss has the signature `loss(model, batch, key) -> scalar`. The supervised ones are built
+from a per-example function by `supervised`, which batches the model with `jax.vmap`.
+"""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar
+
+from ._custom_types import Batch, LossFn
+
+PerExample = Callable[[Array, Array], Array]
+
+
+def cross_entropy(logits: Float[Array, "*b classes"], labels: Array) -> Float[Array, "*b"]:
+    """Softmax cross-entropy of `logits` against integer class `labels`, per example."""
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(
+            f"cross_entropy needs integer class labels (the dataset's 'y'); got dtype "
+            f"{labels.dtype}. Convert with y.astype(numpy.int32), or use loss='mse' for "
+            "real-valued targets."
+        )
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"cross_entropy needs one label per example: labels of shape {logits.shape[:-1]} "
+            f"for logits of shape {logits.shape}; got labels of shape {labels.shape}."
+        )
+    num_classes = logits.shape[-1]
+    labels = eqx.error_if(
+        labels, (labels < 0) | (labels >= num_classes), f"labels must lie in [0, {num_classes})"
+    )
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def mse(predictions: Float[Array, "*b"], targets: Array) -> Float[Array, "*b"]:
+    """Squared error, averaged over an example's outputs."""
+    targets = _matching_targets("mse", predictions, targets)
+    return jnp.mean(jnp.square(predictions - targets).reshape(predictions.shape[0], -1), axis=-1)
+
+
+def bce(logits: Float[Array, "*b"], targets: Array) -> Float[Array, "*b"]:
+    """Binary cross-entropy of `logits` against 0/1 `targets`, averaged over outputs."""
+    targets = _matching_targets("bce", logits, targets)
+    losses = optax.sigmoid_binary_cross_entropy(logits, targets)
+    return jnp.mean(losses.reshape(logits.shape[0], -1), axis=-1)
+
+
+def _matching_targets(name: str, predictions: Array, targets: Array) -> Array:
+    # A model with one output per example gives (batch, 1); accept targets of shape (batch,).
+    if targets.shape != predictions.shape and (*targets.shape, 1) == predictions.shape:
+        targets = targets[..., None]
+    if targets.shape != predictions.shape:
+        raise ValueError(
+            f"{name} needs targets shaped like the predictions {predictions.shape}; "
+            f"got targets of shape {targets.shape}."
+        )
+    return targets.astype(predictions.dtype)
+
+
+def batched_predictions(model: eqx.Module, x: Array, key: PRNGKeyArray | None) -> Array:
+    """`jax.vmap(model)(x)`, giving each example its own key when one is passed (e.g. dropout)."""
+    if key is None:
+        return jax.vmap(model)(x)
+    keys = jax.random.split(key, x.shape[0])
+    return jax.vmap(lambda example, k: model(example, key=k))(x, keys)
+
+
+def supervised(per_example: PerExample) -> LossFn:
+    """Turns a per-example `loss(prediction, target)` into `loss(model, batch, key)`.
+
+    The batch is a mapping with inputs under `"x"` and targets under `"y"`; the result is the mean
+    over the batch.
+
+    **Example:**
+
+    ```python
+    huber = zoo.losses.supervised(lambda p, t: optax.huber_loss(p, t).mean(-1))
+    model, history = zoo.train(model, data, loss=huber)
+    ```
+    """
+
+    def loss(model: eqx.Module, batch: Batch, key: PRNGKeyArray | None = None) -> Scalar:
+        predictions = batched_predictions(model, batch["x"], key)
+        return jnp.mean(per_example(predictions, batch["y"]))
+
+    loss.__name__ = getattr(per_example, "__name__", "supervised_loss")
+    return loss
+
+
+LOSSES: dict[str, LossFn] = {
+    "cross_entropy": supervised(cross_entropy),
+    "mse": supervised(mse),
+    "bce": supervised(bce),
+}
+
+
+def resolve_loss(loss: str | LossFn) -> LossFn:
+    """The loss named `loss` in the registry, or `loss` itself when it is a callable."""
+    if callable(loss):
+        return loss
+    if isinstance(loss, str) and loss in LOSSES:
+        return LOSSES[loss]
+    known = ", ".join(repr(name) for name in LOSSES)
+    raise ValueError(
+        f"loss must be a callable loss(model, batch, key) -> scalar or one of {known}; "
+        f"got {loss!r}."
+    )
+
+
+def register_loss(name: str, loss: LossFn) -> None:
+    """Adds `loss` to the registry under `name`, so `zoo.train(..., loss=name)` finds it."""
+    if not callable(loss):
+        raise TypeError(f"loss must be callable as loss(model, batch, key); got {loss!r}.")
+    LOSSES[name] = loss

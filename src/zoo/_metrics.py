@@ -1,0 +1,60 @@
+"""Metrics: per-example functions of (prediction, target), and the registry `zoo.evaluate` reads.
+
+Each returns one value per example so that averages over a dataset are exact whatever the batch
+size, the last partial batch included.
+"""
+
+from collections.abc import Callable, Sequence
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._losses import bce, cross_entropy, mse
+
+Metric = Callable[[Array, Array], Array]
+
+
+def accuracy(predictions: Float[Array, "batch outputs"], targets: Array) -> Float[Array, " batch"]:
+    """1.0 where the prediction is right: argmax for several outputs, `logit > 0` for one."""
+    if predictions.shape[-1] == 1:
+        guesses = (predictions[:, 0] > 0).astype(targets.dtype)
+        targets = targets.reshape(guesses.shape)
+    else:
+        guesses = jnp.argmax(predictions, axis=-1).astype(targets.dtype)
+    return (guesses == targets).astype(predictions.dtype)
+
+
+def mae(predictions: Float[Array, " batch ..."], targets: Array) -> Float[Array, " batch"]:
+    """Absolute error, averaged over an example's outputs."""
+    errors = jnp.abs(predictions - targets.reshape(predictions.shape).astype(predictions.dtype))
+    return jnp.mean(errors.reshape(predictions.shape[0], -1), axis=-1)
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": accuracy,
+    "cross_entropy": cross_entropy,
+    "mse": mse,
+    "mae": mae,
+    "bce": bce,
+}
+
+
+def resolve_metrics(metrics: Sequence[str | Metric] | dict[str, Metric]) -> dict[str, Metric]:
+    """Names each metric: registry names map to their function, callables keep their `__name__`."""
+    if isinstance(metrics, dict):
+        return dict(metrics)
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    resolved = {}
+    for metric in metrics:
+        if callable(metric):
+            resolved[getattr(metric, "__name__", f"metric_{len(resolved)}")] = metric
+        elif metric in METRICS:
+            resolved[metric] = METRICS[metric]
+        else:
+            known = ", ".join(repr(name) for name in METRICS)
+            raise ValueError(
+                f"metrics must name known metrics ({known}) or be callables "
+                f"metric(predictions, targets) -> per-example values; got {metric!r}."
+            )
+    return resolved

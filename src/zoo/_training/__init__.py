@@ -1,0 +1,1 @@
+"""The trainer: `zoo.train` and the pieces it is made of."""

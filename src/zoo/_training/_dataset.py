@@ -1,0 +1,66 @@
+"""Checking and batching datasets: named, equal-length arrays whose leading axis is the example."""
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Int
+
+from .._custom_types import Batch, Dataset
+
+
+def checked_dataset(data: Dataset, *, argument: str = "data") -> dict[str, np.ndarray]:
+    """`data` as a dict of NumPy arrays, after checking it is a non-empty, non-ragged dataset."""
+    if not isinstance(data, Mapping):
+        raise TypeError(
+            f"{argument} must be a mapping of equal-length arrays such as "
+            f"{{'x': features, 'y': labels}}; got {type(data).__name__}."
+        )
+    if not data:
+        raise ValueError(f"{argument} is empty: it needs arrays such as {{'x': ..., 'y': ...}}.")
+    arrays = {name: _as_array(value, f"{argument}[{name!r}]") for name, value in data.items()}
+    lengths = {name: len(array) for name, array in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(
+            f"{argument} must hold arrays of equal length (one row per example); got lengths "
+            + ", ".join(f"{name}={length}" for name, length in lengths.items())
+            + "."
+        )
+    if next(iter(lengths.values())) == 0:
+        raise ValueError(f"{argument} has no examples: every array has length 0.")
+    return arrays
+
+
+def _as_array(value, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # NumPy's message for ragged nested lists
+        raise ValueError(f"{name} is ragged: its rows must all have the same shape.") from error
+    if array.dtype == object:
+        raise ValueError(f"{name} is ragged or not numeric: got an array of Python objects.")
+    if array.ndim == 0:
+        raise ValueError(f"{name} must have a leading example axis; got a scalar.")
+    return array
+
+
+def num_examples(data: Mapping[str, np.ndarray | Array]) -> int:
+    return len(next(iter(data.values())))
+
+
+def to_device(data: Mapping[str, np.ndarray]) -> dict[str, Array]:
+    return {name: jnp.asarray(array) for name, array in data.items()}
+
+
+def gather(data: Mapping[str, Array], indices: Int[Array, " batch"]) -> Batch:
+    """The examples at `indices`, from every array of `data`."""
+    return {name: jnp.take(array, indices, axis=0) for name, array in data.items()}
+
+
+def host_batch(data: Mapping[str, np.ndarray], indices: np.ndarray) -> Batch:
+    """The examples at `indices`, gathered on the host and sent to the device asynchronously."""
+    return jax.device_put({name: array[indices] for name, array in data.items()})
+
+
+def nbytes(data: Mapping[str, np.ndarray]) -> int:
+    return sum(array.nbytes for array in data.values())

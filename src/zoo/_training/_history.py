@@ -1,0 +1,46 @@
+"""The training history: plain lists of per-epoch figures, ready for `json.dump`."""
+
+import optax
+
+from .._custom_types import PyTree
+from ._programs import StepTotals
+
+
+def new_history() -> dict:
+    return {"epoch": [], "step": [], "time": [], "train": {}, "eval": {}}
+
+
+def record_epoch(
+    history: dict,
+    *,
+    epoch: int,
+    step: int,
+    seconds: float,
+    totals: StepTotals,
+    opt_state: PyTree,
+    eval_metrics: dict[str, float],
+) -> None:
+    """Appends one epoch's figures to `history` (in place)."""
+    history["epoch"].append(epoch)
+    history["step"].append(step)
+    history["time"].append(seconds)
+    train = {
+        "loss": float(totals.loss) / max(int(totals.examples), 1),
+        "grad_norm": float(totals.grad_norm) / max(int(totals.steps), 1),
+    }
+    learning_rate = current_learning_rate(opt_state)
+    if learning_rate is not None:
+        train["learning_rate"] = learning_rate
+    for name, value in train.items():
+        history["train"].setdefault(name, []).append(value)
+    for name, value in eval_metrics.items():
+        history["eval"].setdefault(name, []).append(value)
+
+
+def current_learning_rate(opt_state: PyTree) -> float | None:
+    """The learning rate of an optimizer wrapped in `optax.inject_hyperparams`, else None."""
+    try:
+        value = optax.tree_utils.tree_get(opt_state, "learning_rate")
+    except (KeyError, ValueError):  # absent, or several and ambiguous
+        return None
+    return None if value is None else float(value)

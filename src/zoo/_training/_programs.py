@@ -1,0 +1,113 @@
+"""The compiled programs of training: one step, and a run of steps fused into one program.
+
+Both are built from the same `train_step`, so the fused path and the step-by-step path compute the
+same thing. The static part of the training state (the model's structure and hyperparameters) is
+split off once, and only the arrays cross the jit boundary: no pytree filtering per call.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jaxtyping import Array, Float, Int
+
+from .._custom_types import Batch, LossFn
+from ._dataset import gather
+from ._rules import UpdateRule
+from ._state import TrainState
+
+
+class StepTotals(NamedTuple):
+    """Sums over the steps of a run, kept on device until the run ends."""
+
+    loss: Float[Array, ""]  # sum over steps of (batch loss x batch size)
+    grad_norm: Float[Array, ""]  # sum over steps of the global gradient norm
+    examples: Int[Array, ""]
+    steps: Int[Array, ""]
+    first_nonfinite_step: Int[Array, ""]  # the first step whose loss was not finite, or -1
+
+    @classmethod
+    def zeros(cls) -> "StepTotals":
+        # Distinct buffers for each field: the totals are donated, and a buffer may be donated once.
+        return cls(
+            loss=jnp.zeros((), jnp.float32),
+            grad_norm=jnp.zeros((), jnp.float32),
+            examples=jnp.zeros((), jnp.int32),
+            steps=jnp.zeros((), jnp.int32),
+            first_nonfinite_step=jnp.full((), -1, jnp.int32),
+        )
+
+    def add(self, step: Array, loss: Array, grad_norm: Array, batch_size: int) -> "StepTotals":
+        first_bad = jnp.where(
+            (self.first_nonfinite_step < 0) & ~jnp.isfinite(loss), step, self.first_nonfinite_step
+        )
+        return StepTotals(
+            self.loss + loss.astype(jnp.float32) * batch_size,
+            self.grad_norm + grad_norm.astype(jnp.float32),
+            self.examples + batch_size,
+            self.steps + 1,
+            first_bad,
+        )
+
+
+def make_train_step(
+    loss_fn: LossFn, optimizer: optax.GradientTransformation, rule: UpdateRule
+) -> Callable[[TrainState, Batch], tuple[TrainState, Array, Array]]:
+    """`train_step(state, batch) -> (state, loss, grad_norm)`: one optimizer step."""
+
+    def train_step(state: TrainState, batch: Batch):
+        loss, grads = rule.value_and_grad(loss_fn)(state.model, batch, state.step_key())
+        updates, opt_state = optimizer.update(grads, state.opt_state, rule.params(state.model))
+        model = rule.apply_updates(state.model, updates)
+        grad_norm = optax.global_norm(eqx.filter(grads, eqx.is_inexact_array))
+        state = eqx.tree_at(
+            lambda s: (s.model, s.opt_state, s.step, s.batch),
+            state,
+            (model, opt_state, state.step + 1, state.batch + 1),
+        )
+        return state, loss, grad_norm
+
+    return train_step
+
+
+class Programs:
+    """The compiled entry points of one training run, built once from its static structure."""
+
+    def __init__(self, train_step, static: TrainState, batch_size: int):
+        self._static = static
+        self._batch_size = batch_size
+
+        def run_steps(dynamic, totals, data, order, num_steps):
+            state = eqx.combine(dynamic, static)
+
+            def body(_, carry):
+                state, totals = carry
+                start = state.batch * batch_size
+                indices = lax.dynamic_slice_in_dim(order, start, batch_size)
+                step = state.step
+                state, loss, grad_norm = train_step(state, gather(data, indices))
+                return state, totals.add(step, loss, grad_norm, batch_size)
+
+            state, totals = lax.fori_loop(0, num_steps, body, (state, totals))
+            return eqx.filter(state, eqx.is_array), totals
+
+        def one_step(dynamic, totals, batch):
+            state = eqx.combine(dynamic, static)
+            step = state.step
+            state, loss, grad_norm = train_step(state, batch)
+            size = jax.tree.leaves(batch)[0].shape[0]
+            return eqx.filter(state, eqx.is_array), totals.add(step, loss, grad_norm, size)
+
+        def epoch_order(dynamic, num_examples):
+            return eqx.combine(dynamic, static).epoch_order(num_examples)
+
+        self.run_steps = jax.jit(run_steps, donate_argnums=(0, 1))
+        self.one_step = jax.jit(one_step, donate_argnums=(0, 1))
+        self.epoch_order = jax.jit(epoch_order, static_argnums=1)
+
+    def combine(self, dynamic) -> TrainState:
+        return eqx.combine(dynamic, self._static)

@@ -1,0 +1,31 @@
+"""How a step turns a loss into an update: the dense optax rule, or the sparse-embedding rule."""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import equinox as eqx
+
+
+class UpdateRule(NamedTuple):
+    """The three functions a training step needs from its optimizer family.
+
+    - `value_and_grad(loss_fn)(model, batch, key) -> (loss, grads)`
+    - `params(model)`: what the optimizer's `update(grads, state, params)` receives.
+    - `apply_updates(model, updates) -> model`
+    """
+
+    value_and_grad: Callable[[Callable], Callable]
+    params: Callable[[eqx.Module], Any]
+    apply_updates: Callable[[eqx.Module, Any], eqx.Module]
+
+
+DENSE = UpdateRule(
+    value_and_grad=eqx.filter_value_and_grad,
+    params=lambda model: eqx.filter(model, eqx.is_array),
+    apply_updates=eqx.apply_updates,
+)
+
+
+def rule_for(optimizer) -> UpdateRule:
+    """The update rule matching `optimizer`: sparse optimizers bring their own."""
+    return getattr(optimizer, "update_rule", DENSE)

@@ -1,0 +1,367 @@
+"""`zoo.train`: a function from (model, data, ...) to (trained model, history)."""
+
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Literal, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import PRNGKeyArray
+
+from .._custom_types import Batch, Dataset, LossFn
+from .._evaluate import evaluate
+from .._losses import resolve_loss
+from .._metrics import Metric, resolve_metrics
+from ._dataset import checked_dataset, gather, host_batch, nbytes, num_examples, to_device
+from ._history import new_history, record_epoch
+from ._programs import Programs, StepTotals, make_train_step
+from ._progress import progress_bar
+from ._rules import rule_for
+from ._state import TrainState, initial_state
+
+LastBatch = Literal["keep", "drop"]
+
+# Metrics recorded on eval data when a built-in loss is named and `metrics` is not given.
+_DEFAULT_METRICS = {
+    "cross_entropy": ("cross_entropy", "accuracy"),
+    "bce": ("bce", "accuracy"),
+    "mse": ("mse", "mae"),
+}
+# Datasets up to this size run fused on device when the device does not report its memory.
+_FUSED_BYTES_WITHOUT_STATS = 4 * 2**30
+_PROGRESS_UPDATES_PER_EPOCH = 10
+_ITERABLE_STEPS_PER_REPORT = 50
+
+
+def train(
+    model: eqx.Module,
+    data: Dataset | Iterable[Batch],
+    *,
+    loss: str | LossFn = "cross_entropy",
+    optimizer: optax.GradientTransformation | None = None,
+    epochs: int = 1,
+    batch_size: int = 128,
+    key: PRNGKeyArray | None = None,
+    eval_data: Dataset | None = None,
+    metrics: Sequence[str | Metric] | None = None,
+    eval_batch_size: int = 1024,
+    last_batch: LastBatch = "keep",
+    fused: bool | None = None,
+    steps_per_chunk: int | None = None,
+    progress: bool | None = None,
+) -> tuple[eqx.Module, dict]:
+    """Trains `model` on `data` and returns the trained model and its history.
+
+    A function, not an object: everything training changes lives in one pytree, a
+    [`zoo.TrainState`][], and nothing else holds state. When `data` is a mapping of arrays that
+    fits in device memory, each run of `steps_per_chunk` steps (shuffling by key, batch slicing,
+    the steps and the loss sums) is one compiled program with its buffers donated, and the host
+    syncs once per chunk. Otherwise (or with `fused=False`) a compiled step runs per batch, with
+    batches prefetched to the device and no host sync per step. Both paths compute the same
+    thing for the same key.
+
+    **Arguments:**
+
+    - `model`: any `equinox.Module`; the loss decides how it is called.
+    - `data`: a mapping of equal-length arrays (`{"x": inputs, "y": targets}` for the built-in
+      losses), or an iterable of such batches, iterated once per epoch.
+    - `loss`: `"cross_entropy"` (integer labels), `"mse"`, `"bce"`, or any callable
+      `loss(model, batch, key) -> scalar`.
+    - `optimizer`: an optax optimizer (default `optax.adam(1e-3)`), or a sparse-embedding
+      optimizer from `zoo.sparse`. Clipping and schedules come from optax as usual; wrap in
+      `optax.inject_hyperparams` to have the learning rate recorded.
+    - `epochs`: passes over `data`.
+    - `batch_size`: examples per step.
+    - `key`: the training key; shuffling and the loss's per-step keys (e.g. dropout) derive from
+      it, so the same key gives the same result bit for bit. Default `jax.random.key(0)`.
+    - `eval_data`: a dataset evaluated after each epoch.
+    - `metrics`: names or callables for `eval_data` (see [`zoo.evaluate`][]); by default the
+      loss and accuracy for classification losses, MSE and MAE for `"mse"`.
+    - `eval_batch_size`: batch size of the evaluation.
+    - `last_batch`: `"keep"` takes the last, smaller batch of an epoch as a step of its own;
+      `"drop"` skips it (`history["skipped_examples_per_epoch"]` says how many examples).
+    - `fused`: force (`True`) or forbid (`False`) the fused on-device epoch; `None` decides by
+      whether the dataset fits in device memory.
+    - `steps_per_chunk`: steps per compiled run (and per progress-bar update); by default a
+      tenth of an epoch.
+    - `progress`: show a progress bar; `None` shows one only on a terminal.
+
+    **Returns:**
+
+    `(model, history)`. `history` holds per-epoch lists: `history["train"]["loss"]`,
+    `history["train"]["grad_norm"]` (mean global gradient norm),
+    `history["train"]["learning_rate"]` (when recorded), `history["eval"][metric]`,
+    `history["time"]` (seconds of training per epoch), `history["epoch"]` and `history["step"]`.
+
+    **Example:**
+
+    ```python
+    import jax, optax, zoo
+    model = zoo.MLP(in_size=64, out_size=10, hidden=(128,), key=jax.random.key(0))
+    model, history = zoo.train(model, zoo.data.digits("train"), optimizer=optax.adam(1e-3),
+                               epochs=10, batch_size=64, eval_data=zoo.data.digits("test"),
+                               key=jax.random.key(1))
+    print(history["eval"]["accuracy"][-1])
+    ```
+    """
+    _check_hyperparameters(epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk)
+    loss_fn = resolve_loss(loss)
+    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
+    _check_optimizer(optimizer)
+    if metrics is None:
+        metrics = _DEFAULT_METRICS.get(loss, ()) if isinstance(loss, str) else ()
+    resolve_metrics(metrics)  # fail on a bad name before any training, not after an epoch
+    eval_arrays = None if eval_data is None else checked_dataset(eval_data, argument="eval_data")
+    key = jax.random.key(0) if key is None else key
+
+    rule = rule_for(optimizer)
+    state = initial_state(model, optimizer.init(rule.params(model)), key)
+    dynamic, static = eqx.partition(state, eqx.is_array)
+    # The programs donate the state's buffers; copy once so the caller's model stays usable.
+    dynamic = jax.tree.map(jnp.copy, dynamic)
+    programs = Programs(make_train_step(loss_fn, optimizer, rule), static, batch_size)
+    runner = _epoch_runner(data, programs, batch_size, last_batch, fused, steps_per_chunk)
+
+    history = new_history()
+    if runner.skipped_per_epoch:
+        history["skipped_examples_per_epoch"] = runner.skipped_per_epoch
+    total_steps = None if runner.steps_per_epoch is None else runner.steps_per_epoch * epochs
+    with progress_bar(total_steps, progress, epochs) as bar:
+        for epoch in range(epochs):
+            bar.set_description(f"epoch {epoch + 1}/{epochs}")
+            start = time.perf_counter()
+            dynamic, totals = runner.run(dynamic, bar)
+            seconds = time.perf_counter() - start
+            _raise_if_not_finite(totals)
+            dynamic = _next_epoch(dynamic)
+            state = programs.combine(dynamic)
+            eval_metrics = {}
+            if eval_arrays is not None and metrics:
+                eval_metrics = evaluate(
+                    state.model, eval_arrays, metrics, batch_size=eval_batch_size
+                )
+            record_epoch(
+                history,
+                epoch=epoch + 1,
+                step=int(state.step),
+                seconds=seconds,
+                totals=totals,
+                opt_state=state.opt_state,
+                eval_metrics=eval_metrics,
+            )
+            bar.set_postfix(_postfix(history))
+    return programs.combine(dynamic).model, history
+
+
+def _next_epoch(dynamic: TrainState) -> TrainState:
+    return eqx.tree_at(
+        lambda s: (s.epoch, s.batch), dynamic, (dynamic.epoch + 1, dynamic.batch * 0)
+    )
+
+
+def _postfix(history: dict) -> dict[str, str]:
+    figures = {"loss": history["train"]["loss"][-1]}
+    figures.update({name: values[-1] for name, values in history["eval"].items()})
+    return {name: f"{value:.4g}" for name, value in figures.items()}
+
+
+def _raise_if_not_finite(totals: StepTotals) -> None:
+    step = int(totals.first_nonfinite_step)
+    if step >= 0:
+        raise FloatingPointError(
+            f"the loss became non-finite (nan or inf) at step {step}. Lower the learning rate, "
+            "clip gradients with optax.chain(optax.clip_by_global_norm(1.0), ...), or check the "
+            "data for non-finite values."
+        )
+
+
+class _EpochLayout(NamedTuple):
+    """How an epoch of a dataset splits into batches."""
+
+    batch_size: int
+    full_batches: int
+    remainder: int  # size of the last, smaller batch when it is kept (0: none)
+    skipped: int  # examples the last batch would have held, when it is dropped
+    chunk: int  # steps per compiled run and per progress update
+
+    @classmethod
+    def of(cls, count, batch_size, last_batch, steps_per_chunk) -> "_EpochLayout":
+        full, remainder = divmod(count, batch_size)
+        kept = remainder if last_batch == "keep" else 0
+        chunk = steps_per_chunk or max(1, -(-full // _PROGRESS_UPDATES_PER_EPOCH))
+        return cls(batch_size, full, kept, remainder - kept, chunk)
+
+    @property
+    def steps(self) -> int:
+        return self.full_batches + (self.remainder > 0)
+
+
+class _EpochRunner:
+    """Runs one epoch, fused or step by step; built once per training run."""
+
+    steps_per_epoch: int | None = None
+    skipped_per_epoch: int = 0
+
+    def run(self, dynamic: TrainState, bar) -> tuple[TrainState, StepTotals]:
+        raise NotImplementedError
+
+
+class _FusedEpochs(_EpochRunner):
+    """The dataset lives on the device; each chunk of steps runs as one program."""
+
+    def __init__(self, arrays, programs: Programs, layout: _EpochLayout):
+        self._data = to_device(arrays)
+        self._count = num_examples(arrays)
+        self._programs = programs
+        self._layout = layout
+        self.steps_per_epoch = layout.steps
+        self.skipped_per_epoch = layout.skipped
+
+    def run(self, dynamic, bar):
+        layout = self._layout
+        order = self._programs.epoch_order(dynamic, self._count)
+        totals = StepTotals.zeros()
+        for first in range(0, layout.full_batches, layout.chunk):
+            steps = min(layout.chunk, layout.full_batches - first)
+            dynamic, totals = self._programs.run_steps(dynamic, totals, self._data, order, steps)
+            _report(bar, totals, steps)
+        if layout.remainder:
+            last = gather(self._data, order[layout.full_batches * layout.batch_size :])
+            dynamic, totals = self._programs.one_step(dynamic, totals, last)
+            bar.update(1)
+        return dynamic, totals
+
+
+class _HostEpochs(_EpochRunner):
+    """The dataset stays on the host; each step's batch is gathered there and prefetched."""
+
+    def __init__(self, arrays, programs: Programs, layout: _EpochLayout):
+        self._arrays = arrays
+        self._count = num_examples(arrays)
+        self._programs = programs
+        self._layout = layout
+        self.steps_per_epoch = layout.steps
+        self.skipped_per_epoch = layout.skipped
+
+    def _batches(self, order: np.ndarray) -> Iterator[Batch]:
+        size = self._layout.batch_size
+        for step in range(self.steps_per_epoch):
+            yield host_batch(self._arrays, order[step * size : (step + 1) * size])
+
+    def run(self, dynamic, bar):
+        order = np.asarray(self._programs.epoch_order(dynamic, self._count))
+        return _run_batches(self._programs, dynamic, self._batches(order), bar, self._layout.chunk)
+
+
+class _IterableEpochs(_EpochRunner):
+    """`data` is an iterable of batches, iterated afresh each epoch."""
+
+    def __init__(self, data: Iterable[Batch], programs: Programs, steps_per_chunk):
+        self._data = data
+        self._programs = programs
+        self._chunk = steps_per_chunk or _ITERABLE_STEPS_PER_REPORT
+        self.steps_per_epoch = len(data) if hasattr(data, "__len__") else None
+
+    def run(self, dynamic, bar):
+        batches = (jax.device_put(_checked_batch(batch)) for batch in self._data)
+        dynamic, totals = _run_batches(self._programs, dynamic, batches, bar, self._chunk)
+        if int(totals.steps) == 0:
+            raise ValueError(
+                "data yielded no batches this epoch. A generator can be iterated only once: pass "
+                "a list of batches, or an object whose __iter__ starts a new pass each epoch."
+            )
+        return dynamic, totals
+
+
+def _checked_batch(batch) -> dict:
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"each batch from data must be a mapping such as {{'x': ..., 'y': ...}}; "
+            f"got {type(batch).__name__}."
+        )
+    return checked_dataset(batch, argument="batch")
+
+
+def _run_batches(programs: Programs, dynamic, batches: Iterable[Batch], bar, chunk: int):
+    """Runs a step per batch, with the next batch already on its way to the device."""
+    totals = StepTotals.zeros()
+    ahead = deque()
+    for batch in batches:
+        ahead.append(batch)
+        if len(ahead) == 2:
+            dynamic, totals = programs.one_step(dynamic, totals, ahead.popleft())
+            _report_every(bar, totals, chunk)
+    while ahead:
+        dynamic, totals = programs.one_step(dynamic, totals, ahead.popleft())
+        _report_every(bar, totals, chunk)
+    return dynamic, totals
+
+
+def _report_every(bar, totals: StepTotals, chunk: int) -> None:
+    bar.update(1)
+    if bar.n % chunk == 0:
+        _report(bar, totals, 0)
+
+
+def _report(bar, totals: StepTotals, steps: int) -> None:
+    # Reading a total waits for the device: a host sync, done once per chunk and never per step.
+    bar.update(steps)
+    bar.set_postfix(loss=f"{float(totals.loss) / int(totals.examples):.4g}")
+
+
+def _epoch_runner(data, programs, batch_size, last_batch, fused, steps_per_chunk) -> _EpochRunner:
+    if not isinstance(data, Mapping):
+        if fused:
+            raise ValueError("fused=True needs data as a mapping of arrays, not an iterable.")
+        if isinstance(data, str | bytes) or not isinstance(data, Iterable):
+            raise TypeError(
+                "data must be a mapping of equal-length arrays such as {'x': features, "
+                f"'y': labels}}, or an iterable of such batches; got {type(data).__name__}."
+            )
+        return _IterableEpochs(data, programs, steps_per_chunk)
+    arrays = checked_dataset(data, argument="data")
+    if last_batch == "drop" and num_examples(arrays) < batch_size:
+        raise ValueError(
+            f"batch_size={batch_size} exceeds the {num_examples(arrays)} examples of data and "
+            "last_batch='drop' would skip them all; lower batch_size or use last_batch='keep'."
+        )
+    if fused is None:
+        fused = nbytes(arrays) <= _device_budget_bytes()
+    layout = _EpochLayout.of(num_examples(arrays), batch_size, last_batch, steps_per_chunk)
+    return (_FusedEpochs if fused else _HostEpochs)(arrays, programs, layout)
+
+
+def _device_budget_bytes() -> int:
+    stats = jax.devices()[0].memory_stats() or {}
+    # Leave room for the model, the optimizer state and activations beside the dataset.
+    return stats["bytes_limit"] // 4 if "bytes_limit" in stats else _FUSED_BYTES_WITHOUT_STATS
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}.")
+
+
+def _check_hyperparameters(epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk):
+    if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0; got {epochs!r}.")
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("eval_batch_size", eval_batch_size)
+    if steps_per_chunk is not None:
+        _check_positive_int("steps_per_chunk", steps_per_chunk)
+    if last_batch not in ("keep", "drop"):
+        raise ValueError(f"last_batch must be 'keep' or 'drop'; got {last_batch!r}.")
+
+
+def _check_optimizer(optimizer) -> None:
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise TypeError(
+            "optimizer must be an optax GradientTransformation such as optax.adam(1e-3) (or a "
+            f"zoo.sparse optimizer); got {optimizer!r}."
+        )
