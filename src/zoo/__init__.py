@@ -1,1 +1,3 @@
 """zoo."""
+
+from . import data as data
