@@ -271,6 +271,7 @@ def test_download_fetches_verifies_and_then_reuses(tmp_path, mirror, tiny_md5s):
     assert sorted(os.listdir(folder)) == sorted(TRAIN_FILES)  # no temporary file left over
     for name in TRAIN_FILES:
         assert (folder / name).read_bytes() == tiny_md5s[name]
+        assert (folder / name).stat().st_mode & 0o777 == 0o644  # readable in a shared folder
     assert len(mirror.requests) == 2
     zoo.data.mnist("train", root=folder, mirror=mirror.url)
     assert len(mirror.requests) == 2  # files on disk are not downloaded again

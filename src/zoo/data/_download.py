@@ -59,6 +59,8 @@ def download_verified(url: str, destination: pathlib.Path, *, md5: str, timeout:
             digest = _copy_and_hash(url, file, timeout=timeout)
         if digest != md5:
             raise ChecksumMismatchError(f"md5 of the download is {digest}, expected {md5}")
+        # mkstemp makes the file private (0600); a shared data folder needs it world-readable.
+        temporary.chmod(0o644)
         os.replace(temporary, destination)
     except BaseException:  # KeyboardInterrupt too: never leave the temporary file behind
         with contextlib.suppress(FileNotFoundError):
