@@ -4,6 +4,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
 import equinox as eqx
+from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
 #: A dataset: named, equal-length arrays whose leading axis indexes examples.
@@ -14,6 +15,8 @@ Batch: TypeAlias = Mapping[str, Array]
 LossFn: TypeAlias = Callable[[eqx.Module, Batch, PRNGKeyArray | None], Scalar]
 #: A metric: ``metric(model, batch) -> scalar`` averaged over the examples of a batch.
 MetricFn: TypeAlias = Callable[[eqx.Module, Batch], Scalar]
+#: An optimizer: an optax `GradientTransformation`, or a sparse-embedding one from `zoo.sparse`.
+Optimizer: TypeAlias = Any
 #: Any pytree.
 PyTree: TypeAlias = Any
 
@@ -21,11 +24,13 @@ __all__ = [
     "Array",
     "ArrayLike",
     "Batch",
+    "DTypeLike",
     "Dataset",
     "Float",
     "Int",
     "LossFn",
     "MetricFn",
+    "Optimizer",
     "PRNGKeyArray",
     "PyTree",
     "Scalar",

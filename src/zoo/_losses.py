@@ -37,13 +37,13 @@ def cross_entropy(logits: Float[Array, "*b classes"], labels: Array) -> Float[Ar
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def mse(predictions: Float[Array, "*b"], targets: Array) -> Float[Array, "*b"]:
+def mse(predictions: Float[Array, " batch *rest"], targets: Array) -> Float[Array, " batch"]:
     """Squared error, averaged over an example's outputs."""
     targets = _matching_targets("mse", predictions, targets)
     return jnp.mean(jnp.square(predictions - targets).reshape(predictions.shape[0], -1), axis=-1)
 
 
-def bce(logits: Float[Array, "*b"], targets: Array) -> Float[Array, "*b"]:
+def bce(logits: Float[Array, " batch *rest"], targets: Array) -> Float[Array, " batch"]:
     """Binary cross-entropy of `logits` against 0/1 `targets`, averaged over outputs."""
     targets = _matching_targets("bce", logits, targets)
     losses = optax.sigmoid_binary_cross_entropy(logits, targets)

@@ -1,7 +1,6 @@
 """A multilayer perceptron with selectable widths, activations, dropout and initialisation."""
 
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -9,8 +8,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._activations import resolve_activation
-
-Init = Literal["he", "lecun", "glorot"]
+from ._custom_types import DTypeLike
 
 _WEIGHT_INITIALIZERS = {
     # He/Kaiming for ReLU-family activations, LeCun for SELU/tanh-like ones, Glorot for symmetry.
@@ -28,10 +26,15 @@ def _check_arguments(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int; got {value!r}. Example: {example}")
     if isinstance(hidden, int | str) or not all(
-        isinstance(width, int) and not isinstance(width, bool) and width >= 1 for width in hidden
+        isinstance(width, int) and not isinstance(width, bool) for width in hidden
     ):
+        raise TypeError(
+            f"hidden must be a sequence of ints, one width per hidden layer; "
+            f"got {hidden!r}. Example: {example}"
+        )
+    if not all(width >= 1 for width in hidden):
         raise ValueError(
-            f"hidden must be a sequence of positive ints, one width per hidden layer; "
+            f"hidden must hold positive widths, one per hidden layer; "
             f"got {hidden!r}. Example: {example}"
         )
     if not 0.0 <= dropout < 1.0:
@@ -75,9 +78,9 @@ class MLP(eqx.Module):
         activation: str | Callable[[Array], Array] = "relu",
         final_activation: str | Callable[[Array], Array] = "identity",
         dropout: float = 0.0,
-        init: Init = "he",
+        init: str = "he",
         use_bias: bool = True,
-        dtype: jnp.dtype | None = None,
+        dtype: DTypeLike | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -143,7 +146,7 @@ class MLP(eqx.Module):
 
 
 def _initialised_linear(
-    fan_in: int, fan_out: int, use_bias: bool, dtype, init: Init, key: PRNGKeyArray
+    fan_in: int, fan_out: int, use_bias: bool, dtype, init: str, key: PRNGKeyArray
 ) -> eqx.nn.Linear:
     linear_key, weight_key = jax.random.split(key)
     linear = eqx.nn.Linear(fan_in, fan_out, use_bias=use_bias, dtype=dtype, key=linear_key)

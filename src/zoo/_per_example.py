@@ -63,4 +63,4 @@ def per_example_grad_norms(
     ```
     """
     grads = per_example_grads(loss, model, batch, key=key)
-    return jax.vmap(optax.global_norm)(eqx.filter(grads, eqx.is_array))
+    return jax.vmap(optax.tree.norm)(eqx.filter(grads, eqx.is_array))

@@ -1,6 +1,6 @@
 """The training history: plain lists of per-epoch figures, ready for `json.dump`."""
 
-import optax
+import jax
 
 from .._custom_types import PyTree
 from ._programs import StepTotals
@@ -39,8 +39,12 @@ def record_epoch(
 
 def current_learning_rate(opt_state: PyTree) -> float | None:
     """The learning rate of an optimizer wrapped in `optax.inject_hyperparams`, else None."""
-    try:
-        value = optax.tree_utils.tree_get(opt_state, "learning_rate")
-    except (KeyError, ValueError):  # absent, or several and ambiguous
-        return None
-    return None if value is None else float(value)
+    states = jax.tree.leaves(opt_state, is_leaf=_has_hyperparams)
+    for state in filter(_has_hyperparams, states):
+        if "learning_rate" in state.hyperparams:
+            return float(state.hyperparams["learning_rate"])
+    return None
+
+
+def _has_hyperparams(node) -> bool:
+    return isinstance(getattr(node, "hyperparams", None), dict)

@@ -61,9 +61,12 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch):
         loss, grads = rule.value_and_grad(loss_fn)(state.model, batch, state.step_key())
-        updates, opt_state = optimizer.update(grads, state.opt_state, rule.params(state.model))
+        # optax mixes Python floats with int32 step counts (e.g. Adam's bias correction), which
+        # jax_numpy_dtype_promotion="strict" rejects: let the optimizer promote as optax expects.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, state.opt_state, rule.params(state.model))
         model = rule.apply_updates(state.model, updates)
-        grad_norm = optax.global_norm(eqx.filter(grads, eqx.is_inexact_array))
+        grad_norm = optax.tree.norm(eqx.filter(grads, eqx.is_inexact_array))
         state = eqx.tree_at(
             lambda s: (s.model, s.opt_state, s.step, s.batch),
             state,

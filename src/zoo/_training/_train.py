@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from jaxtyping import PRNGKeyArray
 
-from .._custom_types import Batch, Dataset, LossFn
+from .._custom_types import Batch, Dataset, LossFn, Optimizer
 from .._evaluate import evaluate
 from .._losses import resolve_loss
 from .._metrics import Metric, resolve_metrics
@@ -39,10 +39,10 @@ _ITERABLE_STEPS_PER_REPORT = 50
 
 def train(
     model: eqx.Module,
-    data: Dataset | Iterable[Batch],
+    data: Dataset | Iterable[Dataset],
     *,
     loss: str | LossFn = "cross_entropy",
-    optimizer: optax.GradientTransformation | None = None,
+    optimizer: Optimizer | None = None,
     epochs: int = 1,
     batch_size: int = 128,
     key: PRNGKeyArray | None = None,
@@ -94,8 +94,9 @@ def train(
 
     `(model, history)`. `history` holds per-epoch lists: `history["train"]["loss"]`,
     `history["train"]["grad_norm"]` (mean global gradient norm),
-    `history["train"]["learning_rate"]` (when recorded), `history["eval"][metric]`,
-    `history["time"]` (seconds of training per epoch), `history["epoch"]` and `history["step"]`.
+    `history["train"]["learning_rate"]` (that of the epoch's last step, when recorded),
+    `history["eval"][metric]`, `history["time"]` (seconds of training per epoch),
+    `history["epoch"]` and `history["step"]`.
 
     **Example:**
 
@@ -260,7 +261,7 @@ class _HostEpochs(_EpochRunner):
 class _IterableEpochs(_EpochRunner):
     """`data` is an iterable of batches, iterated afresh each epoch."""
 
-    def __init__(self, data: Iterable[Batch], programs: Programs, steps_per_chunk):
+    def __init__(self, data: Iterable[Dataset], programs: Programs, steps_per_chunk):
         self._data = data
         self._programs = programs
         self._chunk = steps_per_chunk or _ITERABLE_STEPS_PER_REPORT
