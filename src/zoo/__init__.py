@@ -10,6 +10,7 @@ from ._per_example import (
     per_example_grad_norms as per_example_grad_norms,
     per_example_grads as per_example_grads,
 )
+from ._plots import plot_history as plot_history
 from ._training._state import TrainState as TrainState
 from ._training._train import train as train
 

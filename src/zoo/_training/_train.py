@@ -2,7 +2,7 @@
 
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, NamedTuple
 
 import equinox as eqx
@@ -53,6 +53,7 @@ def train(
     fused: bool | None = None,
     steps_per_chunk: int | None = None,
     progress: bool | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> tuple[eqx.Module, dict]:
     """Trains `model` on `data` and returns the trained model and its history.
 
@@ -89,6 +90,7 @@ def train(
     - `steps_per_chunk`: steps per compiled run (and per progress-bar update); by default a
       tenth of an epoch.
     - `progress`: show a progress bar; `None` shows one only on a terminal.
+    - `on_epoch`: called as `on_epoch(history)` after each epoch, e.g. to log or plot.
 
     **Returns:**
 
@@ -155,6 +157,8 @@ def train(
                 eval_metrics=eval_metrics,
             )
             bar.set_postfix(_postfix(history))
+            if on_epoch is not None:
+                on_epoch(history)
     return programs.combine(dynamic).model, history
 
 

@@ -1,0 +1,46 @@
+"""MNIST with a 784-256-128-10 MLP, Adam 1e-3, batch 128, 10 epochs: the seed lesson's workload.
+
+    uv run python examples/mnist_mlp.py [--data-dir PATH]
+
+Reads the four MNIST IDX files from --data-dir (else $ZOO_DATA_DIR/mnist, else
+~/.cache/zoo/mnist, downloading them there with md5 checks when missing). Prints per-epoch
+test accuracy; the lesson this follows reports about 97%, zoo reaches 98% or more.
+"""
+
+import argparse
+import pathlib
+
+import jax
+import optax
+
+import zoo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=pathlib.Path, default=None)
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args()
+
+    train = zoo.data.mnist("train", root=args.data_dir)
+    test = zoo.data.mnist("test", root=args.data_dir)
+    model = zoo.MLP(in_size=784, out_size=10, hidden=(256, 128), key=jax.random.key(0))
+    model, history = zoo.train(
+        model,
+        train,
+        loss="cross_entropy",
+        optimizer=optax.adam(1e-3),
+        epochs=args.epochs,
+        batch_size=128,
+        eval_data=test,
+        key=jax.random.key(1),
+        on_epoch=lambda h: print(
+            f"epoch {h['epoch'][-1]:2d}  train loss {h['train']['loss'][-1]:.4f}  "
+            f"test accuracy {h['eval']['accuracy'][-1]:.4f}  {h['time'][-1]:.2f}s"
+        ),
+    )
+    print(f"final test accuracy: {history['eval']['accuracy'][-1]:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from zoo._cli import main
+
+
+def _zoo(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "zoo._cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_train_mlp_on_digits_writes_history_and_plot(tmp_path):
+    result = _zoo("train", "mlp", "--epochs", "3", "--hidden", "64", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "epoch   3" in result.stdout and "final test accuracy" in result.stdout
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["epoch"] == [1, 2, 3]
+    assert history["eval"]["accuracy"][-1] > 0.8
+    assert (tmp_path / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "args, complaint",
+    [
+        (["train", "mlp", "--epochs", "0"], "--epochs: expected a positive integer"),
+        (["train", "mlp", "--batch-size", "-4"], "--batch-size: expected a positive integer"),
+        (["train", "mlp", "--lr", "nan"], "--lr: expected a positive number"),
+        (["train", "mlp", "--hidden", "256,x"], "--hidden: expected comma-separated"),
+        (["train", "mlp", "--dataset", "cifar"], "--dataset: invalid choice: 'cifar'"),
+        (["train", "mlp", "--dropout", "1.5"], r"--dropout: expected a number in \[0, 1\)"),
+        (["train", "resnet"], "invalid choice: 'resnet'"),
+        ([], "required: COMMAND"),
+    ],
+)
+def test_bad_arguments_print_usage_and_exit_2(capsys, args, complaint):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: zoo")
+    assert re.search(complaint, err), err
+
+
+def test_missing_mnist_files_say_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_MNIST_MIRROR", "http://127.0.0.1:9/")  # closed port: offline
+    result = _zoo(
+        "train",
+        "mlp",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert result.returncode == 1
+    assert "train-images-idx3-ubyte.gz" in result.stderr and str(tmp_path / "none") in result.stderr
+
+
+def test_help_is_useful(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "mlp", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--dataset", "--epochs", "--batch-size", "--lr", "--hidden", "--seed", "--out"):
+        assert option in text
