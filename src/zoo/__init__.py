@@ -1,1 +1,4 @@
 """zoo."""
+
+from . import sparse as sparse
+from ._embedding import Embedding as Embedding
