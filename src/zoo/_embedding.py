@@ -162,16 +162,15 @@ class Embedding(eqx.Module):
                 f"with combiner={self.combiner!r} the last axis of ids is a bag; got a scalar id. "
                 "Pass a bag such as embedding(jnp.array([id])), or use combiner=None."
             )
-        if ids.size == 0:
-            return ids
-        bad = (ids < 0) | (ids >= self.num_embeddings)
         message = f"ids must lie in [0, num_embeddings) = [0, {self.num_embeddings})"
         if isinstance(ids, jax.core.Tracer):
-            return eqx.error_if(ids, jnp.any(bad), message)
-        if np.any(np.asarray(bad)):
-            raise ValueError(
-                f"{message}; got ids with min {int(ids.min())} and max {int(ids.max())}."
-            )
+            bad = jnp.any((ids < 0) | (ids >= self.num_embeddings))
+            return eqx.error_if(ids, bad, message)
+        # Concrete ids are checked with NumPy: jnp ops here could be staged into a trace
+        # (a closed-over constant inside jax.lax.cond, say) and no longer give a bool.
+        concrete = np.asarray(ids)
+        if concrete.size and (concrete.min() < 0 or concrete.max() >= self.num_embeddings):
+            raise ValueError(f"{message}; got ids from {concrete.min()} to {concrete.max()}.")
         return ids
 
 

@@ -112,8 +112,8 @@ def _coalesce(embedding: Embedding, recorded: list[Array]) -> Int[Array, " n"]:
         raise ValueError(
             "zoo.sparse.value_and_grad sees embedding lookups made in the loss directly or under "
             "jax.vmap; this one was made inside another transformation (jax.lax.scan, "
-            "jax.lax.cond, a nested jax.jit, ...). Look the ids up before it, e.g. "
-            "`rows = jax.vmap(embedding)(ids)` outside the scan, or train with the dense path."
+            "jax.lax.cond, a nested jax.jit or jax.checkpoint, ...). Look the ids up before it, "
+            "e.g. `rows = jax.vmap(embedding)(ids)` outside the scan, or use the dense path."
         ) from e
     if embedding.padding_idx is not None:
         ids = jnp.where(ids == embedding.padding_idx, sentinel, ids)
@@ -166,8 +166,8 @@ def value_and_grad(fn: Callable[..., Any], *, has_aux: bool = False) -> Callable
 
         Inside `fn` a table is only readable by calling its `Embedding`: its `weight` is a
         stand-in there, so weight tying (`h @ embedding.weight.T`) or weight decay on the table
-        needs the dense path. Lookups inside `jax.lax.scan`, `cond` or a nested `jit` within
-        `fn` raise a `ValueError`: look the ids up outside them.
+        needs the dense path. Lookups inside `jax.lax.scan`, `cond`, `while_loop`, a nested `jit` or
+        `jax.checkpoint` within `fn` raise a `ValueError`: look the ids up outside them.
     """
 
     @functools.wraps(fn)
