@@ -1,0 +1,179 @@
+"""`zoo.Embedding`: a lookup table with optional bag combiners, trainable densely or sparsely."""
+
+import abc
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+Combiner = Literal["sum", "mean"]
+
+_RIGHT_CALL = "zoo.Embedding(num_embeddings=10_000, embedding_dim=64, key=jax.random.key(0))"
+
+
+class TableView(eqx.Module):
+    """What an `Embedding` reads its rows from instead of its weight, inside `zoo.sparse` passes.
+
+    `zoo.sparse.value_and_grad` swaps each table for a view that records or redirects lookups;
+    every other use of the module is unchanged.
+    """
+
+    @abc.abstractmethod
+    def lookup(self, ids: Int[Array, "*ids"]) -> Float[Array, "*ids dim"]:
+        """The rows of `ids`, shape `(*ids.shape, embedding_dim)`."""
+
+
+def default_init(key: PRNGKeyArray, shape: tuple[int, int], dtype) -> Array:
+    """Normal with standard deviation `1/sqrt(embedding_dim)`, so that a row has norm about 1."""
+    return jax.random.normal(key, shape, dtype) / np.sqrt(shape[1]).astype(dtype)
+
+
+class Embedding(eqx.Module):
+    """A table of `num_embeddings` vectors of size `embedding_dim`, looked up by integer ids.
+
+    Lookups of any integer shape return `(*ids.shape, embedding_dim)`. With a `combiner`, the last
+    axis of `ids` is a *bag* of ids that is reduced (`"sum"` or `"mean"`), as in
+    `torch.nn.EmbeddingBag`. Ids equal to `padding_idx` look up zeros, receive no gradient and do
+    not count in a mean.
+
+    The table trains with any optax optimizer (a dense gradient of the whole table) or, in
+    `O(batch)` per step, with `zoo.sparse` (see `zoo.sparse.value_and_grad`).
+
+    !!! example
+
+        ```python
+        emb = zoo.Embedding(1000, 16, padding_idx=0, combiner="mean", key=jax.random.key(0))
+        emb(jnp.array([3, 7]))              # (16,): the mean of rows 3 and 7
+        jax.vmap(emb)(jnp.array([[3, 0]]))  # (1, 16): row 3 (padding is not counted)
+        ```
+    """
+
+    weight: Float[Array, "num_embeddings embedding_dim"]
+    num_embeddings: int = eqx.field(static=True)
+    embedding_dim: int = eqx.field(static=True)
+    padding_idx: int | None = eqx.field(static=True)
+    combiner: Combiner | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        padding_idx: int | None = None,
+        combiner: str | None = None,  # checked below, with a message better than a type error
+        init=default_init,
+        dtype=jnp.float32,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `num_embeddings`: the number of rows (valid ids are `0 <= id < num_embeddings`).
+        - `embedding_dim`: the size of each row.
+        - `padding_idx`: an id that stands for "nothing": its row is zero at initialisation, its
+            lookups give zeros and no gradient, and it does not count in a `"mean"` bag.
+        - `combiner`: `None` (one row per id), `"sum"` or `"mean"` (reduce the last axis of the
+            ids, a bag, to one row).
+        - `init`: a `jax.nn.initializers`-style function `init(key, shape, dtype)`. The default
+            draws from a normal with standard deviation `1/sqrt(embedding_dim)`.
+        - `dtype`: the floating dtype of the table.
+        - `key`: a `jax.random` key for `init`. (Keyword only.)
+        """
+        _check_size("num_embeddings", num_embeddings)
+        _check_size("embedding_dim", embedding_dim)
+        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
+            raise ValueError(
+                f"padding_idx must be a valid id, 0 <= padding_idx < num_embeddings="
+                f"{num_embeddings}; got {padding_idx}. For example "
+                f"zoo.Embedding({num_embeddings}, {embedding_dim}, padding_idx=0, key=key)."
+            )
+        if combiner not in (None, "sum", "mean"):
+            raise ValueError(
+                f'combiner must be None, "sum" or "mean"; got {combiner!r}. For example '
+                f'zoo.Embedding({num_embeddings}, {embedding_dim}, combiner="mean", key=key).'
+            )
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"dtype must be a floating dtype; got {dtype}. For example "
+                f"zoo.Embedding({num_embeddings}, {embedding_dim}, dtype=jnp.bfloat16, key=key)."
+            )
+        weight = init(key, (num_embeddings, embedding_dim), dtype)
+        if padding_idx is not None:
+            weight = weight.at[padding_idx].set(0)
+        self.weight = weight
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.padding_idx = padding_idx
+        self.combiner = combiner
+
+    def __call__(self, ids: Int[Array, "..."], *, key: PRNGKeyArray | None = None) -> Array:
+        """**Arguments:**
+
+        - `ids`: integer ids of any shape, each in `[0, num_embeddings)`. With a combiner, the
+            last axis is a bag and must exist.
+        - `key`: ignored; accepted for a uniform layer API.
+
+        **Returns:**
+
+        `(*ids.shape, embedding_dim)` rows, or `(*ids.shape[:-1], embedding_dim)` with a
+        combiner (an all-padding bag gives zeros).
+
+        **Raises:**
+
+        Out-of-range ids raise a `ValueError` when `ids` is concrete; under `jax.jit` or
+        `jax.vmap` the same check is an `eqx.error_if`, which raises when the computation runs.
+        Ids are never clamped.
+        """
+        del key
+        ids = self._checked(ids)
+        rows = self._lookup(ids)
+        if self.padding_idx is not None:
+            rows = jnp.where(self._is_padding(ids)[..., None], jnp.zeros((), rows.dtype), rows)
+        if self.combiner is None:
+            return rows
+        total = jnp.sum(rows, axis=-2)
+        if self.combiner == "sum":
+            return total
+        count = jnp.sum(~self._is_padding(ids), axis=-1, keepdims=True)
+        return total / jnp.maximum(count, 1).astype(total.dtype)
+
+    def _is_padding(self, ids: Int[Array, "*ids"]) -> Array:
+        if self.padding_idx is None:
+            return jnp.zeros(ids.shape, bool)
+        return ids == self.padding_idx
+
+    def _lookup(self, ids: Int[Array, "*ids"]) -> Float[Array, "*ids dim"]:
+        if isinstance(self.weight, TableView):
+            return self.weight.lookup(ids)
+        # "fill" and no wrapping of negative ids: an id that escaped the check reads NaN, never
+        # a neighbouring row.
+        return self.weight.at[ids].get(mode="fill", wrap_negative_indices=False)
+
+    def _checked(self, ids: Int[Array, "..."]) -> Int[Array, "..."]:
+        ids = jnp.asarray(ids)
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(
+                f"ids must be integers, got dtype {ids.dtype}: embedding(ids.astype(jnp.int32))."
+            )
+        if self.combiner is not None and ids.ndim == 0:
+            raise ValueError(
+                f"with combiner={self.combiner!r} the last axis of ids is a bag; got a scalar id. "
+                "Pass a bag such as embedding(jnp.array([id])), or use combiner=None."
+            )
+        message = f"ids must lie in [0, num_embeddings) = [0, {self.num_embeddings})"
+        if isinstance(ids, jax.core.Tracer):
+            bad = jnp.any((ids < 0) | (ids >= self.num_embeddings))
+            return eqx.error_if(ids, bad, message)
+        # Concrete ids are checked with NumPy: jnp ops here could be staged into a trace
+        # (a closed-over constant inside jax.lax.cond, say) and no longer give a bool.
+        concrete = np.asarray(ids)
+        if concrete.size and (concrete.min() < 0 or concrete.max() >= self.num_embeddings):
+            raise ValueError(f"{message}; got ids from {concrete.min()} to {concrete.max()}.")
+        return ids
+
+
+def _check_size(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}: {_RIGHT_CALL}.")

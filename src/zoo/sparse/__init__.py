@@ -1,0 +1,24 @@
+"""`zoo.sparse`: training embedding tables in `O(batch)` per step.
+
+Take gradients with `value_and_grad` (tables get `SparseRows`, everything else dense arrays),
+turn them into updates with a `SparseGradientTransformation` (usually `partition`), and apply
+them with `apply_updates`. See `docs/sparse.md`.
+"""
+
+from ._grad import value_and_grad as value_and_grad
+from ._optimizers import (
+    AdagradState as AdagradState,
+    LazyAdamState as LazyAdamState,
+    SGDState as SGDState,
+    SparseGradientTransformation as SparseGradientTransformation,
+    adagrad as adagrad,
+    lazy_adam as lazy_adam,
+    rowwise_adagrad as rowwise_adagrad,
+    sgd as sgd,
+)
+from ._partition import (
+    PartitionState as PartitionState,
+    apply_updates as apply_updates,
+    partition as partition,
+)
+from ._rows import SparseRows as SparseRows, is_sparse_rows as is_sparse_rows

@@ -1,0 +1,277 @@
+"""Sparse optimizers: optax-style init/update pairs that touch only the rows in a gradient.
+
+Each transformation maps over the tables of a pytree. Its gradients are `SparseRows`
+(coalesced: unique ids, padded with an out-of-range sentinel), its updates are `SparseRows` with
+the same ids, and its per-row state is gathered at those ids and scattered back with
+`mode="drop"`. With the table and state donated to a jitted step, every scatter is in place, so
+a step costs `O(batch)`, not `O(table)`.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from .._custom_types import PyTree
+from ._rows import SparseRows, is_sparse_rows
+
+ScalarOrSchedule = float | Callable[[Int[Array, ""]], Float[Array, ""]]
+
+
+class SparseGradientTransformation(NamedTuple):
+    """An optimizer whose gradients may hold `SparseRows`: `zoo.sparse`'s analogue of
+    `optax.GradientTransformation`, recognisable with `isinstance`.
+
+    **Fields:**
+
+    - `init`: `init(params) -> state`, a pytree of arrays.
+    - `update`: `update(grads, state, params=None) -> (updates, state)`, where `grads` comes from
+        `zoo.sparse.value_and_grad`. Apply the updates with `zoo.sparse.apply_updates`.
+    """
+
+    init: Callable[[PyTree], PyTree]
+    update: Callable[..., tuple[PyTree, PyTree]]
+
+
+class SGDState(NamedTuple):
+    """State of `zoo.sparse.sgd`: the number of updates so far (for schedules)."""
+
+    count: Int[Array, ""]
+
+
+class AdagradState(NamedTuple):
+    """State of `zoo.sparse.adagrad` and `zoo.sparse.rowwise_adagrad`.
+
+    `sum_of_squares` mirrors the tables: `(num_rows, dim)` arrays for `adagrad`, `(num_rows,)`
+    for `rowwise_adagrad`.
+    """
+
+    count: Int[Array, ""]
+    sum_of_squares: PyTree
+
+
+class LazyAdamState(NamedTuple):
+    """State of `zoo.sparse.lazy_adam`: the global step and per-table moments `(num_rows, dim)`."""
+
+    count: Int[Array, ""]
+    mu: PyTree
+    nu: PyTree
+
+
+def _learning_rate(learning_rate: ScalarOrSchedule, count: Int[ArrayLike, ""]):
+    return learning_rate(count) if callable(learning_rate) else learning_rate
+
+
+def _scaled(scale, values: Array) -> Array:
+    # A schedule gives a float32 scalar; keep the table's dtype (bfloat16 tables included).
+    return jnp.asarray(scale, values.dtype) * values
+
+
+def _gather(state: Array, ids: Int[Array, " n"]) -> Array:
+    # Padding ids are out of range: read zeros there (their values are zero and get dropped).
+    return state.at[ids].get(mode="fill", fill_value=0)
+
+
+def _scatter(state: Array, ids: Int[Array, " n"], rows: Array) -> Array:
+    return state.at[ids].set(rows.astype(state.dtype), mode="drop", unique_indices=True)
+
+
+def _map_tables(name: str, n_out: int, fn: Callable, grads: PyTree, *states: PyTree):
+    """Apply `fn(grad_rows, *state_leaves) -> n_out-tuple` per table; one pytree per output."""
+    is_leaf = lambda x: x is None or is_sparse_rows(x)  # noqa: E731
+    treedef = jax.tree.structure(grads, is_leaf=is_leaf)
+
+    def per_table(g, *leaves):
+        if g is None:
+            return (None,) * n_out
+        if not is_sparse_rows(g):
+            raise TypeError(
+                f"zoo.sparse.{name} updates embedding tables only, and got a dense gradient "
+                f"of shape {jnp.shape(g)}. Combine it with a dense optimizer: "
+                f"zoo.sparse.partition(dense=optax.adam(1e-3), embeddings=zoo.sparse.{name}(...)), "
+                "and take gradients with zoo.sparse.value_and_grad."
+            )
+        return fn(g, *leaves)
+
+    columns = [treedef.flatten_up_to(tree) for tree in (grads, *states)]
+    outs = [per_table(*args) for args in zip(*columns, strict=True)]
+    return tuple(treedef.unflatten([out[k] for out in outs]) for k in range(n_out))
+
+
+def _table_state(init_value: float, row_shape: Callable[[Array], tuple[int, ...]]):
+    def init(params: PyTree) -> PyTree:
+        return jax.tree.map(lambda w: jnp.full(row_shape(w), init_value, w.dtype), params)
+
+    return init
+
+
+def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
+    """Stochastic gradient descent on the looked-up rows: `w[i] -= lr * g[i]`.
+
+    Exactly the dense update restricted to the rows with a gradient (the others would not move).
+
+    **Arguments:**
+
+    - `learning_rate`: a float or an optax schedule `count -> learning rate`.
+
+    **Returns:**
+
+    A `SparseGradientTransformation` with state `SGDState`.
+
+    !!! example
+
+        ```python
+        opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=zoo.sparse.sgd(0.1))
+        ```
+    """
+
+    def init(params: PyTree) -> SGDState:
+        del params
+        return SGDState(count=jnp.zeros((), jnp.int32))
+
+    def update(grads: PyTree, state: SGDState, params: PyTree = None):
+        del params
+        lr = _learning_rate(learning_rate, state.count)
+
+        def rows(g: SparseRows):
+            return (SparseRows(g.ids, _scaled(-lr, g.values), g.num_rows),)
+
+        (updates,) = _map_tables("sgd", 1, rows, grads)
+        return updates, SGDState(optax.safe_int32_increment(state.count))
+
+    return SparseGradientTransformation(init, update)
+
+
+def _adagrad(
+    name: str, learning_rate: ScalarOrSchedule, eps: float, init_value: float, rowwise: bool
+) -> SparseGradientTransformation:
+    row_shape = (lambda w: w.shape[:1]) if rowwise else (lambda w: w.shape)
+
+    def init(params: PyTree) -> AdagradState:
+        sums = _table_state(init_value, row_shape)(params)
+        return AdagradState(count=jnp.zeros((), jnp.int32), sum_of_squares=sums)
+
+    def update(grads: PyTree, state: AdagradState, params: PyTree = None):
+        del params
+        lr = _learning_rate(learning_rate, state.count)
+
+        def rows(g: SparseRows, sums: Array):
+            squares = jnp.square(g.values)
+            new = _gather(sums, g.ids) + (jnp.mean(squares, axis=-1) if rowwise else squares)
+            scale = jnp.sqrt(new)[:, None] if rowwise else jnp.sqrt(new)
+            step = SparseRows(g.ids, _scaled(-lr, g.values / (scale + eps)), g.num_rows)
+            return step, _scatter(sums, g.ids, new)
+
+        updates, sums = _map_tables(name, 2, rows, grads, state.sum_of_squares)
+        return updates, AdagradState(optax.safe_int32_increment(state.count), sums)
+
+    return SparseGradientTransformation(init, update)
+
+
+def rowwise_adagrad(
+    learning_rate: ScalarOrSchedule, eps: float = 1e-8, initial_accumulator_value: float = 0.0
+) -> SparseGradientTransformation:
+    """Row-wise Adagrad, as FBGEMM's `EXACT_ROWWISE_ADAGRAD` and torchrec: one accumulator per row.
+
+    For each row `i` with a gradient `g[i]` (duplicates summed):
+    `acc[i] += mean_d(g[i, d] ** 2)`, then `w[i] -= lr * g[i] / (sqrt(acc[i]) + eps)`.
+    Rows without a gradient are untouched, exactly as in the dense formula. The state is
+    `num_rows` floats per table instead of a copy of the table.
+
+    **Arguments:**
+
+    - `learning_rate`: a float or an optax schedule `count -> learning rate`.
+    - `eps`: added to `sqrt(acc)`.
+    - `initial_accumulator_value`: the starting value of every accumulator.
+
+    **Returns:**
+
+    A `SparseGradientTransformation` with state `AdagradState` (`(num_rows,)` per table).
+
+    !!! example
+
+        ```python
+        opt = zoo.sparse.partition(
+            dense=optax.adam(1e-3), embeddings=zoo.sparse.rowwise_adagrad(0.05)
+        )
+        ```
+    """
+    return _adagrad("rowwise_adagrad", learning_rate, eps, initial_accumulator_value, True)
+
+
+def adagrad(
+    learning_rate: ScalarOrSchedule, eps: float = 1e-10, initial_accumulator_value: float = 0.0
+) -> SparseGradientTransformation:
+    """Element-wise Adagrad, as `torch.optim.Adagrad` on a sparse gradient.
+
+    For each row `i` with a gradient: `acc[i] += g[i] ** 2` (element-wise), then
+    `w[i] -= lr * g[i] / (sqrt(acc[i]) + eps)`. Exact: rows without a gradient are untouched,
+    as in the dense formula. The state is a second table.
+
+    **Arguments:**
+
+    - `learning_rate`: a float or an optax schedule `count -> learning rate`.
+    - `eps`: added to `sqrt(acc)`.
+    - `initial_accumulator_value`: the starting value of every accumulator.
+
+    **Returns:**
+
+    A `SparseGradientTransformation` with state `AdagradState` (`(num_rows, dim)` per table).
+    """
+    return _adagrad("adagrad", learning_rate, eps, initial_accumulator_value, False)
+
+
+def lazy_adam(
+    learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> SparseGradientTransformation:
+    """Lazy Adam, as `torch.optim.SparseAdam` (and TF's `LazyAdam`).
+
+    Let `t` be the global step (the number of updates so far, this one included). For each row
+    `i` with a gradient `g[i]` (duplicates summed), and only for those rows:
+
+    ```
+    m[i] = b1 * m[i] + (1 - b1) * g[i]
+    v[i] = b2 * v[i] + (1 - b2) * g[i] ** 2
+    w[i] -= lr * sqrt(1 - b2 ** t) / (1 - b1 ** t) * m[i] / (sqrt(v[i]) + eps)
+    ```
+
+    Rows without a gradient keep their moments and weights: unlike dense Adam, whose momentum
+    keeps moving every row it has ever seen, so the two differ (this is not an exact sparse form
+    of `optax.adam`). Bias correction uses the global step, not a per-row count, and `eps` is
+    added to `sqrt(v)` before bias correction: both as in PyTorch's `SparseAdam`.
+
+    **Arguments:**
+
+    - `learning_rate`: a float or an optax schedule `count -> learning rate`.
+    - `b1`, `b2`: the decay rates of the first and second moments.
+    - `eps`: added to `sqrt(v)`.
+
+    **Returns:**
+
+    A `SparseGradientTransformation` with state `LazyAdamState` (two `(num_rows, dim)` arrays
+    per table).
+    """
+
+    def init(params: PyTree) -> LazyAdamState:
+        zeros = _table_state(0.0, lambda w: w.shape)
+        return LazyAdamState(count=jnp.zeros((), jnp.int32), mu=zeros(params), nu=zeros(params))
+
+    def update(grads: PyTree, state: LazyAdamState, params: PyTree = None):
+        del params
+        count = optax.safe_int32_increment(state.count)
+        t = count.astype(jnp.float32)
+        step_size = _learning_rate(learning_rate, state.count) * jnp.sqrt(1 - b2**t) / (1 - b1**t)
+
+        def rows(g: SparseRows, mu: Array, nu: Array):
+            m = b1 * _gather(mu, g.ids) + (1 - b1) * g.values
+            v = b2 * _gather(nu, g.ids) + (1 - b2) * jnp.square(g.values)
+            step = SparseRows(g.ids, _scaled(-step_size, m / (jnp.sqrt(v) + eps)), g.num_rows)
+            return step, _scatter(mu, g.ids, m), _scatter(nu, g.ids, v)
+
+        updates, mu, nu = _map_tables("lazy_adam", 3, rows, grads, state.mu, state.nu)
+        return updates, LazyAdamState(count, mu, nu)
+
+    return SparseGradientTransformation(init, update)

@@ -1,0 +1,131 @@
+"""`zoo.sparse.partition` and `zoo.sparse.apply_updates`: one optimizer for a whole model."""
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import optax
+
+from .._custom_types import PyTree
+from .._embedding import Embedding
+from ._optimizers import SparseGradientTransformation
+from ._rows import SparseRows, is_sparse_rows
+
+
+class PartitionState(NamedTuple):
+    """State of `zoo.sparse.partition`: the dense optimizer's and the sparse optimizer's."""
+
+    dense: optax.OptState
+    embeddings: PyTree
+
+
+def _is_embedding(x) -> bool:
+    return isinstance(x, Embedding)
+
+
+def _table_mask(model: PyTree) -> PyTree:
+    """A filter spec for `eqx.partition`: True at every `Embedding.weight`, False elsewhere."""
+
+    def mask(node):
+        if _is_embedding(node):
+            return eqx.tree_at(lambda e: e.weight, node, True)
+        return False
+
+    return jax.tree.map(mask, model, is_leaf=_is_embedding)
+
+
+def _split_params(model: PyTree) -> tuple[PyTree, PyTree]:
+    """`(tables, rest)`: the embedding weights, and every other floating array."""
+    return eqx.partition(eqx.filter(model, eqx.is_inexact_array), _table_mask(model))
+
+
+def _split_grads(grads: PyTree) -> tuple[PyTree, PyTree]:
+    """`(tables, rest)` of gradients or updates: the `SparseRows`, and every other leaf."""
+    return eqx.partition(grads, is_sparse_rows, is_leaf=is_sparse_rows)
+
+
+def partition(
+    dense: optax.GradientTransformation, embeddings: SparseGradientTransformation
+) -> SparseGradientTransformation:
+    """Train embedding tables with a sparse optimizer and everything else with an optax one.
+
+    **Arguments:**
+
+    - `dense`: any `optax.GradientTransformation` (chains, schedules, clipping, ...), applied
+        to every floating array of the model that is not an `Embedding.weight`. It sees a
+        pytree of the model's structure with `None` at the tables.
+    - `embeddings`: a sparse transformation (`zoo.sparse.sgd`, `rowwise_adagrad`, `adagrad`,
+        `lazy_adam`) applied to every `Embedding.weight`.
+
+    **Returns:**
+
+    A `SparseGradientTransformation` over whole models:
+
+    - `init(model) -> PartitionState`;
+    - `update(grads, state, model=None) -> (updates, state)`, with `grads` from
+        `zoo.sparse.value_and_grad` (pass `model` when the dense optimizer needs params).
+
+    Apply the updates with `zoo.sparse.apply_updates`.
+
+    !!! example
+
+        ```python
+        opt = zoo.sparse.partition(
+            dense=optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)),
+            embeddings=zoo.sparse.rowwise_adagrad(0.05),
+        )
+        opt_state = opt.init(model)
+
+        @eqx.filter_jit(donate="all")
+        def step(model, opt_state, batch):
+            loss, grads = zoo.sparse.value_and_grad(loss_fn)(model, batch)
+            updates, opt_state = opt.update(grads, opt_state, model)
+            return zoo.sparse.apply_updates(model, updates), opt_state, loss
+        ```
+
+    Gradient transformations in `dense` see only the dense gradients: a global-norm clip, for
+    instance, ignores the tables.
+    """
+
+    def init(model: PyTree) -> PartitionState:
+        tables, rest = _split_params(model)
+        return PartitionState(dense=dense.init(rest), embeddings=embeddings.init(tables))
+
+    def update(grads: PyTree, state: PartitionState, model: PyTree = None):
+        table_grads, rest_grads = _split_grads(grads)
+        tables, rest = (None, None) if model is None else _split_params(model)
+        rest_updates, dense_state = dense.update(rest_grads, state.dense, rest)
+        table_updates, table_state = embeddings.update(table_grads, state.embeddings, tables)
+        updates = eqx.combine(table_updates, rest_updates, is_leaf=is_sparse_rows)
+        return updates, PartitionState(dense_state, table_state)
+
+    return SparseGradientTransformation(init, update)
+
+
+def _apply(update, param):
+    if update is None:
+        return param
+    if isinstance(update, SparseRows):
+        # Padding ids are out of range and dropped; with `param` donated this is in place.
+        return param.at[update.ids].add(
+            update.values.astype(param.dtype), mode="drop", unique_indices=True
+        )
+    return (param + update).astype(param.dtype)
+
+
+def apply_updates(model: PyTree, updates: PyTree) -> PyTree:
+    """`model` plus `updates`: as `eqx.apply_updates`, with `SparseRows` added row by row.
+
+    **Arguments:**
+
+    - `model`: the model (or any pytree of parameters).
+    - `updates`: from a `SparseGradientTransformation`: the model's structure with `None` for
+        leaves to leave alone, dense arrays, and `SparseRows` for embedding tables.
+
+    **Returns:**
+
+    The updated model. Each table is changed only at its updated rows; jit the step with
+    `donate="all"` (or donate the model) so that XLA does this in place.
+    """
+    is_leaf = lambda x: x is None or is_sparse_rows(x)  # noqa: E731
+    return jax.tree.map(_apply, updates, model, is_leaf=is_leaf)

@@ -1,0 +1,367 @@
+"""`zoo.sparse`: row gradients, sparse optimizers and O(batch) steps, checked against dense JAX."""
+
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import zoo
+from zoo.sparse import SparseRows
+
+from .helpers import as_numpy, tree_allclose
+
+NUM_USERS, NUM_ITEMS, DIM = 13, 17, 4
+
+
+class Recommender(eqx.Module):
+    """Two tables; `items` is looked up twice per example (a positive and a negative bag)."""
+
+    users: zoo.Embedding
+    items: zoo.Embedding
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.users = zoo.Embedding(NUM_USERS, DIM, key=k1)
+        self.items = zoo.Embedding(NUM_ITEMS, DIM, padding_idx=0, combiner="mean", key=k2)
+        self.head = eqx.nn.Linear(DIM, DIM, key=k3)
+
+    def __call__(self, user, positive, negative):
+        u = self.head(self.users(user))
+        return jnp.dot(u, self.items(positive)) - jnp.dot(u, self.items(negative))
+
+
+def vmapped_loss(model, batch):
+    scores = jax.vmap(model)(batch["user"], batch["positive"], batch["negative"])
+    return jnp.mean(jax.nn.softplus(-scores))
+
+
+def batched_loss(model, batch):
+    """The same loss with no vmap: lookups of whole id arrays."""
+    u = jax.vmap(model.head)(model.users(batch["user"]))
+    scores = jnp.sum(u * (model.items(batch["positive"]) - model.items(batch["negative"])), -1)
+    return jnp.mean(jax.nn.softplus(-scores))
+
+
+def nested_vmap_loss(model, batch):
+    """vmap over examples and, inside, over the two bags (given on axis 1)."""
+    bags = jnp.stack([batch["positive"], batch["negative"]], axis=0)
+
+    def per_example(user, bags):
+        u = model.head(model.users(user))
+        both = jax.vmap(lambda bag: jnp.dot(u, model.items(bag)), in_axes=1)(bags)
+        return both[0] - both[1]
+
+    return jnp.mean(jax.nn.softplus(-jax.vmap(per_example, in_axes=(0, 1))(batch["user"], bags)))
+
+
+def make_batch(key, size=8, bag=3):
+    """Random ids with many duplicates and some padding (item id 0)."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {
+        "user": jax.random.randint(k1, (size,), 0, 4),
+        "positive": jax.random.randint(k2, (size, bag), 0, 6),
+        "negative": jax.random.randint(k3, (size, bag), 0, NUM_ITEMS),
+    }
+
+
+def densify(rows: SparseRows) -> jax.Array:
+    table = jnp.zeros((rows.num_rows, rows.values.shape[1]), rows.values.dtype)
+    return table.at[rows.ids].add(rows.values, mode="drop")
+
+
+def densified(grads):
+    return jax.tree.map(
+        lambda g: densify(g) if isinstance(g, SparseRows) else g,
+        grads,
+        is_leaf=zoo.sparse.is_sparse_rows,
+    )
+
+
+@pytest.mark.parametrize("loss_fn", [vmapped_loss, batched_loss, nested_vmap_loss])
+def test_gradients_equal_jax_grad(getkey, loss_fn):
+    model, batch = Recommender(getkey()), make_batch(getkey())
+    loss, grads = eqx.filter_jit(zoo.sparse.value_and_grad(loss_fn))(model, batch)
+    expected_loss, expected = eqx.filter_value_and_grad(loss_fn)(model, batch)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+    assert isinstance(grads.users.weight, SparseRows)
+    assert isinstance(grads.items.weight, SparseRows)
+    assert tree_allclose(densified(grads), expected, atol=1e-7)
+
+
+def test_row_gradients_are_coalesced(getkey):
+    model, batch = Recommender(getkey()), make_batch(getkey())
+    _, grads = zoo.sparse.value_and_grad(vmapped_loss)(model, batch)
+    rows = grads.items.weight
+    looked_up = np.concatenate([as_numpy(batch["positive"]), as_numpy(batch["negative"])], 0)
+    unique = np.setdiff1d(looked_up, [0])  # the padding id is left out
+    ids = as_numpy(rows.ids)
+    assert ids.shape == (looked_up.size,)  # static: every lookup of the table
+    np.testing.assert_array_equal(ids[: unique.size], unique)
+    np.testing.assert_array_equal(ids[unique.size :], NUM_ITEMS)  # out-of-range sentinel
+    np.testing.assert_array_equal(rows.values[unique.size :], 0)
+
+
+def test_has_aux_and_a_table_nested_in_a_list(getkey):
+    keys = jax.random.split(getkey(), 2)
+    model = [zoo.Embedding(9, 2, key=keys[0]), {"t": zoo.Embedding(5, 2, key=keys[1])}]
+    ids = jnp.array([[1, 1, 8], [2, 3, 4]])
+
+    def loss_fn(model, ids):
+        a, b = model[0], model[1]["t"]
+        out = jnp.sum(jax.vmap(a)(ids) ** 2) + jnp.sum(b(ids[1]) * b(ids[1, ::-1]))
+        return out, {"out": out}
+
+    (loss, aux), grads = zoo.sparse.value_and_grad(loss_fn, has_aux=True)(model, ids)
+    (expected_loss, _), expected = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, ids)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+    np.testing.assert_allclose(aux["out"], expected_loss, rtol=1e-6)
+    assert tree_allclose(densified(grads), expected)
+
+
+def test_lookup_inside_scan_is_a_clear_error(getkey):
+    emb = zoo.Embedding(5, 2, key=getkey())
+
+    def loss_fn(emb, ids):
+        return jax.lax.scan(lambda c, i: (c + jnp.sum(emb(i)), None), 0.0, ids)[0]
+
+    with pytest.raises(ValueError, match="Look the ids up before it"):
+        zoo.sparse.value_and_grad(loss_fn)(emb, jnp.array([1, 2]))
+
+
+def dense_reference(name, lr, eps):
+    """The sparse optimizer's formula applied to a dense table gradient, every row."""
+
+    def init(table):
+        shape = table.shape[:1] if name == "rowwise_adagrad" else table.shape
+        return jnp.zeros(shape, table.dtype)
+
+    def update(table, grad, acc):
+        if name == "sgd":
+            return table - lr * grad, acc
+        squares = jnp.square(grad)
+        acc = acc + (jnp.mean(squares, -1) if name == "rowwise_adagrad" else squares)
+        scale = jnp.sqrt(acc)[:, None] if name == "rowwise_adagrad" else jnp.sqrt(acc)
+        return table - lr * grad / (scale + eps), acc
+
+    return init, update
+
+
+def sparse_step(opt, loss_fn):
+    @eqx.filter_jit(donate="all")
+    def step(model, opt_state, batch):
+        loss, grads = zoo.sparse.value_and_grad(loss_fn)(model, batch)
+        updates, opt_state = opt.update(grads, opt_state, model)
+        return zoo.sparse.apply_updates(model, updates), opt_state, loss
+
+    return step
+
+
+@pytest.mark.parametrize("name", ["sgd", "rowwise_adagrad", "adagrad"])
+def test_exact_optimizers_equal_their_dense_formula(getkey, name):
+    lr, eps = 0.3, 1e-6
+    kwargs = {} if name == "sgd" else {"eps": eps}
+    opt = zoo.sparse.partition(
+        dense=optax.sgd(0.1), embeddings=getattr(zoo.sparse, name)(lr, **kwargs)
+    )
+    step = sparse_step(opt, vmapped_loss)
+    model = Recommender(getkey())
+    init, update = dense_reference(name, lr, eps)
+    reference, accs = model, (init(model.users.weight), init(model.items.weight))
+    opt_state = opt.init(model)
+    for _ in range(4):
+        batch = make_batch(getkey())
+        grads = eqx.filter_grad(vmapped_loss)(reference, batch)
+        users, acc_u = update(reference.users.weight, grads.users.weight, accs[0])
+        items, acc_i = update(reference.items.weight, grads.items.weight, accs[1])
+        head = jax.tree.map(lambda p, g: p - 0.1 * g, reference.head, grads.head)
+        reference = eqx.tree_at(
+            lambda m: (m.users.weight, m.items.weight, m.head), reference, (users, items, head)
+        )
+        accs = (acc_u, acc_i)
+        model, opt_state, _ = step(model, opt_state, batch)
+    assert tree_allclose(model, reference, rtol=1e-5, atol=1e-6)
+    if name != "sgd":
+        state = opt_state.embeddings.sum_of_squares
+        assert tree_allclose((state.users.weight, state.items.weight), accs, atol=1e-7)
+
+
+def numpy_lazy_adam(table, grad, touched, m, v, t, lr, b1, b2, eps):
+    """PyTorch SparseAdam in NumPy: only `touched` rows move; bias correction by global step."""
+    m, v, table = m.copy(), v.copy(), table.copy()
+    m[touched] = b1 * m[touched] + (1 - b1) * grad[touched]
+    v[touched] = b2 * v[touched] + (1 - b2) * grad[touched] ** 2
+    step_size = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+    table[touched] -= step_size * m[touched] / (np.sqrt(v[touched]) + eps)
+    return table, m, v
+
+
+def test_lazy_adam_equals_a_numpy_reference(getkey):
+    lr, b1, b2, eps = 0.05, 0.8, 0.95, 1e-6
+    emb = zoo.Embedding(NUM_ITEMS, DIM, padding_idx=0, combiner="sum", key=getkey())
+    target = jax.random.normal(getkey(), (6, DIM))
+
+    def loss_fn(emb, ids):
+        return jnp.sum((jax.vmap(emb)(ids) - target) ** 2)
+
+    opt = zoo.sparse.lazy_adam(lr, b1=b1, b2=b2, eps=eps)
+    step = sparse_step(opt, loss_fn)
+    table = np.array(emb.weight, np.float64)
+    m, v = np.zeros_like(table), np.zeros_like(table)
+    state = opt.init(emb)
+    for t in range(1, 6):
+        ids = jax.random.randint(getkey(), (6, 3), 0, 7)  # duplicates and padding, few rows
+        reference_emb = eqx.tree_at(lambda e: e.weight, emb, jnp.asarray(table, jnp.float32))
+        grad = np.asarray(eqx.filter_grad(loss_fn)(reference_emb, ids).weight, np.float64)
+        touched = np.setdiff1d(np.asarray(ids), [0])
+        table, m, v = numpy_lazy_adam(table, grad, touched, m, v, t, lr, b1, b2, eps)
+        emb, state, _ = step(emb, state, ids)
+    np.testing.assert_allclose(emb.weight, table, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.mu.weight, m, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.nu.weight, v, rtol=1e-5, atol=1e-7)
+    assert int(state.count) == 5
+
+
+def test_schedule_learning_rate(getkey):
+    emb = zoo.Embedding(5, 2, key=getkey())
+    opt = zoo.sparse.sgd(optax.linear_schedule(1.0, 0.0, transition_steps=2))
+    step = sparse_step(opt, lambda e, ids: jnp.sum(e(ids)))
+    state, before = opt.init(emb), np.asarray(emb.weight)
+    for _ in range(3):  # learning rates 1.0, 0.5, 0.0
+        emb, state, _ = step(emb, state, jnp.array([1]))
+    np.testing.assert_allclose(emb.weight - before, np.array([[0, 0], [-1.5, -1.5], *[[0, 0]] * 3]))
+
+
+def test_state_is_a_pytree_of_arrays(getkey):
+    model = Recommender(getkey())
+    opt = zoo.sparse.partition(
+        dense=optax.sgd(0.1, momentum=0.9), embeddings=zoo.sparse.lazy_adam(1e-2)
+    )
+    state = opt.init(model)
+    leaves, treedef = jax.tree.flatten(state)
+    assert leaves and all(isinstance(x, jax.Array) for x in leaves)
+    restored = jax.tree.unflatten(
+        treedef, [jnp.array(np.asarray(x)) for x in leaves]
+    )  # a checkpoint
+    batch = make_batch(getkey())
+    _, grads = zoo.sparse.value_and_grad(vmapped_loss)(model, batch)
+    updates, new = opt.update(grads, restored, model)
+    assert tree_allclose((updates, new), opt.update(grads, state, model))
+    assert jax.tree.structure(new) == treedef
+
+
+def test_trainer_predicate_and_dense_gradients_rejected(getkey):
+    opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=zoo.sparse.sgd(0.1))
+    assert isinstance(opt, zoo.sparse.SparseGradientTransformation)
+    assert isinstance(zoo.sparse.rowwise_adagrad(0.1), zoo.sparse.SparseGradientTransformation)
+    assert not isinstance(optax.sgd(0.1), zoo.sparse.SparseGradientTransformation)
+    emb = zoo.Embedding(5, 2, key=getkey())
+    tx = zoo.sparse.rowwise_adagrad(0.1)
+    dense_grads = eqx.filter_grad(lambda e: jnp.sum(e(jnp.array([1]))))(emb)
+    with pytest.raises(TypeError, match=r"zoo.sparse.partition\(dense="):
+        tx.update(dense_grads, tx.init(emb))
+
+
+# --- No O(table) work in a step ------------------------------------------------------------------
+
+BIG = 1_000_003  # a table size that nothing else in the step has
+
+
+class BigModel(eqx.Module):
+    table: zoo.Embedding
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.table = zoo.Embedding(BIG, 8, padding_idx=0, combiner="mean", key=k1)
+        self.head = eqx.nn.Linear(8, 1, key=k2)
+
+    def __call__(self, ids):
+        return self.head(self.table(ids))[0]
+
+
+def big_loss(model, batch):
+    return jnp.mean((jax.vmap(model)(batch["ids"]) - batch["y"]) ** 2)
+
+
+def big_step(optimizer):
+    """The step a user writes, sparse or (for `optax` optimizers) dense, and its arguments."""
+    sparse = isinstance(optimizer, zoo.sparse.SparseGradientTransformation)
+    grad_fn = zoo.sparse.value_and_grad if sparse else eqx.filter_value_and_grad
+    apply = zoo.sparse.apply_updates if sparse else eqx.apply_updates
+
+    def init(key):
+        model = BigModel(key)
+        return model, optimizer.init(model if sparse else eqx.filter(model, eqx.is_array))
+
+    model, state = eqx.filter_eval_shape(init, jax.random.key(0))  # shapes only: no allocation
+    batch = {
+        "ids": jax.ShapeDtypeStruct((64, 5), jnp.int32),
+        "y": jax.ShapeDtypeStruct((64,), jnp.float32),
+    }
+
+    def step(model, state, batch):
+        loss, grads = grad_fn(big_loss)(model, batch)
+        updates, state = optimizer.update(grads, state, model)
+        return apply(model, updates), state, loss
+
+    return step, (model, state, batch)
+
+
+HARMLESS_HLO = ("parameter", "scatter", "tuple", "get-tuple-element", "bitcast")
+HLO_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%[\w.\-]+ = (?P<shape>.*?) (?P<op>[\w\-]+)\(")
+
+
+def table_sized_ops(step, args) -> list[str]:
+    """Every op of the step's jaxpr or compiled HLO that makes a table-sized array, except a
+    scatter into a table, and the step's temporary memory if it is table-sized."""
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            params = [p for v in eqn.params.values() for p in (v if isinstance(v, tuple) else [v])]
+            subjaxprs = [getattr(p, "jaxpr", p) for p in params]
+            subjaxprs = [j for j in subjaxprs if isinstance(j, jax.extend.core.Jaxpr)]
+            for sub in subjaxprs:
+                walk(sub)
+            big = any(BIG in getattr(v.aval, "shape", ()) for v in eqn.outvars)
+            if big and not subjaxprs and eqn.primitive.name not in ("scatter", "scatter-add"):
+                found.append(f"jaxpr: {eqn.primitive.name}")
+
+    walk(jax.make_jaxpr(step)(*args).jaxpr)
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*args).compile()
+    for line in compiled.as_text().splitlines():
+        match = HLO_INSTRUCTION.match(line)
+        if match is None or f"[{BIG}" not in match["shape"]:
+            continue
+        in_place = match["op"] == "fusion" and "calls=%wrapped_scatter" in line
+        if match["op"] not in HARMLESS_HLO and not in_place:
+            found.append(f"hlo: {line.strip()[:120]}")
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    if temp >= BIG * 4:
+        found.append(f"temporary memory: {temp} bytes")
+    return found
+
+
+@pytest.mark.parametrize("name", ["sgd", "rowwise_adagrad", "adagrad", "lazy_adam"])
+def test_sparse_step_does_no_table_sized_work(name):
+    with jax.numpy_dtype_promotion("standard"):  # optax.adam mixes int and float
+        opt = zoo.sparse.partition(
+            dense=optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)),
+            embeddings=getattr(zoo.sparse, name)(0.1),
+        )
+        step, args = big_step(opt)
+        assert table_sized_ops(step, args) == []
+
+
+def test_the_check_flags_the_dense_path():
+    with jax.numpy_dtype_promotion("standard"):
+        step, args = big_step(optax.adam(1e-3))
+        found = table_sized_ops(step, args)
+    assert any(f.startswith("jaxpr: broadcast_in_dim") for f in found)  # zeros((V, D))
+    assert any(f.startswith("hlo:") for f in found)
+    assert any(f.startswith("temporary memory") for f in found)
