@@ -15,7 +15,7 @@ import optax
 from jax import lax
 from jaxtyping import Array, Float, Int
 
-from .._custom_types import Batch, LossFn
+from .._custom_types import Batch, LossFn, Optimizer
 from ._dataset import gather
 from ._rules import UpdateRule
 from ._state import TrainState
@@ -55,7 +55,7 @@ class StepTotals(NamedTuple):
 
 
 def make_train_step(
-    loss_fn: LossFn, optimizer: optax.GradientTransformation, rule: UpdateRule
+    loss_fn: LossFn, optimizer: Optimizer, rule: UpdateRule
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Array, Array]]:
     """`train_step(state, batch) -> (state, loss, grad_norm)`: one optimizer step."""
 

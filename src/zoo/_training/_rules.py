@@ -5,6 +5,8 @@ from typing import Any, NamedTuple
 
 import equinox as eqx
 
+from .. import sparse
+
 
 class UpdateRule(NamedTuple):
     """The three functions a training step needs from its optimizer family.
@@ -26,6 +28,15 @@ DENSE = UpdateRule(
 )
 
 
+# Sparse-embedding optimizers see the whole model and take gradients whose tables are
+# `SparseRows` (only the looked-up rows), so a step costs O(batch) rather than O(table).
+SPARSE = UpdateRule(
+    value_and_grad=sparse.value_and_grad,
+    params=lambda model: model,
+    apply_updates=sparse.apply_updates,
+)
+
+
 def rule_for(optimizer) -> UpdateRule:
-    """The update rule matching `optimizer`: sparse optimizers bring their own."""
-    return getattr(optimizer, "update_rule", DENSE)
+    """The update rule matching `optimizer`: the sparse one for `zoo.sparse` optimizers."""
+    return SPARSE if isinstance(optimizer, sparse.SparseGradientTransformation) else DENSE
