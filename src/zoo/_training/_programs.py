@@ -108,8 +108,10 @@ class Programs:
         def epoch_order(dynamic, num_examples):
             return eqx.combine(dynamic, static).epoch_order(num_examples)
 
-        self.run_steps = jax.jit(run_steps, donate_argnums=(0, 1))
-        self.one_step = jax.jit(one_step, donate_argnums=(0, 1))
+        # The state is donated (updated in place); the few-byte totals are not, so a chunk's
+        # totals can still be read after the next chunk has been dispatched.
+        self.run_steps = jax.jit(run_steps, donate_argnums=0)
+        self.one_step = jax.jit(one_step, donate_argnums=0)
         self.epoch_order = jax.jit(epoch_order, static_argnums=1)
 
     def combine(self, dynamic) -> TrainState:

@@ -138,6 +138,7 @@ def train(
             bar.set_description(f"epoch {epoch + 1}/{epochs}")
             start = time.perf_counter()
             dynamic, totals = runner.run(dynamic, bar)
+            jax.block_until_ready(totals)  # programs run asynchronously: time the work itself
             seconds = time.perf_counter() - start
             _raise_if_not_finite(totals)
             dynamic = _next_epoch(dynamic)
@@ -229,15 +230,17 @@ class _FusedEpochs(_EpochRunner):
     def run(self, dynamic, bar):
         layout = self._layout
         order = self._programs.epoch_order(dynamic, self._count)
+        report = _ChunkReport(bar)
         totals = StepTotals.zeros()
         for first in range(0, layout.full_batches, layout.chunk):
             steps = min(layout.chunk, layout.full_batches - first)
             dynamic, totals = self._programs.run_steps(dynamic, totals, self._data, order, steps)
-            _report(bar, totals, steps)
+            report.dispatched(totals, steps)
         if layout.remainder:
             last = gather(self._data, order[layout.full_batches * layout.batch_size :])
             dynamic, totals = self._programs.one_step(dynamic, totals, last)
-            bar.update(1)
+            report.dispatched(totals, 1)
+        report.flush()
         return dynamic, totals
 
 
@@ -293,29 +296,48 @@ def _checked_batch(batch) -> dict:
 
 def _run_batches(programs: Programs, dynamic, batches: Iterable[Batch], bar, chunk: int):
     """Runs a step per batch, with the next batch already on its way to the device."""
+    report = _ChunkReport(bar)
     totals = StepTotals.zeros()
     ahead = deque()
-    for batch in batches:
+    for steps, batch in enumerate(batches, start=1):
         ahead.append(batch)
         if len(ahead) == 2:
             dynamic, totals = programs.one_step(dynamic, totals, ahead.popleft())
-            _report_every(bar, totals, chunk)
+        if steps % chunk == 0:
+            report.dispatched(totals, chunk)
     while ahead:
         dynamic, totals = programs.one_step(dynamic, totals, ahead.popleft())
-        _report_every(bar, totals, chunk)
+    report.dispatched(totals, int(totals.steps) - report.steps)
+    report.flush()
     return dynamic, totals
 
 
-def _report_every(bar, totals: StepTotals, chunk: int) -> None:
-    bar.update(1)
-    if bar.n % chunk == 0:
-        _report(bar, totals, 0)
+class _ChunkReport:
+    """Progress-bar updates that never stall the device.
 
+    Reading a total waits for the program that computes it. So when a chunk has been
+    dispatched, the bar shows the totals of the chunk *before* it, which are ready or nearly so
+    while the device already works on the next one.
+    """
 
-def _report(bar, totals: StepTotals, steps: int) -> None:
-    # Reading a total waits for the device: a host sync, done once per chunk and never per step.
-    bar.update(steps)
-    bar.set_postfix(loss=f"{float(totals.loss) / int(totals.examples):.4g}")
+    def __init__(self, bar):
+        self._bar = bar
+        self._pending: tuple[StepTotals, int] | None = None
+        self.steps = 0
+
+    def dispatched(self, totals: StepTotals, steps: int) -> None:
+        self.flush()
+        self._pending = (totals, steps)
+        self.steps += steps
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        totals, steps = self._pending
+        self._pending = None
+        self._bar.update(steps)
+        if not self._bar.disable:
+            self._bar.set_postfix(loss=f"{float(totals.loss) / int(totals.examples):.4g}")
 
 
 def _epoch_runner(data, programs, batch_size, last_batch, fused, steps_per_chunk) -> _EpochRunner:
