@@ -17,7 +17,7 @@ from .._evaluate import evaluate
 from .._losses import resolve_loss
 from .._metrics import Metric, resolve_metrics
 from ._dataset import checked_dataset, gather, host_batch, nbytes, num_examples, to_device
-from ._history import new_history, record_epoch
+from ._history import current_learning_rate, new_history, record_epoch
 from ._programs import Programs, StepTotals, make_train_step
 from ._progress import progress_bar
 from ._rules import rule_for
@@ -123,11 +123,15 @@ def train(
 
     rule = rule_for(optimizer)
     state = initial_state(model, optimizer.init(rule.params(model)), key)
+    _check_learning_rate(current_learning_rate(state.opt_state))
     dynamic, static = eqx.partition(state, eqx.is_array)
     # The programs donate the state's buffers; copy once so the caller's model stays usable.
     dynamic = jax.tree.map(jnp.copy, dynamic)
     programs = Programs(make_train_step(loss_fn, optimizer, rule), static, batch_size)
     runner = _epoch_runner(data, programs, batch_size, last_batch, fused, steps_per_chunk)
+    if loss == "cross_entropy":
+        for argument, arrays in (("data", runner.arrays), ("eval_data", eval_arrays)):
+            _check_class_labels(model, arrays, argument)
 
     history = new_history()
     if runner.skipped_per_epoch:
@@ -211,6 +215,7 @@ class _EpochRunner:
 
     steps_per_epoch: int | None = None
     skipped_per_epoch: int = 0
+    arrays: dict | None = None  # the whole dataset, when there is one (not for iterables)
 
     def run(self, dynamic: TrainState, bar) -> tuple[TrainState, StepTotals]:
         raise NotImplementedError
@@ -220,6 +225,7 @@ class _FusedEpochs(_EpochRunner):
     """The dataset lives on the device; each chunk of steps runs as one program."""
 
     def __init__(self, arrays, programs: Programs, layout: _EpochLayout):
+        self.arrays = arrays
         self._data = to_device(arrays)
         self._count = num_examples(arrays)
         self._programs = programs
@@ -248,7 +254,7 @@ class _HostEpochs(_EpochRunner):
     """The dataset stays on the host; each step's batch is gathered there and prefetched."""
 
     def __init__(self, arrays, programs: Programs, layout: _EpochLayout):
-        self._arrays = arrays
+        self.arrays = self._arrays = arrays
         self._count = num_examples(arrays)
         self._programs = programs
         self._layout = layout
@@ -366,6 +372,38 @@ def _device_budget_bytes() -> int:
     stats = jax.devices()[0].memory_stats() or {}
     # Leave room for the model, the optimizer state and activations beside the dataset.
     return stats["bytes_limit"] // 4 if "bytes_limit" in stats else _FUSED_BYTES_WITHOUT_STATS
+
+
+def _check_class_labels(model: eqx.Module, arrays: dict | None, argument: str) -> None:
+    """Labels for cross-entropy must index the model's outputs; checked once, on the host.
+
+    (Inside the compiled step an out-of-range label would only show as a wrong loss.)
+    """
+    if arrays is None or "x" not in arrays or "y" not in arrays:
+        return
+    labels = arrays["y"]
+    if not np.issubdtype(labels.dtype, np.integer):
+        return  # the loss itself raises a TypeError that says so, when traced
+    try:
+        outputs = eqx.filter_eval_shape(lambda m, x: m(x), model, arrays["x"][0])
+    except Exception:
+        return
+    classes = outputs.shape[-1] if outputs.ndim else 1
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise ValueError(
+            f"{argument}['y'] must hold class labels in [0, {classes}) for a model with {classes} "
+            f"outputs; got labels from {low} to {high}. Remap the labels, or build the model "
+            f"with out_size={high + 1}."
+        )
+
+
+def _check_learning_rate(learning_rate: float | None) -> None:
+    if learning_rate is not None and not 0 < learning_rate < float("inf"):
+        raise ValueError(
+            f"the optimizer's learning rate must be positive and finite; got {learning_rate:.6g}. "
+            "For example optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)."
+        )
 
 
 def _check_positive_int(name: str, value) -> None:

@@ -61,6 +61,22 @@ class LazyAdamState(NamedTuple):
     nu: PyTree
 
 
+def _check_learning_rate(name: str, learning_rate: ScalarOrSchedule) -> None:
+    """Eagerly rejects a learning rate that cannot train: not positive, or not finite."""
+    if callable(learning_rate):
+        return
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float):
+        raise TypeError(
+            f"learning_rate of zoo.sparse.{name} must be a positive float or an optax schedule; "
+            f"got {learning_rate!r}. For example zoo.sparse.{name}(0.05)."
+        )
+    if not 0 < learning_rate < float("inf"):
+        raise ValueError(
+            f"learning_rate of zoo.sparse.{name} must be positive and finite; got "
+            f"{learning_rate!r}. For example zoo.sparse.{name}(0.05)."
+        )
+
+
 def _learning_rate(learning_rate: ScalarOrSchedule, count: Int[ArrayLike, ""]):
     return learning_rate(count) if callable(learning_rate) else learning_rate
 
@@ -128,6 +144,8 @@ def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
         ```
     """
 
+    _check_learning_rate("sgd", learning_rate)
+
     def init(params: PyTree) -> SGDState:
         del params
         return SGDState(count=jnp.zeros((), jnp.int32))
@@ -148,6 +166,7 @@ def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
 def _adagrad(
     name: str, learning_rate: ScalarOrSchedule, eps: float, init_value: float, rowwise: bool
 ) -> SparseGradientTransformation:
+    _check_learning_rate(name, learning_rate)
     row_shape = (lambda w: w.shape[:1]) if rowwise else (lambda w: w.shape)
 
     def init(params: PyTree) -> AdagradState:
@@ -254,6 +273,8 @@ def lazy_adam(
     A `SparseGradientTransformation` with state `LazyAdamState` (two `(num_rows, dim)` arrays
     per table).
     """
+
+    _check_learning_rate("lazy_adam", learning_rate)
 
     def init(params: PyTree) -> LazyAdamState:
         zeros = _table_state(0.0, lambda w: w.shape)

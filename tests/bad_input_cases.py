@@ -1,0 +1,490 @@
+"""The table of bad inputs across zoo's public API, each with the error a user gets and the fix.
+
+`tests/test_bad_input.py` asserts every case; `docs/errors.md` is generated from this table by
+running it (`uv run python tests/bad_input_cases.py`), and a test checks that page is current.
+"""
+
+import contextlib
+import dataclasses
+import gzip
+import io
+import pathlib
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import zoo
+import zoo._cli
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    area: str  # the public name the input goes to
+    bad: str  # what is wrong, in the words of the docs page
+    call: Callable[[pathlib.Path], Any]  # gets a fresh folder; must raise `error`
+    error: type[BaseException] | tuple[type[BaseException], ...]
+    message: str  # regex on the message: it names the argument and what was expected
+    fix: str
+    setup: Callable[[pathlib.Path], None] | None = None  # files the call needs, made first
+
+
+def _mlp(in_size=4):
+    return zoo.MLP(in_size, 3, (8,), key=jax.random.key(0))
+
+
+def _classification(n=8, features=4):
+    return {"x": np.zeros((n, features), np.float32), "y": np.zeros(n, np.int32)}
+
+
+def _train(data=None, **kwargs):
+    return lambda tmp: zoo.train(
+        _mlp(), _classification() if data is None else data, progress=False, **kwargs
+    )
+
+
+def _cli(*args: str):
+    """Runs the `zoo` command line; its exit carries the status and argparse's complaint."""
+
+    def call(tmp: pathlib.Path) -> None:
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                zoo._cli.main(list(args))
+        except SystemExit as exit:
+            complaint = stderr.getvalue().strip().splitlines()[-1]
+            raise SystemExit(f"exit status {exit.code}: {complaint}") from None
+
+    return call
+
+
+def _write_bytes(name: str, content: bytes):
+    def setup(tmp: pathlib.Path) -> None:
+        (tmp / name).write_bytes(content)
+
+    return setup
+
+
+def _nan_data():
+    data = _classification()
+    data["x"][5] = np.nan
+    return data
+
+
+def _embedding(**kwargs):
+    return zoo.Embedding(10, 4, key=jax.random.key(0), **kwargs)
+
+
+CASES: list[Case] = [
+    # -- models -------------------------------------------------------------------------------
+    Case(
+        "mlp-feature-size",
+        "zoo.MLP",
+        "an example whose feature size does not match in_size",
+        lambda tmp: _mlp(4)(jnp.ones(5)),
+        ValueError,
+        r"x must be one example of shape \(4,\)",
+        "Pass one example of `in_size` features; batch with `jax.vmap(model)(xs)`.",
+    ),
+    Case(
+        "mlp-in-size",
+        "zoo.MLP",
+        "in_size of 0",
+        lambda tmp: zoo.MLP(0, 3, key=jax.random.key(0)),
+        ValueError,
+        "in_size must be a positive int; got 0",
+        "Give the number of input features, e.g. `zoo.MLP(in_size=784, ...)`.",
+    ),
+    Case(
+        "mlp-hidden",
+        "zoo.MLP",
+        "a hidden width of 0",
+        lambda tmp: zoo.MLP(4, 3, (8, 0), key=jax.random.key(0)),
+        ValueError,
+        r"hidden must hold positive widths.*got \(8, 0\)",
+        "Use positive widths, e.g. `(256, 128)`.",
+    ),
+    Case(
+        "mlp-dropout",
+        "zoo.MLP",
+        "dropout of 1.5",
+        lambda tmp: zoo.MLP(4, 3, dropout=1.5, key=jax.random.key(0)),
+        ValueError,
+        r"dropout must be a probability in \[0, 1\); got 1.5",
+        "Use a rate in [0, 1).",
+    ),
+    Case(
+        "mlp-activation",
+        "zoo.MLP",
+        "an unknown activation name",
+        lambda tmp: zoo.MLP(4, 3, activation="swish2", key=jax.random.key(0)),
+        ValueError,
+        "activation must be a callable or one of 'relu'",
+        "Use a listed name or a callable.",
+    ),
+    Case(
+        "embedding-out-of-range",
+        "zoo.Embedding",
+        "an id >= num_embeddings",
+        lambda tmp: _embedding()(jnp.array([3, 10])),
+        ValueError,
+        r"ids must lie in \[0, num_embeddings\) = \[0, 10\); got ids from 3 to 10",
+        "Remap ids to 0..num_embeddings-1 (`zoo.data.movielens` does this).",
+    ),
+    Case(
+        "embedding-negative",
+        "zoo.Embedding",
+        "a negative id",
+        lambda tmp: _embedding()(jnp.array([-1])),
+        ValueError,
+        r"ids must lie in \[0, num_embeddings\) = \[0, 10\); got ids from -1",
+        "Ids index rows from 0; reserve a row as `padding_idx` for missing values.",
+    ),
+    Case(
+        "embedding-float-ids",
+        "zoo.Embedding",
+        "float ids",
+        lambda tmp: _embedding()(jnp.array([1.0, 2.0])),
+        TypeError,
+        "ids",
+        "Cast ids to an integer dtype: `ids.astype(jnp.int32)`.",
+    ),
+    Case(
+        "embedding-out-of-range-jit",
+        "zoo.Embedding",
+        "an out-of-range id under `jax.jit`",
+        lambda tmp: jax.block_until_ready(eqx.filter_jit(_embedding())(jnp.array([12]))),
+        eqx.EquinoxRuntimeError,
+        r"ids must lie in \[0, num_embeddings\) = \[0, 10\)",
+        "Under jit the check runs on device (`eqx.error_if`) and raises when the step runs.",
+    ),
+    Case(
+        "embedding-padding-idx",
+        "zoo.Embedding",
+        "padding_idx outside the table",
+        lambda tmp: _embedding(padding_idx=10),
+        ValueError,
+        r"padding_idx must be a valid id, 0 <= padding_idx < num_embeddings=10",
+        "Use an id inside the table, e.g. `padding_idx=0`.",
+    ),
+    Case(
+        "embedding-combiner",
+        "zoo.Embedding",
+        "an unknown combiner",
+        lambda tmp: _embedding(combiner="max"),
+        ValueError,
+        'combiner must be None, "sum" or',
+        'Use `combiner="sum"` or `"mean"`.',
+    ),
+    # -- training -----------------------------------------------------------------------------
+    Case(
+        "train-empty",
+        "zoo.train",
+        "an empty dataset `{}`",
+        _train({}),
+        ValueError,
+        "data is empty",
+        "Pass arrays such as `{'x': features, 'y': labels}`.",
+    ),
+    Case(
+        "train-no-examples",
+        "zoo.train",
+        "arrays with no rows",
+        _train(_classification(n=0)),
+        ValueError,
+        "data has no examples",
+        "Check the loader or the split that produced the data.",
+    ),
+    Case(
+        "train-lengths",
+        "zoo.train",
+        "features and labels of different lengths",
+        _train({"x": np.zeros((8, 4), np.float32), "y": np.zeros(7, np.int32)}),
+        ValueError,
+        "data must hold arrays of equal length.*x=8, y=7",
+        "Give one label per example.",
+    ),
+    Case(
+        "train-ragged",
+        "zoo.train",
+        "a ragged array of rows (an object array)",
+        _train(
+            {"x": np.array([np.zeros(2), np.zeros(1)], dtype=object), "y": np.zeros(2, np.int32)}
+        ),
+        ValueError,
+        r"data\['x'\] is ragged",
+        "Pad the rows to one length (and use `padding_idx` for ids).",
+    ),
+    Case(
+        "train-label-dtype",
+        "zoo.train",
+        "float labels with `loss='cross_entropy'`",
+        _train({"x": np.zeros((8, 4), np.float32), "y": np.zeros(8, np.float32)}),
+        TypeError,
+        "cross_entropy needs integer class labels",
+        "Cast labels: `y.astype(np.int32)`.",
+    ),
+    Case(
+        "train-label-range",
+        "zoo.train",
+        "a label >= the number of classes",
+        _train({"x": np.zeros((8, 4), np.float32), "y": np.full(8, 3, np.int32)}),
+        ValueError,
+        r"data\[.y.\] must hold class labels in \[0, 3\).*got labels from 3 to 3",
+        "Remap labels to 0..classes-1, or give the model more outputs.",
+    ),
+    Case(
+        "train-feature-size",
+        "zoo.train",
+        "data whose features do not match the model",
+        _train(_classification(features=5)),
+        ValueError,
+        r"x must be one example of shape \(4,\)",
+        "Build the model with `in_size` equal to the data's feature count.",
+    ),
+    Case(
+        "train-batch-size",
+        "zoo.train",
+        "a negative batch size",
+        _train(batch_size=-1),
+        ValueError,
+        "batch_size must be a positive int; got -1",
+        "Use e.g. `batch_size=128`.",
+    ),
+    Case(
+        "train-epochs",
+        "zoo.train",
+        "a negative epoch count",
+        _train(epochs=-1),
+        ValueError,
+        "epochs must be an int >= 0; got -1",
+        "Use e.g. `epochs=10`.",
+    ),
+    Case(
+        "train-unknown-loss",
+        "zoo.train",
+        "an unknown loss name",
+        _train(loss="hinge"),
+        ValueError,
+        "loss must be a callable.*'cross_entropy', 'mse', 'bce'",
+        "Use a listed name, or any callable `loss(model, batch, key)`.",
+    ),
+    Case(
+        "train-unknown-metric",
+        "zoo.train",
+        "an unknown metric name",
+        _train(metrics=["f1"]),
+        ValueError,
+        "metrics must name known metrics.*'accuracy'",
+        "Use a listed name or a callable `metric(predictions, targets)`.",
+    ),
+    Case(
+        "train-optimizer",
+        "zoo.train",
+        "a learning rate passed as the optimizer",
+        _train(optimizer=0.01),
+        TypeError,
+        "optimizer must be an optax GradientTransformation|parameter .optimizer.",
+        "Pass `optimizer=optax.adam(0.01)`.",
+    ),
+    Case(
+        "train-learning-rate",
+        "zoo.train",
+        "a negative learning rate",
+        _train(optimizer=optax.inject_hyperparams(optax.adam)(learning_rate=-1e-3)),
+        ValueError,
+        "learning rate must be positive and finite; got -0.001",
+        "Use a positive learning rate such as 1e-3.",
+    ),
+    Case(
+        "train-non-finite",
+        "zoo.train",
+        "a NaN in the data (the loss becomes NaN)",
+        _train(_nan_data(), batch_size=4, optimizer=optax.sgd(0.1)),
+        FloatingPointError,
+        r"loss became non-finite .* at step \d",
+        "Lower the learning rate, clip gradients, or clean the data.",
+    ),
+    Case(
+        "train-last-batch",
+        "zoo.train",
+        "an unknown last_batch mode",
+        _train(last_batch="pad"),
+        (ValueError, TypeError),
+        "last_batch must be .keep. or .drop.|parameter .last_batch.",
+        "Use 'keep' or 'drop'.",
+    ),
+    Case(
+        "sparse-learning-rate",
+        "zoo.sparse",
+        "a sparse optimizer with learning rate 0",
+        lambda tmp: zoo.sparse.rowwise_adagrad(0.0),
+        ValueError,
+        "learning_rate of zoo.sparse.rowwise_adagrad must be positive and finite; got 0.0",
+        "Use a positive learning rate, e.g. `zoo.sparse.rowwise_adagrad(0.05)`.",
+    ),
+    Case(
+        "evaluate-no-targets",
+        "zoo.evaluate",
+        "data without 'y'",
+        lambda tmp: zoo.evaluate(_mlp(), {"x": np.zeros((2, 4), np.float32)}),
+        ValueError,
+        "data must hold inputs under 'x' and targets under 'y'",
+        "Add the targets under 'y'.",
+    ),
+    # -- data ---------------------------------------------------------------------------------
+    Case(
+        "mnist-missing",
+        "zoo.data.mnist",
+        "no MNIST files and no download",
+        lambda tmp: zoo.data.mnist("train", root=tmp / "mnist", download=False),
+        zoo.data.DatasetNotFoundError,
+        r"train-images-idx3-ubyte\.gz",
+        "Put the four IDX files in the folder named, or set `ZOO_DATA_DIR`.",
+    ),
+    Case(
+        "mnist-malformed",
+        "zoo.data.mnist",
+        "a truncated IDX file",
+        lambda tmp: zoo.data.mnist("test", root=tmp, download=False),
+        ValueError,
+        r"t10k-images-idx3-ubyte\.gz",
+        "Delete the file and download it again.",
+        setup=lambda tmp: [
+            _write_bytes(name, gzip.compress(content))(tmp)
+            for name, content in [
+                ("t10k-images-idx3-ubyte.gz", b"\x00\x00\x08\x03\x00\x00\x00\x02truncated"),
+                ("t10k-labels-idx1-ubyte.gz", b"\x00\x00\x08\x01\x00\x00\x00\x02\x01\x02"),
+            ]
+        ],
+    ),
+    Case(
+        "digits-split",
+        "zoo.data.digits",
+        "an unknown split",
+        lambda tmp: zoo.data.digits("val"),
+        ValueError,
+        "split must be one of 'train', 'test', 'all'; got 'val'",
+        "Use 'train', 'test' or 'all'.",
+    ),
+    # -- command line -------------------------------------------------------------------------
+    Case(
+        "cli-epochs",
+        "zoo train mlp",
+        "`--epochs 0`",
+        _cli("train", "mlp", "--epochs", "0"),
+        SystemExit,
+        "exit status 2: .*argument --epochs: expected a positive integer, got '0'",
+        "Pass a positive number of epochs.",
+    ),
+    Case(
+        "cli-lr",
+        "zoo train mlp",
+        "`--lr -1`",
+        _cli("train", "mlp", "--lr", "-1"),
+        SystemExit,
+        "exit status 2: .*argument --lr: expected a positive number, got '-1'",
+        "Pass a positive learning rate such as `--lr 1e-3`.",
+    ),
+    Case(
+        "cli-hidden",
+        "zoo train mlp",
+        "`--hidden 256,x`",
+        _cli("train", "mlp", "--hidden", "256,x"),
+        SystemExit,
+        "exit status 2: .*argument --hidden: expected comma-separated positive widths",
+        "Pass widths such as `--hidden 256,128`.",
+    ),
+    Case(
+        "cli-dataset",
+        "zoo train mlp",
+        "`--dataset cifar`",
+        _cli("train", "mlp", "--dataset", "cifar"),
+        SystemExit,
+        "exit status 2: .*argument --dataset: invalid choice: 'cifar'",
+        "Use `digits` or `mnist`.",
+    ),
+    Case(
+        "cli-model",
+        "zoo train",
+        "an unknown model",
+        _cli("train", "resnet"),
+        SystemExit,
+        "exit status 2: .*invalid choice: 'resnet'",
+        "See `zoo train --help` for the models.",
+    ),
+]
+
+
+def message_line(case: Case, error: BaseException, tmp: pathlib.Path) -> str:
+    """The line of the message that the case's pattern finds (errors raised under jit come
+    wrapped in tracebacks), with the temporary folder's name replaced."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    matching = [line for line in lines if re.search(case.message, line)]
+    return (matching or lines or [""])[0].strip().replace(str(tmp), "<folder>")
+
+
+def render(messages: dict[str, str]) -> str:
+    """The docs page: one row per case, with the message a user sees."""
+    lines = [
+        "# Errors and how to fix them",
+        "",
+        "Generated from `tests/bad_input_cases.py` (`uv run python tests/bad_input_cases.py`),",
+        "the same table `tests/test_bad_input.py` asserts, so every message below is real.",
+        "Messages are shown as a user sees them, without beartype; in zoo's own tests, where",
+        "jaxtyping and beartype check annotations, a type mistake may be reported by them first.",
+        "",
+        "| where | bad input | error | message (first line) | fix |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for case in CASES:
+        error = case.error if isinstance(case.error, type) else case.error[0]
+        message = messages[case.id].replace("|", "\\|")
+        lines.append(
+            f"| `{case.area}` | {case.bad} | `{error.__name__}` | {message} | {case.fix} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def prepare(case: Case, tmp: pathlib.Path) -> None:
+    """Makes the files the case's call needs."""
+    if case.setup is not None:
+        case.setup(tmp)
+
+
+def run_case(case: Case, tmp: pathlib.Path) -> BaseException:
+    """Runs the case's call in `tmp` and returns the error it raised (or raises AssertionError)."""
+    try:
+        case.call(tmp)
+    except case.error as error:
+        return error
+    raise AssertionError(f"{case.id}: no {case.error} raised")
+
+
+def main() -> None:
+    import tempfile
+
+    messages = {}
+    for case in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            prepare(case, pathlib.Path(tmp))
+            error = run_case(case, pathlib.Path(tmp))
+            messages[case.id] = message_line(case, error, pathlib.Path(tmp))
+    page = render(messages)
+    if "--check" in sys.argv:
+        sys.stdout.write(page)
+    else:
+        path = pathlib.Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+        path.write_text(page)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
