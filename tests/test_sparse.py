@@ -312,7 +312,17 @@ def big_step(optimizer):
     return step, (model, state, batch)
 
 
-HARMLESS_HLO = ("parameter", "scatter", "tuple", "get-tuple-element", "bitcast")
+# Control flow (`while`, `conditional`) returns tuples that carry the table through in place;
+# a copy of it would be a separate `copy` instruction and table-sized temporary memory.
+HARMLESS_HLO = (
+    "parameter",
+    "scatter",
+    "tuple",
+    "get-tuple-element",
+    "bitcast",
+    "while",
+    "conditional",
+)
 HLO_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%[\w.\-]+ = (?P<shape>.*?) (?P<op>[\w\-]+)\(")
 
 

@@ -258,3 +258,18 @@ def test_mnist_one_epoch_reaches_95_percent(shared_data):
         key=jax.random.key(1),
     )
     assert history["eval"]["accuracy"][-1] >= 0.95
+
+
+def test_skip_nonfinite_steps_leaves_the_model_unchanged_for_them(getkey):
+    data = _blobs(getkey(), n=64)
+    data["x"][:32] = np.nan  # the first batch of each epoch in order is poisoned
+    model = zoo.MLP(6, 3, (8,), key=getkey())
+    batches = [{k: jnp.asarray(v[i : i + 32]) for k, v in data.items()} for i in (0, 32)]
+    skipped, history = zoo.train(
+        model, batches, optimizer=optax.adam(1e-2), epochs=2, on_nonfinite="skip"
+    )
+    clean, _ = zoo.train(model, batches[1:], optimizer=optax.adam(1e-2), epochs=2)
+    assert history["train"]["nonfinite_steps"] == [1, 1]
+    assert np.isfinite(history["train"]["loss"]).all()
+    # Adam's state never saw the bad steps, so the result is training on the clean batch alone.
+    assert tree_allclose(skipped, clean, rtol=1e-6)

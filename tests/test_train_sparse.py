@@ -5,10 +5,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import zoo
+from zoo._training._programs import Programs, StepTotals, make_train_step
+from zoo._training._rules import rule_for
+from zoo._training._state import initial_state
 
 from .helpers import tree_allclose
+from .test_sparse import BigModel, big_loss, table_sized_ops
 
 
 class _Scorer(eqx.Module):
@@ -79,3 +84,37 @@ def test_sparse_and_dense_sgd_train_to_the_same_model(getkey):
         model, data, loss=_mse, optimizer=optax.sgd(0.1), epochs=2, batch_size=32, key=key
     )
     assert tree_allclose(sparse_model, dense_model, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
+def test_the_trainers_fused_program_does_no_table_sized_work(on_nonfinite):
+    """The program zoo.train runs per chunk, with a sparse optimizer, is O(batch) too: the
+    skip mode's `lax.cond` keeps the in-place table update."""
+    optimizer = zoo.sparse.partition(
+        dense=optax.adam(1e-3), embeddings=zoo.sparse.rowwise_adagrad(0.1)
+    )
+    rule = rule_for(optimizer)
+
+    def init(key):
+        model = BigModel(key)
+        return initial_state(model, optimizer.init(model), key)
+
+    state = eqx.filter_eval_shape(init, jax.random.key(0))
+    # Shapes only (no 1e6-row allocation): the abstract arrays are the dynamic part.
+    dynamic, static = eqx.partition(state, lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    loss = lambda model, batch, key: big_loss(model, batch)  # noqa: E731
+    step = make_train_step(loss, optimizer, rule, skip_nonfinite=on_nonfinite == "skip")
+    programs = Programs(step, static, batch_size=64)
+    data = {
+        "ids": jax.ShapeDtypeStruct((1000, 5), jnp.int32),
+        "y": jax.ShapeDtypeStruct((1000,), jnp.float32),
+    }
+    args = (
+        dynamic,
+        eqx.filter_eval_shape(StepTotals.zeros),
+        data,
+        jax.ShapeDtypeStruct((1000,), jnp.int32),
+        jax.ShapeDtypeStruct((), jnp.int32),
+    )
+    with jax.numpy_dtype_promotion("standard"):
+        assert table_sized_ops(programs.run_steps, args) == []

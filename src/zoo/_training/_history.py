@@ -27,6 +27,7 @@ def record_epoch(
     train = {
         "loss": float(totals.loss) / max(int(totals.examples), 1),
         "grad_norm": float(totals.grad_norm) / max(int(totals.steps), 1),
+        "nonfinite_steps": int(totals.nonfinite_steps),
     }
     learning_rate = current_learning_rate(opt_state)
     if learning_rate is not None:

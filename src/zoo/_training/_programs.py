@@ -29,6 +29,7 @@ class StepTotals(NamedTuple):
     examples: Int[Array, ""]
     steps: Int[Array, ""]
     first_nonfinite_step: Int[Array, ""]  # the first step whose loss was not finite, or -1
+    nonfinite_steps: Int[Array, ""]  # steps whose loss or gradient was not finite
 
     @classmethod
     def zeros(cls) -> "StepTotals":
@@ -39,34 +40,56 @@ class StepTotals(NamedTuple):
             examples=jnp.zeros((), jnp.int32),
             steps=jnp.zeros((), jnp.int32),
             first_nonfinite_step=jnp.full((), -1, jnp.int32),
+            nonfinite_steps=jnp.zeros((), jnp.int32),
         )
 
     def add(self, step: Array, loss: Array, grad_norm: Array, batch_size: int) -> "StepTotals":
+        """Adds one step; a non-finite step is counted, and left out of the sums."""
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         first_bad = jnp.where(
-            (self.first_nonfinite_step < 0) & ~jnp.isfinite(loss), step, self.first_nonfinite_step
+            (self.first_nonfinite_step < 0) & ~finite, step, self.first_nonfinite_step
         )
+        weight = finite.astype(jnp.float32)
         return StepTotals(
-            self.loss + loss.astype(jnp.float32) * batch_size,
-            self.grad_norm + grad_norm.astype(jnp.float32),
-            self.examples + batch_size,
-            self.steps + 1,
+            self.loss + jnp.where(finite, loss.astype(jnp.float32), 0.0) * batch_size,
+            self.grad_norm + jnp.where(finite, grad_norm.astype(jnp.float32), 0.0),
+            self.examples + batch_size * finite.astype(jnp.int32),
+            self.steps + finite.astype(jnp.int32),
             first_bad,
+            self.nonfinite_steps + (1 - weight).astype(jnp.int32),
         )
 
 
 def make_train_step(
-    loss_fn: LossFn, optimizer: Optimizer, rule: UpdateRule
+    loss_fn: LossFn, optimizer: Optimizer, rule: UpdateRule, *, skip_nonfinite: bool = False
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Array, Array]]:
-    """`train_step(state, batch) -> (state, loss, grad_norm)`: one optimizer step."""
+    """`train_step(state, batch) -> (state, loss, grad_norm)`: one optimizer step.
 
-    def train_step(state: TrainState, batch: Batch):
-        loss, grads = rule.value_and_grad(loss_fn)(state.model, batch, state.step_key())
+    With `skip_nonfinite`, a step whose loss or gradient is not finite leaves the model and the
+    optimizer state as they were (the step counter still advances, so keys stay in sequence).
+    """
+
+    def update(operands):
+        model, opt_state, grads = operands
         # optax mixes Python floats with int32 step counts (e.g. Adam's bias correction), which
         # jax_numpy_dtype_promotion="strict" rejects: let the optimizer promote as optax expects.
         with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(grads, state.opt_state, rule.params(state.model))
-        model = rule.apply_updates(state.model, updates)
+            updates, opt_state = optimizer.update(grads, opt_state, rule.params(model))
+        return rule.apply_updates(model, updates), opt_state
+
+    def keep(operands):
+        model, opt_state, _ = operands
+        return model, opt_state
+
+    def train_step(state: TrainState, batch: Batch):
+        loss, grads = rule.value_and_grad(loss_fn)(state.model, batch, state.step_key())
         grad_norm = optax.tree.norm(eqx.filter(grads, eqx.is_inexact_array))
+        operands = (state.model, state.opt_state, grads)
+        if skip_nonfinite:
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            model, opt_state = lax.cond(finite, update, keep, operands)
+        else:
+            model, opt_state = update(operands)
         state = eqx.tree_at(
             lambda s: (s.model, s.opt_state, s.step, s.batch),
             state,

@@ -54,6 +54,7 @@ def train(
     steps_per_chunk: int | None = None,
     progress: bool | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    on_nonfinite: Literal["raise", "skip"] = "raise",
 ) -> tuple[eqx.Module, dict]:
     """Trains `model` on `data` and returns the trained model and its history.
 
@@ -91,6 +92,11 @@ def train(
       tenth of an epoch.
     - `progress`: show a progress bar; `None` shows one only on a terminal.
     - `on_epoch`: called as `on_epoch(history)` after each epoch, e.g. to log or plot.
+    - `on_nonfinite`: what a non-finite loss or gradient does. `"raise"` (the default) stops
+      training with a `FloatingPointError` naming the first bad step, before that epoch is
+      recorded or checkpointed, so the last checkpoint stays the last good state. `"skip"`
+      leaves the model and optimizer state unchanged for such a step and counts it in
+      `history["train"]["nonfinite_steps"]`.
 
     **Returns:**
 
@@ -112,6 +118,8 @@ def train(
     ```
     """
     _check_hyperparameters(epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk)
+    if on_nonfinite not in ("raise", "skip"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'skip'; got {on_nonfinite!r}.")
     loss_fn = resolve_loss(loss)
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     _check_optimizer(optimizer)
@@ -127,7 +135,8 @@ def train(
     dynamic, static = eqx.partition(state, eqx.is_array)
     # The programs donate the state's buffers; copy once so the caller's model stays usable.
     dynamic = jax.tree.map(jnp.copy, dynamic)
-    programs = Programs(make_train_step(loss_fn, optimizer, rule), static, batch_size)
+    train_step = make_train_step(loss_fn, optimizer, rule, skip_nonfinite=on_nonfinite == "skip")
+    programs = Programs(train_step, static, batch_size)
     runner = _epoch_runner(data, programs, batch_size, last_batch, fused, steps_per_chunk)
     if loss == "cross_entropy":
         for argument, arrays in (("data", runner.arrays), ("eval_data", eval_arrays)):
@@ -144,7 +153,8 @@ def train(
             dynamic, totals = runner.run(dynamic, bar)
             jax.block_until_ready(totals)  # programs run asynchronously: time the work itself
             seconds = time.perf_counter() - start
-            _raise_if_not_finite(totals)
+            if on_nonfinite == "raise":
+                _raise_if_not_finite(totals)
             dynamic = _next_epoch(dynamic)
             state = programs.combine(dynamic)
             eval_metrics = {}
