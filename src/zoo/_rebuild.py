@@ -134,8 +134,9 @@ def _is_dtype(value: Any) -> bool:
         return True
     # NumPy scalar types (np.float32) and JAX's (jnp.bfloat16), but not Python's `float`,
     # whose meaning depends on jax_enable_x64.
-    builtin = value in (bool, int, float, complex)
-    return isinstance(value, type) and not builtin and _has_dtype(value)
+    if not isinstance(value, type) or value in (bool, int, float, complex):
+        return False
+    return _has_dtype(value)
 
 
 def _has_dtype(value: type) -> bool:
