@@ -4,6 +4,7 @@ Every model is a callable pytree (an `equinox.Module`); `zoo.train` trains any o
 """
 
 from . import data as data, losses as losses, metrics as metrics, sparse as sparse
+from ._checkpoints import Checkpoints as Checkpoints
 from ._embedding import Embedding as Embedding
 from ._evaluate import evaluate as evaluate
 from ._mlp import MLP as MLP
