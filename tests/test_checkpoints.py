@@ -103,7 +103,8 @@ def test_restore_errors_name_the_checkpoint_and_the_leaf(tmp_path):
         ValueError, match=re.escape(f"{tmp_path / '3'} does not match the model at")
     ):
         checkpoints.restore(like=other)
-    with pytest.raises(ValueError, match=r"holds a zoo\._training\._state\.TrainState, but like="):
+    message = r"holds a zoo\.TrainState, but like= is a tests\.test_checkpoints\._Recommender"
+    with pytest.raises(ValueError, match=message):
         checkpoints.restore(like=state.model)
     data_file = _largest_file(tmp_path / "3" / "state")
     content = bytearray(data_file.read_bytes())

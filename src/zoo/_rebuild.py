@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -157,8 +158,15 @@ def _decode(value: Any) -> Any:
 
 
 def name_of(cls: type) -> str:
-    """The name a class is recorded under: its registered name, else `module.qualname`."""
-    return _NAMES.get(cls, f"{cls.__module__}.{cls.__qualname__}")
+    """The name a class is recorded under: its registered name; `zoo.Name` for a class that
+    `zoo` exports (e.g. `zoo.TrainState`, whatever private module defines it); else
+    `module.qualname`."""
+    if cls in _NAMES:
+        return _NAMES[cls]
+    package = sys.modules.get("zoo")
+    if cls.__module__.startswith("zoo.") and getattr(package, cls.__qualname__, None) is cls:
+        return f"zoo.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def recipe_of(module: Any) -> Recipe | None:
