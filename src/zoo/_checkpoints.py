@@ -37,6 +37,9 @@ class Checkpoints:
     - **Checked.** `restore` checks the saved paths, dtypes and shapes against `like` before
       reading, and each array against its CRC-32 after: an error names the first difference.
 
+    One process at a time may use a directory: opening it removes what killed saves left,
+    which would include another process's save in progress.
+
     **Example:**
 
     ```python

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import reprlib
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -29,6 +30,9 @@ import numpy as np
 # The argument every Equinox constructor takes for its initialisation; never recorded.
 _KEY_ARGUMENT = "key"
 _DTYPE_TAG = "__dtype__"
+
+# Bounded reprs for errors: an argument may be a large array.
+_SHORT = reprlib.Repr(maxother=100, maxstring=100)
 
 _REGISTRY: dict[str, type] = {}
 _NAMES: dict[type, str] = {}
@@ -50,13 +54,16 @@ class Recipe:
 class Rebuildable(eqx.Module):
     """Mixin for zoo models that `zoo.load` can rebuild from their constructor arguments.
 
-    Subclass it with a stable `saved_as` name (what checkpoints record, so keep it across
-    refactors; default `module.qualname`), and
-    optionally `ignore`, the constructor arguments that do not affect the model's structure and
-    cannot be recorded (e.g. an initialiser function; they take their defaults when rebuilt).
-    `key` is never recorded. Arguments are recorded when they are JSON values (numbers, strings,
-    `None`, sequences and string-keyed mappings of them) or dtypes; any other argument (a
-    callable activation, say) makes the instance loadable only with `zoo.load(..., like=...)`.
+    **Class arguments:**
+
+    - `saved_as`: the name saves record for the class (default `module.qualname`): keep it
+      stable across refactors, or old saves stop loading without a template.
+    - `ignore`: constructor arguments that do not affect the model's structure and cannot be
+      recorded, such as an initialiser function; they take their defaults when rebuilt.
+
+    `key` is never recorded. Arguments are recorded when they are JSON values (numbers,
+    strings, `None`, sequences and string-keyed mappings of them) or dtypes; any other argument
+    (a callable activation, say) makes that instance loadable only with `zoo.load(..., like=)`.
     """
 
     zoo_recipe: Recipe | None = eqx.field(default=None, static=True, repr=False, kw_only=True)
@@ -67,13 +74,25 @@ class Rebuildable(eqx.Module):
         super().__init_subclass__(**kwargs)
         # (Not `name=`: Equinox's metaclass takes that for the class's own name.)
         name = f"{cls.__module__}.{cls.__qualname__}" if saved_as is None else saved_as
-        _REGISTRY[name] = cls
-        _NAMES[cls] = name
+        _register(cls, name)
         init = cls.__dict__.get("__init__")
         if init is not None:  # else it inherits a recording __init__, which records type(self)
             signature = inspect.signature(init)
             _check_ignorable(cls, signature, ignore)
             cls.__init__ = _recording(init, signature, frozenset(ignore) | {_KEY_ARGUMENT})
+
+
+def _register(cls: type, name: str) -> None:
+    taken = _REGISTRY.get(name)
+    # The same class defined again (a reloaded module) takes its name back; another may not.
+    if taken is not None and _qualified(taken) != _qualified(cls):
+        raise TypeError(f"{_qualified(cls)}: saved_as={name!r} is taken by {_qualified(taken)}.")
+    _REGISTRY[name] = cls
+    _NAMES[cls] = name
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _check_ignorable(cls: type, signature: inspect.Signature, ignore: tuple[str, ...]) -> None:
@@ -126,16 +145,17 @@ def _encode(value: Any, where: str) -> Any:
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
         return {k: _encode(v, f"{where}[{k!r}]") for k, v in value.items()}
     raise _Unrecordable(
-        f"{where}={value!r} is not a number, string, dtype, None, or a sequence or mapping of them"
+        f"{where}={_SHORT.repr(value)} is not a number, string, dtype, None, or a sequence or "
+        "mapping of them"
     )
 
 
 def _is_dtype(value: Any) -> bool:
     if isinstance(value, np.dtype):
         return True
-    # NumPy scalar types (np.float32) and JAX's (jnp.bfloat16), but not Python's `float`,
-    # whose meaning depends on jax_enable_x64.
-    if not isinstance(value, type) or value in (bool, int, float, complex):
+    # NumPy scalar types (np.float32) and JAX's (jnp.bfloat16), but not Python's `float`, whose
+    # meaning depends on jax_enable_x64, nor `str` or any other builtin.
+    if not isinstance(value, type) or value.__module__ == "builtins":
         return False
     return _has_dtype(value)
 
@@ -166,7 +186,7 @@ def name_of(cls: type) -> str:
     package = sys.modules.get("zoo")
     if cls.__module__.startswith("zoo.") and getattr(package, cls.__qualname__, None) is cls:
         return f"zoo.{cls.__qualname__}"
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return _qualified(cls)
 
 
 def recipe_of(module: Any) -> Recipe | None:

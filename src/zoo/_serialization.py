@@ -44,7 +44,8 @@ def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> 
     zoo, JAX and Orbax versions, and the dtype, shape and CRC-32 of every array.
 
     The save is atomic: until it has completed, `path` holds the previous save (or nothing that
-    `zoo.load` accepts), even if the process is killed midway.
+    `zoo.load` accepts), even if the process is killed midway. Two processes must not save to
+    the same `path` at once.
 
     **Arguments:**
 
@@ -71,9 +72,8 @@ def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> 
     item, manifest = store.to_store(model, argument="model", copy=False)
     _prepare_directory(path, overwrite)
     arrays = f"arrays-{secrets.token_hex(8)}"
-    store.orbax().Checkpointer(store.array_handler()).save(
-        (path / arrays).absolute(), args=store.orbax().args.PyTreeSave(item)
-    )
+    with store.orbax().Checkpointer(store.array_handler()) as checkpointer:
+        checkpointer.save((path / arrays).absolute(), args=store.orbax().args.PyTreeSave(item))
     info = {
         "format": _FORMAT,
         "versions": _versions(),
@@ -178,7 +178,10 @@ def _model_info(model: PyTree, manifest: list[dict]) -> dict[str, Any]:
 def _rebuild_problem(name: str, arguments: str, manifest: list[dict]) -> str | None:
     """Why the recorded arguments do not rebuild the model's arrays (it was changed since its
     construction, by `eqx.tree_at` say), or `None` when they do."""
-    skeleton = rebuild_skeleton(name, arguments)
+    try:
+        skeleton = rebuild_skeleton(name, arguments)
+    except (TypeError, ValueError) as error:  # e.g. an argument that JSON turned into a tuple
+        return f"its recorded constructor arguments do not rebuild it: {error}"
     try:
         store.check_match(manifest, store.leaves(skeleton), "its constructor arguments")
     except ValueError as mismatch:
@@ -255,6 +258,8 @@ def _check_info(info: dict) -> None:
 def _why_missing(path: pathlib.Path) -> str:
     if not path.exists():
         return "the directory does not exist."
+    if not path.is_dir():
+        return "it is a file, not a directory."
     if any(p.name.isdigit() for p in path.iterdir() if p.is_dir()):
         return (
             f"it has no {_METADATA}, and looks like a training checkpoint directory: "
