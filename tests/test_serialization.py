@@ -255,3 +255,28 @@ def test_save_refuses_abstract_arrays(tmp_path):
     skeleton = eqx.filter_eval_shape(zoo.MLP, 4, 2, (3,), key=jax.random.key(0))
     with pytest.raises(TypeError, match=r"model must hold concrete arrays.*\.layers\[0\]\.weight"):
         zoo.save(tmp_path / "mlp", skeleton)
+
+
+class _WiderMLP(zoo.MLP):
+    """A subclass registers itself too (under its module and name), so it rebuilds by itself."""
+
+    def __init__(self, in_size: int, *, key):
+        super().__init__(in_size, 2, (3,), key=key)
+
+
+def test_a_subclass_of_a_zoo_model_loads_without_a_template(tmp_path, getkey):
+    model = _WiderMLP(4, key=getkey())
+    loaded = _assert_round_trip(tmp_path / "wider", model)
+    assert type(loaded) is _WiderMLP
+
+
+def test_a_saved_as_name_belongs_to_one_class():
+    from zoo._rebuild import Rebuildable
+
+    class First(Rebuildable, saved_as="tests.one-name"):
+        pass
+
+    with pytest.raises(TypeError, match=r"saved_as='tests\.one-name' is taken by .*First"):
+
+        class Second(Rebuildable, saved_as="tests.one-name"):
+            pass
