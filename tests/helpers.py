@@ -26,3 +26,26 @@ def tree_equal(x, y) -> bool:
 
 def as_numpy(x):
     return np.asarray(jnp.asarray(x))
+
+
+def scrambled(tree, seed: int = 0):
+    """`tree` with every array leaf replaced by random values of its shape and dtype (typed keys
+    by random keys), so that a round trip that drops or mixes up leaves cannot pass unnoticed.
+
+    Drawn with NumPy: JAX's random ops would compile anew for every shape and dtype."""
+    rng = np.random.default_rng(seed)
+
+    def random_like(leaf):
+        if not eqx.is_array(leaf):
+            return leaf
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = jax.random.key_data(leaf)
+            bits = rng.integers(0, 2**32, data.shape, dtype=np.uint32)
+            return jax.random.wrap_key_data(bits, impl=jax.random.key_impl(leaf))
+        if np.issubdtype(leaf.dtype, np.integer):
+            values = rng.integers(0, 100, leaf.shape).astype(leaf.dtype)
+        else:
+            values = rng.standard_normal(leaf.shape).astype(leaf.dtype)
+        return values if isinstance(leaf, np.ndarray) else jnp.asarray(values)
+
+    return jax.tree.map(random_like, tree)

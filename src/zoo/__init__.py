@@ -4,6 +4,7 @@ Every model is a callable pytree (an `equinox.Module`); `zoo.train` trains any o
 """
 
 from . import data as data, losses as losses, metrics as metrics, sparse as sparse
+from ._checkpoints import Checkpoints as Checkpoints
 from ._embedding import Embedding as Embedding
 from ._evaluate import evaluate as evaluate
 from ._mlp import MLP as MLP
@@ -12,6 +13,7 @@ from ._per_example import (
     per_example_grads as per_example_grads,
 )
 from ._plots import plot_history as plot_history
+from ._serialization import load as load, save as save
 from ._training._state import TrainState as TrainState
 from ._training._train import train as train
 

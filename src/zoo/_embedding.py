@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from ._rebuild import Rebuildable
+
 Combiner = Literal["sum", "mean"]
 
 _RIGHT_CALL = "zoo.Embedding(num_embeddings=10_000, embedding_dim=64, key=jax.random.key(0))"
@@ -31,7 +33,8 @@ def default_init(key: PRNGKeyArray, shape: tuple[int, int], dtype) -> Array:
     return jax.random.normal(key, shape, dtype) / np.sqrt(shape[1]).astype(dtype)
 
 
-class Embedding(eqx.Module):
+# `init` only sets the starting values, not the structure: a rebuilt table takes the default.
+class Embedding(Rebuildable, saved_as="zoo.Embedding", ignore=("init",)):
     """A table of `num_embeddings` vectors of size `embedding_dim`, looked up by integer ids.
 
     Lookups of any integer shape return `(*ids.shape, embedding_dim)`. With a `combiner`, the last

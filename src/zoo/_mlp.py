@@ -9,6 +9,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._activations import resolve_activation
 from ._custom_types import DTypeLike
+from ._rebuild import Rebuildable
 
 _WEIGHT_INITIALIZERS = {
     # He/Kaiming for ReLU-family activations, LeCun for SELU/tanh-like ones, Glorot for symmetry.
@@ -44,7 +45,7 @@ def _check_arguments(
         raise ValueError(f"init must be one of {known}; got {init!r}.")
 
 
-class MLP(eqx.Module):
+class MLP(Rebuildable, saved_as="zoo.MLP"):
     """A multilayer perceptron: `Linear -> activation -> dropout` per hidden layer, then `Linear`.
 
     A callable pytree whose leaves are its weights and biases; it maps one example, and callers

@@ -1,0 +1,119 @@
+"""Seconds to save and restore an embedding table and its optimizer state: zoo vs raw NumPy.
+
+A `zoo.TrainState` holding a `zoo.Embedding` of `--gib` GiB (float32 rows of 64) and its
+`zoo.sparse.rowwise_adagrad` accumulator goes through `zoo.save`/`zoo.load` and through
+`zoo.Checkpoints` (asynchronous save: the time `save` blocks, then the total until written).
+The same arrays are written with `numpy.save` and read with `numpy.load`, in the same run and
+the same folder. Both sides fsync their files (TensorStore, under Orbax, fsyncs each file it
+writes; the NumPy side calls `os.fsync`), and both read back what they just wrote, from the
+page cache. zoo's times include its CRC-32s, and its loads end with device arrays.
+
+    uv run python benchmarks/checkpoint.py              # 1 GiB
+    uv run python benchmarks/checkpoint.py --gib 0.1    # a quick run
+"""
+
+import argparse
+import os
+import pathlib
+import shutil
+import statistics
+import tempfile
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import zoo
+
+DIM = 64
+
+
+def train_state(gib: float) -> zoo.TrainState:
+    rows = int(gib * 2**30) // (DIM * 4)
+    # Built under jit, so that initialisation makes no second copy of the table.
+    table = eqx.filter_jit(lambda key: zoo.Embedding(rows, DIM, key=key))(jax.random.key(0))
+    opt_state = zoo.sparse.rowwise_adagrad(0.05).init(table)
+    # Random accumulators, not zeros: Orbax skips chunks equal to the fill value.
+    accumulator = jax.random.uniform(jax.random.key(1), (rows,))
+    sums = eqx.tree_at(lambda t: t.weight, opt_state.sum_of_squares, accumulator)
+    counters = [jnp.array(0, jnp.int32) for _ in range(3)]
+    return zoo.TrainState(
+        table, opt_state._replace(sum_of_squares=sums), *counters, jax.random.key(2)
+    )
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def numpy_save(folder: pathlib.Path, arrays: list[np.ndarray]) -> None:
+    for i, array in enumerate(arrays):
+        with open(folder / f"{i}.npy", "wb") as file:
+            np.save(file, array)
+            file.flush()
+            os.fsync(file.fileno())
+
+
+def numpy_load(folder: pathlib.Path, count: int) -> list[np.ndarray]:
+    return [np.load(folder / f"{i}.npy") for i in range(count)]
+
+
+def one_run(folder: pathlib.Path, state: zoo.TrainState, arrays: list[np.ndarray], record) -> None:
+    """Each way of saving and restoring once, each in a fresh subfolder of `folder`."""
+    numpy_dir, zoo_dir, run_dir = folder / "numpy", folder / "zoo", folder / "run"
+    numpy_dir.mkdir()
+    record("numpy.save (fsync)", timed(lambda: numpy_save(numpy_dir, arrays)))
+    record("numpy.load", timed(lambda: numpy_load(numpy_dir, len(arrays))))
+    record("zoo.save", timed(lambda: zoo.save(zoo_dir, state)))
+    record("zoo.load", timed(lambda: jax.block_until_ready(zoo.load(zoo_dir, like=state))))
+    with zoo.Checkpoints(run_dir) as checkpoints:
+        start = time.perf_counter()
+        checkpoints.save(1, state)
+        record("Checkpoints.save (blocks)", time.perf_counter() - start)
+        checkpoints.wait()
+        record("Checkpoints.save (written)", time.perf_counter() - start)
+        restore = lambda: jax.block_until_ready(checkpoints.restore(like=state))  # noqa: E731
+        record("Checkpoints.restore", timed(restore))
+    for done in (numpy_dir, zoo_dir, run_dir):
+        shutil.rmtree(done)
+
+
+def report(times: dict[str, list[float]], nbytes: int) -> None:
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(f"{'':28} {'median s':>9} {'GiB/s':>7} {'x numpy':>8}")
+    for name, seconds in median.items():
+        reads = "load" in name or "restore" in name
+        baseline = median["numpy.load" if reads else "numpy.save (fsync)"]
+        gib_per_s = nbytes / 2**30 / seconds
+        print(f"{name:28} {seconds:9.3f} {gib_per_s:7.2f} {seconds / baseline:8.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=1.0, help="size of the table in GiB")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each; medians count")
+    parser.add_argument("--dir", type=pathlib.Path, default=None, help="folder to write in")
+    args = parser.parse_args()
+
+    state = train_state(args.gib)
+    arrays = [np.asarray(x) for x in jax.tree.leaves(eqx.filter(state, eqx.is_inexact_array))]
+    nbytes = sum(a.nbytes for a in arrays)
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="zoo-bench-", dir=args.dir))
+    print(f"{nbytes / 2**30:.3f} GiB in {len(arrays)} float arrays, written in {folder}")
+    # Disk and CPU shared with other work make every figure noisier: say how busy it was.
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    times: dict[str, list[float]] = {}
+    try:
+        for _ in range(args.repeats):
+            one_run(folder, state, arrays, lambda name, s: times.setdefault(name, []).append(s))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    report(times, nbytes)
+
+
+if __name__ == "__main__":
+    main()

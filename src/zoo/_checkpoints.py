@@ -1,0 +1,268 @@
+"""`zoo.Checkpoints`: the last few training states in a directory, saved in the background."""
+
+import json
+import operator
+import os
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import _array_store as store
+from ._custom_types import PyTree
+from ._rebuild import name_of
+
+_FORMAT = "zoo.checkpoint/1"
+
+
+class Checkpoints:
+    """Training checkpoints: the last `keep` saves of a training state, one directory per step.
+
+    Built on Orbax's `CheckpointManager`. Each checkpoint holds the state's arrays (a whole
+    [`zoo.TrainState`][]: model, optimizer state, including `zoo.sparse` states, step, epoch,
+    position in the epoch and PRNG key) and a JSON item: the caller's `extra` (history so far,
+    data order, ...), the state's class and a manifest of every array's path, dtype, shape and
+    CRC-32.
+
+    Guarantees:
+
+    - **Asynchronous.** With `async_save=True`, `save` returns once the state is copied on its
+      device and checksummed; Orbax writes it in a background thread. The copy is the save's
+      own, so the caller may donate and overwrite the state's buffers at once (as `zoo.train`
+      does every step).
+    - **Atomic.** Orbax writes each step to a temporary directory renamed into place when
+      complete. A process killed midway leaves no step that `latest_step` reports or `restore`
+      reads; the leftovers are removed the next time the directory is opened.
+    - **Checked.** `restore` checks the saved paths, dtypes and shapes against `like` before
+      reading, and each array against its CRC-32 after: an error names the first difference.
+
+    One process at a time may use a directory: opening it removes what killed saves left,
+    which would include another process's save in progress.
+
+    **Example:**
+
+    ```python
+    checkpoints = zoo.Checkpoints("runs/x", every_steps=1000, keep=3)
+    if checkpoints.latest_step() is not None:  # resume
+        state, extra = checkpoints.restore(like=state)
+    for ...:  # training
+        state = step(state, batch)
+        checkpoints.save(int(state.step), state, {"history": history})  # when due
+    checkpoints.save(int(state.step), state, {"history": history}, force=True)
+    checkpoints.close()
+    ```
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        every_steps: int | None = None,
+        keep: int | None = 3,
+        async_save: bool = True,
+    ):
+        """**Arguments:**
+
+        - `directory`: where the checkpoints live, one subdirectory per step; created if
+          needed. Reopening a directory resumes it: its steps are found and kept.
+        - `every_steps`: `save` writes a checkpoint only when at least this many steps have
+          passed since the latest one (`force=True` overrides). `None`: whenever called.
+        - `keep`: how many of the latest checkpoints to keep; older ones are deleted after
+          each save. `None` keeps all.
+        - `async_save`: write in a background thread (`True`), or before `save` returns.
+        """
+        if not isinstance(directory, str | os.PathLike):
+            raise TypeError(f"directory must be a str or os.PathLike; got {directory!r}.")
+        _check_optional_positive("every_steps", every_steps)
+        _check_optional_positive("keep", keep)
+        if not isinstance(async_save, bool):
+            raise TypeError(f"async_save must be a bool; got {async_save!r}.")
+        self.directory = pathlib.Path(directory).absolute()
+        self.every_steps = every_steps
+        self._manager = _manager(self.directory, keep, async_save)
+
+    def latest_step(self) -> int | None:
+        """The newest step saved, or `None` when there is none. A save still being written in the
+        background counts (`restore` waits for it); a killed one never does."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """The steps saved and kept, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def should_save(self, step: int) -> bool:
+        """Whether `save(step, ...)` would write a checkpoint: `step` is newer than the latest
+        and, with `every_steps`, at least that many steps after it (or after step 0)."""
+        step = _checked_step(step)
+        latest = self.latest_step()
+        if latest is not None and step <= latest:
+            return False
+        return self.every_steps is None or step - (latest or 0) >= self.every_steps
+
+    def save(
+        self, step: int, state: PyTree, extra: dict | None = None, *, force: bool = False
+    ) -> bool:
+        """Saves `state` and `extra` as the checkpoint of `step`, when due.
+
+        **Arguments:**
+
+        - `step`: the training step the state is at; steps increase from save to save.
+        - `state`: the training state, a [`zoo.TrainState`][] or any pytree of arrays.
+        - `extra`: JSON-serialisable data saved with it (NumPy scalars are converted), e.g.
+          the history so far and the data order; `restore` returns it.
+        - `force`: save even if fewer than `every_steps` steps have passed.
+
+        **Returns:**
+
+        `True` if a checkpoint was written (or, asynchronously, started), `False` if it was not
+        due or `step` is already saved.
+
+        **Raises:**
+
+        `ValueError` if the directory already holds a step newer than `step` (a new run in an
+        old directory: resume from it, or use another directory).
+        """
+        step = _checked_step(step)
+        extra = _checked_extra(extra)
+        latest = self.latest_step()
+        if latest is not None and step < latest:
+            raise ValueError(
+                f"{self.directory} already holds a checkpoint at step {latest}, newer than "
+                f"step={step}: resume from it (restore), or save to another directory."
+            )
+        if not (self.should_save(step) or (force and step != latest)):
+            return False
+        item, manifest = store.to_store(state, argument="state", copy=True)
+        meta = {
+            "format": _FORMAT,
+            "class": name_of(type(state)),
+            "step": step,
+            "manifest": manifest,
+            "extra": extra,
+        }
+        args = store.orbax().args
+        self._manager.save(
+            step,
+            args=args.Composite(state=args.PyTreeSave(item), meta=args.JsonSave(meta)),
+            force=True,  # the decision is ours, above
+        )
+        return True
+
+    def restore(self, like: PyTree, *, step: int | None = None) -> tuple[PyTree, dict | None]:
+        """Restores a checkpoint into the structure of `like`.
+
+        **Arguments:**
+
+        - `like`: a state of the same structure: e.g. the freshly initialised training state,
+          or its shapes from `eqx.filter_eval_shape`. Its static parts and non-array leaves
+          are kept, its arrays replaced (as JAX arrays, NumPy arrays or typed keys, like its).
+        - `step`: which checkpoint; the latest complete one by default.
+
+        **Returns:**
+
+        `(state, extra)`, bit for bit as saved.
+
+        **Raises:**
+
+        `FileNotFoundError` when there is no checkpoint (or not that `step`); `ValueError` when
+        the checkpoint does not match `like` or is damaged, naming the first array that
+        differs.
+        """
+        self.wait()
+        step = self._step_to_restore(step)
+        where = f"the checkpoint at {self.directory / str(step)}"
+        meta = self._read_meta(step, where)
+        store.check_class(meta["class"], like, where)
+        args = store.orbax().args
+
+        def read(item, restore_args):
+            state = args.PyTreeRestore(item, restore_args=restore_args)
+            return self._manager.restore(step, args=args.Composite(state=state))["state"]
+
+        return store.from_store(like, meta["manifest"], read, where), meta["extra"]
+
+    def _step_to_restore(self, step: int | None) -> int:
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"no complete checkpoint in {self.directory}.")
+        elif _checked_step(step) not in self.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint of step {step} in {self.directory}; it has {self.all_steps()}."
+            )
+        return step
+
+    def _read_meta(self, step: int, where: str) -> dict:
+        args = store.orbax().args
+        try:
+            meta = self._manager.restore(step, args=args.Composite(meta=args.JsonRestore()))["meta"]
+            if meta["format"] != _FORMAT or not isinstance(meta["manifest"], list):
+                raise ValueError(f"unknown format {meta['format']!r}")
+        except Exception as error:  # a missing or garbled JSON item: Orbax raises many kinds
+            raise ValueError(f"{where} is damaged: its metadata cannot be read: {error}") from error
+        return meta
+
+    def wait(self) -> None:
+        """Blocks until every save started has been written (and raises if one failed)."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for the saves in flight, then releases Orbax's resources."""
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpoints":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Checkpoints({str(self.directory)!r}, every_steps={self.every_steps})"
+
+
+def _manager(directory: pathlib.Path, keep: int | None, async_save: bool):
+    ocp = store.orbax()
+    policies = ocp.checkpoint_managers
+    return ocp.CheckpointManager(
+        directory,
+        item_handlers={"state": store.array_handler(), "meta": ocp.JsonCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=policies.PreserveAll() if keep is None else policies.LatestN(keep),
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # what a killed save left behind
+            create=True,
+        ),
+    )
+
+
+def _check_optional_positive(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be None or a positive int; got {value!r}.")
+
+
+def _checked_step(step) -> int:
+    try:
+        step = operator.index(step)
+    except TypeError:
+        raise TypeError(f"step must be an int; got {step!r}.") from None
+    if step < 0:
+        raise ValueError(f"step must be >= 0; got {step}.")
+    return step
+
+
+def _checked_extra(extra: Any) -> Any:
+    """`extra` as it will come back from JSON; a `TypeError` naming it if it cannot."""
+    try:
+        return json.loads(json.dumps(extra, default=_scalar))
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"extra must be JSON-serialisable (dicts, lists, numbers, strings): {error}"
+        ) from None
+
+
+def _scalar(value):
+    """NumPy and JAX scalars (a loss, say) as Python numbers."""
+    if isinstance(value, np.generic | np.ndarray | jax.Array) and np.ndim(value) == 0:
+        return np.asarray(value).item()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")

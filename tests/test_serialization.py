@@ -1,0 +1,282 @@
+"""zoo.save and zoo.load: bit-exact round trips, template-free zoo models, and clear errors."""
+
+import json
+import pathlib
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import zoo
+
+from .helpers import scrambled, tree_equal
+
+
+class _UserModel(eqx.Module):
+    """Not a zoo model: it loads only with like=."""
+
+    linear: eqx.nn.Linear
+    table: zoo.Embedding
+    scale: jax.Array
+    counts: np.ndarray
+    name: str = eqx.field(static=True)
+
+    def __init__(self, width: int, *, key):
+        k1, k2 = jax.random.split(key)
+        self.linear = eqx.nn.Linear(width, 3, key=k1)
+        self.table = zoo.Embedding(10, width, key=k2)
+        self.scale = jnp.ones((), jnp.bfloat16)
+        self.counts = np.arange(4, dtype=np.int64)
+        self.name = "user"
+
+
+def _largest_file(directory: pathlib.Path) -> pathlib.Path:
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _arrays_dir(path: pathlib.Path) -> pathlib.Path:
+    (arrays,) = path.glob("arrays-*")
+    return arrays
+
+
+def _assert_round_trip(path, model, **load_kwargs):
+    zoo.save(path, model)
+    loaded = zoo.load(path, **load_kwargs)
+    assert tree_equal(loaded, model)
+    return loaded
+
+
+# Few distinct shapes: on a busy CPU each new shape costs seconds of eager-op compilation.
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"hidden": [3], "activation": "gelu", "final_activation": "sigmoid", "dropout": 0.25},
+        {"hidden": (), "use_bias": False, "init": "glorot", "dtype": jnp.bfloat16},
+        {"activation": "tanh", "init": "lecun", "dtype": "float32"},
+    ],
+)
+def test_mlp_loads_without_a_template(tmp_path, getkey, options):
+    model = zoo.MLP(4, 2, **{"hidden": (3,), **options}, key=getkey())
+    loaded = _assert_round_trip(tmp_path / "mlp", model)
+    assert loaded.zoo_recipe == model.zoo_recipe
+    x = jnp.linspace(-1, 1, 4, dtype=model.layers[0].weight.dtype)
+    np.testing.assert_array_equal(loaded(x), model(x))
+    info = json.loads((tmp_path / "mlp" / "zoo.json").read_text())
+    assert info["model"]["class"] == "zoo.MLP"
+    assert set(info["versions"]) == {"zoo", "jax", "orbax-checkpoint"}
+
+
+def test_embedding_loads_without_a_template(tmp_path, getkey):
+    init = jax.nn.initializers.uniform(0.5)  # a callable: not recorded, not needed to rebuild
+    model = zoo.Embedding(
+        1000, 16, padding_idx=3, combiner="mean", init=init, dtype=jnp.bfloat16, key=getkey()
+    )
+    loaded = _assert_round_trip(tmp_path / "emb", model)
+    ids = jnp.array([[1, 3, 7]])
+    np.testing.assert_array_equal(jax.vmap(loaded)(ids), jax.vmap(model)(ids))
+
+
+def test_recipe_is_static_and_keeps_the_leaves(getkey):
+    key = getkey()
+    model = zoo.MLP(4, 2, (3,), key=key)
+    assert len(jax.tree.leaves(model)) == 4
+    assert jax.tree.structure(model) == jax.tree.structure(zoo.MLP(4, 2, [3], key=key))
+    assert jax.tree.map(lambda x: x * 2, model).zoo_recipe == model.zoo_recipe
+    assert "zoo_recipe" not in repr(model)
+
+
+def test_a_user_module_loads_with_like(tmp_path, getkey):
+    model = _UserModel(6, key=getkey())
+    zoo.save(tmp_path / "user", model)
+    with pytest.raises(TypeError, match=r"_UserModel.*cannot be rebuilt.*like="):
+        zoo.load(tmp_path / "user")
+    loaded = zoo.load(tmp_path / "user", like=_UserModel(6, key=getkey()))
+    assert tree_equal(loaded, model)
+    assert isinstance(loaded.counts, np.ndarray) and loaded.counts.dtype == np.int64
+    # eval_shape turns NumPy's int64 into JAX's int32, which the check catches.
+    skeleton = eqx.filter_eval_shape(_UserModel, 6, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=re.escape("at .counts: saved int64[4], expected int32")):
+        zoo.load(tmp_path / "user", like=skeleton)
+    skeleton = eqx.tree_at(lambda m: m.counts, skeleton, model.counts)
+    assert tree_equal(zoo.load(tmp_path / "user", like=skeleton), model)
+
+
+def test_a_train_state_with_adam_round_trips(tmp_path, getkey):
+    model = zoo.MLP(4, 2, (3,), key=getkey())
+    opt_state = optax.adam(1e-3).init(eqx.filter(model, eqx.is_array))
+    steps = (jnp.array(7, jnp.int32), jnp.array(2, jnp.int32), jnp.array(3, jnp.int32))
+    state = scrambled(zoo.TrainState(model, opt_state, *steps, getkey()))
+    zoo.save(tmp_path / "state", state)
+    loaded = zoo.load(tmp_path / "state", like=zoo.TrainState(model, opt_state, *steps, getkey()))
+    assert tree_equal(loaded, state)
+    assert jnp.array_equal(jax.random.key_data(loaded.key), jax.random.key_data(state.key))
+
+
+def test_a_train_state_with_a_sparse_partition_round_trips(tmp_path, getkey):
+    model = _UserModel(6, key=getkey())
+    optimizer = zoo.sparse.partition(
+        dense=optax.adam(1e-3), embeddings=zoo.sparse.rowwise_adagrad(0.1)
+    )
+    counters = [jnp.array(n, jnp.int32) for n in (5, 1, 2)]
+    state = zoo.TrainState(model, optimizer.init(model), *counters, getkey())
+    state = scrambled(state)
+    zoo.save(tmp_path / "state", state)
+    assert tree_equal(zoo.load(tmp_path / "state", like=state), state)
+
+
+def test_a_callable_activation_needs_like(tmp_path, getkey):
+    model = zoo.MLP(4, 2, (3,), activation=jax.nn.relu, key=getkey())
+    zoo.save(tmp_path / "mlp", model)
+    with pytest.raises(TypeError, match=r"activation=.*like="):
+        zoo.load(tmp_path / "mlp")
+    assert tree_equal(zoo.load(tmp_path / "mlp", like=model), model)
+
+
+def test_a_model_changed_after_construction_needs_like(tmp_path, getkey):
+    model = zoo.MLP(4, 2, (3,), key=getkey())
+    model = eqx.tree_at(lambda m: m.layers[0].bias, model, jnp.zeros(5))
+    zoo.save(tmp_path / "mlp", model)
+    with pytest.raises(TypeError, match=r"changed after construction.*layers\[0\]\.bias"):
+        zoo.load(tmp_path / "mlp")
+
+
+def test_a_mismatch_names_the_first_differing_leaf(tmp_path, getkey):
+    model = zoo.MLP(4, 2, (3, 3), key=getkey())
+    zoo.save(tmp_path / "mlp", model)
+    like = eqx.filter_eval_shape(zoo.MLP, 4, 2, (3, 5), key=jax.random.key(0))
+    message = (
+        "does not match the model at .layers[1].weight: saved float32[3,3], expected float32[5,3]"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        zoo.load(tmp_path / "mlp", like=like)
+
+
+def test_a_missing_or_extra_leaf_is_named(tmp_path, getkey):
+    zoo.save(tmp_path / "mlp", zoo.MLP(4, 2, (3,), key=getkey()))
+    like = eqx.filter_eval_shape(zoo.MLP, 4, 2, (3,), key=jax.random.key(0))
+    deeper = eqx.tree_at(lambda m: m.layers, like, (*like.layers, like.layers[-1]))
+    with pytest.raises(ValueError, match=re.escape("at .layers[2].weight: the model has")):
+        zoo.load(tmp_path / "mlp", like=deeper)
+    unbiased = eqx.filter_eval_shape(zoo.MLP, 4, 2, (3,), use_bias=False, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=re.escape("at .layers[0].bias: the checkpoint has")):
+        zoo.load(tmp_path / "mlp", like=unbiased)
+
+
+def test_a_wrong_dtype_is_an_error(tmp_path, getkey):
+    zoo.save(tmp_path / "mlp", zoo.MLP(4, 2, (3,), key=getkey()))
+    like = eqx.filter_eval_shape(zoo.MLP, 4, 2, (3,), dtype=jnp.bfloat16, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=re.escape("saved float32[3,4], expected bfloat16[3,4]")):
+        zoo.load(tmp_path / "mlp", like=like)
+
+
+def test_a_checkpoint_of_another_class_is_an_error(tmp_path, getkey):
+    zoo.save(tmp_path / "mlp", zoo.MLP(4, 2, (3,), key=getkey()))
+    with pytest.raises(ValueError, match=r"holds a zoo\.MLP, but like= is a zoo\.Embedding"):
+        zoo.load(tmp_path / "mlp", like=eqx.filter_eval_shape(zoo.Embedding, 4, 3, key=getkey()))
+
+
+def test_no_save_at_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no zoo save at .*nowhere: the directory does"):
+        zoo.load(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"has no zoo\.json"):
+        zoo.load(tmp_path / "empty")
+
+
+def test_a_corrupted_array_file_is_detected(tmp_path, getkey):
+    path = tmp_path / "emb"
+    zoo.save(path, zoo.Embedding(1000, 16, key=getkey()))
+    data_file = _largest_file(_arrays_dir(path))
+    content = bytearray(data_file.read_bytes())
+    content[len(content) // 2 : len(content) // 2 + 8] = bytes(8 * [0xFF])
+    data_file.write_bytes(bytes(content))
+    with pytest.raises(ValueError, match=r"is corrupted: the array at \.weight"):
+        zoo.load(path)
+
+
+def test_a_truncated_array_file_is_detected(tmp_path, getkey):
+    path = tmp_path / "emb"
+    zoo.save(path, zoo.Embedding(1000, 16, key=getkey()))
+    data_file = _largest_file(_arrays_dir(path))
+    data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 3])
+    with pytest.raises(ValueError, match=r"is (damaged|corrupted)"):
+        zoo.load(path)
+
+
+def test_a_damaged_zoo_json_is_detected(tmp_path, getkey):
+    path = tmp_path / "mlp"
+    zoo.save(path, zoo.MLP(4, 2, (3,), key=getkey()))
+    (path / "zoo.json").write_text((path / "zoo.json").read_text()[:100])
+    with pytest.raises(ValueError, match=r"zoo\.json is damaged"):
+        zoo.load(path)
+
+
+def test_overwriting_needs_overwrite_true(tmp_path, getkey):
+    path = tmp_path / "mlp"
+    first, second = (zoo.MLP(4, 2, (3,), key=getkey()) for _ in range(2))
+    zoo.save(path, first)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        zoo.save(path, second)
+    zoo.save(path, second, overwrite=True)
+    assert tree_equal(zoo.load(path), second)
+    assert len(list(path.glob("arrays-*"))) == 1  # the old arrays are gone
+
+
+def test_a_failed_overwrite_keeps_the_previous_save(tmp_path, getkey, monkeypatch):
+    path = tmp_path / "mlp"
+    first = zoo.MLP(4, 2, (3,), key=getkey())
+    zoo.save(path, first)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    # The new arrays are written in full, then the failure comes before zoo.json is replaced.
+    monkeypatch.setattr("zoo._serialization._write_json_atomically", fail)
+    with pytest.raises(OSError, match="disk full"):
+        zoo.save(path, zoo.MLP(4, 2, (3,), key=getkey()), overwrite=True)
+    monkeypatch.undo()
+    assert tree_equal(zoo.load(path), first)
+    zoo.save(path, first, overwrite=True)  # and the next save clears the leftovers
+    assert len(list(path.glob("arrays-*"))) == 1
+
+
+def test_save_refuses_a_directory_that_is_not_a_save(tmp_path, getkey):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="does not hold a zoo save"):
+        zoo.save(tmp_path, zoo.MLP(4, 2, (3,), key=getkey()), overwrite=True)
+
+
+def test_save_refuses_abstract_arrays(tmp_path):
+    skeleton = eqx.filter_eval_shape(zoo.MLP, 4, 2, (3,), key=jax.random.key(0))
+    with pytest.raises(TypeError, match=r"model must hold concrete arrays.*\.layers\[0\]\.weight"):
+        zoo.save(tmp_path / "mlp", skeleton)
+
+
+class _WiderMLP(zoo.MLP):
+    """A subclass registers itself too (under its module and name), so it rebuilds by itself."""
+
+    def __init__(self, in_size: int, *, key):
+        super().__init__(in_size, 2, (3,), key=key)
+
+
+def test_a_subclass_of_a_zoo_model_loads_without_a_template(tmp_path, getkey):
+    model = _WiderMLP(4, key=getkey())
+    loaded = _assert_round_trip(tmp_path / "wider", model)
+    assert type(loaded) is _WiderMLP
+
+
+def test_a_saved_as_name_belongs_to_one_class():
+    from zoo._rebuild import Rebuildable
+
+    class First(Rebuildable, saved_as="tests.one-name"):
+        pass
+
+    with pytest.raises(TypeError, match=r"saved_as='tests\.one-name' is taken by .*First"):
+
+        class Second(Rebuildable, saved_as="tests.one-name"):
+            pass
