@@ -20,6 +20,7 @@ floor is the epoch's FLOPs over a matmul peak measured in the same run.
 """
 
 import argparse
+import itertools
 import json
 import pathlib
 import statistics
@@ -55,7 +56,7 @@ def load_mnist(root: pathlib.Path | None) -> dict:
 
 def epoch_flops(n: int) -> float:
     """Forward matmuls 2*m*k*n per layer; backward twice that: 3x the forward in all."""
-    forward = sum(2 * a * b for a, b in zip(SIZES[:-1], SIZES[1:], strict=True)) * n
+    forward = sum(2 * a * b for a, b in itertools.pairwise(SIZES)) * n
     return 3.0 * forward
 
 
@@ -184,7 +185,7 @@ def _timed_host_loop(step, params, opt_state, data, batch_size, epochs):
     for _ in range(epochs):
         start = time.perf_counter()
         for x, y in _host_batches(data, batch_size, rng):
-            params, opt_state, loss = step(params, opt_state, x, y)
+            params, opt_state, _ = step(params, opt_state, x, y)
         jax.block_until_ready(params)
         times.append(time.perf_counter() - start)
     return times

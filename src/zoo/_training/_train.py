@@ -1,5 +1,7 @@
 """`zoo.train`: a function from (model, data, ...) to (trained model, history)."""
 
+import itertools
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -16,6 +18,7 @@ from .._custom_types import Batch, Dataset, LossFn, Optimizer
 from .._evaluate import evaluate
 from .._losses import resolve_loss
 from .._metrics import Metric, resolve_metrics
+from ._checkpointing import Saver
 from ._dataset import checked_dataset, gather, host_batch, nbytes, num_examples, to_device
 from ._history import current_learning_rate, new_history, record_epoch
 from ._programs import Programs, StepTotals, make_train_step
@@ -55,6 +58,10 @@ def train(
     progress: bool | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     on_nonfinite: Literal["raise", "skip"] = "raise",
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    keep: int | None = 3,
+    resume: bool = False,
 ) -> tuple[eqx.Module, dict]:
     """Trains `model` on `data` and returns the trained model and its history.
 
@@ -97,6 +104,14 @@ def train(
       recorded or checkpointed, so the last checkpoint stays the last good state. `"skip"`
       leaves the model and optimizer state unchanged for such a step and counts it in
       `history["train"]["nonfinite_steps"]`.
+    - `checkpoint_dir`: a folder for training checkpoints ([`zoo.Checkpoints`][]): the whole
+      training state, the epoch's running sums and the history, saved at the end of every
+      epoch and, with `checkpoint_every`, every that many steps; written in the background.
+    - `checkpoint_every`: steps between checkpoints within an epoch (`None`: epoch ends only).
+    - `keep`: how many of the latest checkpoints to keep (`None`: all).
+    - `resume`: continue from the latest complete checkpoint in `checkpoint_dir`, when there is
+      one, to the same model and history an uninterrupted run gives, bit for bit (the `time`
+      of the resumed epoch aside). The other arguments must be those of the first run.
 
     **Returns:**
 
@@ -118,6 +133,7 @@ def train(
     ```
     """
     _check_hyperparameters(epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk)
+    _check_checkpointing(checkpoint_dir, checkpoint_every, resume)
     if on_nonfinite not in ("raise", "skip"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'skip'; got {on_nonfinite!r}.")
     loss_fn = resolve_loss(loss)
@@ -142,38 +158,55 @@ def train(
         for argument, arrays in (("data", runner.arrays), ("eval_data", eval_arrays)):
             _check_class_labels(model, arrays, argument)
 
-    history = new_history()
+    saver = Saver(checkpoint_dir, checkpoint_every, keep)
+    totals, history = StepTotals.zeros(), new_history()
+    if resume:
+        restored = saver.restore(dynamic, totals)
+        if restored is not None:
+            dynamic, totals, history = restored
     if runner.skipped_per_epoch:
         history["skipped_examples_per_epoch"] = runner.skipped_per_epoch
-    total_steps = None if runner.steps_per_epoch is None else runner.steps_per_epoch * epochs
-    with progress_bar(total_steps, progress, epochs) as bar:
-        for epoch in range(epochs):
-            bar.set_description(f"epoch {epoch + 1}/{epochs}")
-            start = time.perf_counter()
-            dynamic, totals = runner.run(dynamic, bar)
-            jax.block_until_ready(totals)  # programs run asynchronously: time the work itself
-            seconds = time.perf_counter() - start
-            if on_nonfinite == "raise":
-                _raise_if_not_finite(totals)
-            dynamic = _next_epoch(dynamic)
-            state = programs.combine(dynamic)
-            eval_metrics = {}
-            if eval_arrays is not None and metrics:
-                eval_metrics = evaluate(
-                    state.model, eval_arrays, metrics, batch_size=eval_batch_size
+    saver.history = history
+
+    first_epoch = int(dynamic.epoch)
+    remaining = (
+        None
+        if runner.steps_per_epoch is None
+        else (runner.steps_per_epoch * (epochs - first_epoch) - int(dynamic.batch))
+    )
+    try:
+        with progress_bar(remaining, progress, epochs) as bar:
+            for epoch in range(first_epoch, epochs):
+                bar.set_description(f"epoch {epoch + 1}/{epochs}")
+                start = time.perf_counter()
+                dynamic, totals = runner.run(dynamic, totals, bar, saver)
+                jax.block_until_ready(totals)  # programs run asynchronously: time the work
+                seconds = time.perf_counter() - start
+                if on_nonfinite == "raise":
+                    _raise_if_not_finite(totals)
+                dynamic = _next_epoch(dynamic)
+                state = programs.combine(dynamic)
+                eval_metrics = {}
+                if eval_arrays is not None and metrics:
+                    eval_metrics = evaluate(
+                        state.model, eval_arrays, metrics, batch_size=eval_batch_size
+                    )
+                record_epoch(
+                    history,
+                    epoch=epoch + 1,
+                    step=int(state.step),
+                    seconds=seconds,
+                    totals=totals,
+                    opt_state=state.opt_state,
+                    eval_metrics=eval_metrics,
                 )
-            record_epoch(
-                history,
-                epoch=epoch + 1,
-                step=int(state.step),
-                seconds=seconds,
-                totals=totals,
-                opt_state=state.opt_state,
-                eval_metrics=eval_metrics,
-            )
-            bar.set_postfix(_postfix(history))
-            if on_epoch is not None:
-                on_epoch(history)
+                saver.after_epoch(int(state.step), dynamic)
+                totals = StepTotals.zeros()
+                bar.set_postfix(_postfix(history))
+                if on_epoch is not None:
+                    on_epoch(history)
+    finally:
+        saver.close()  # waits for background saves: a returned or raised train has saved
     return programs.combine(dynamic).model, history
 
 
@@ -227,7 +260,10 @@ class _EpochRunner:
     skipped_per_epoch: int = 0
     arrays: dict | None = None  # the whole dataset, when there is one (not for iterables)
 
-    def run(self, dynamic: TrainState, bar) -> tuple[TrainState, StepTotals]:
+    def run(
+        self, dynamic: TrainState, totals: StepTotals, bar, saver: Saver
+    ) -> tuple[TrainState, StepTotals]:
+        """Runs the rest of the epoch that `dynamic` is in, from its batch position."""
         raise NotImplementedError
 
 
@@ -243,21 +279,29 @@ class _FusedEpochs(_EpochRunner):
         self.steps_per_epoch = layout.steps
         self.skipped_per_epoch = layout.skipped
 
-    def run(self, dynamic, bar):
+    def run(self, dynamic, totals, bar, saver):
         layout = self._layout
         order = self._programs.epoch_order(dynamic, self._count)
         report = _ChunkReport(bar)
-        totals = StepTotals.zeros()
-        for first in range(0, layout.full_batches, layout.chunk):
-            steps = min(layout.chunk, layout.full_batches - first)
+        batch, step = int(dynamic.batch), int(dynamic.step)
+        while batch < layout.full_batches:
+            steps = min(layout.chunk, layout.full_batches - batch, _until(saver, step))
             dynamic, totals = self._programs.run_steps(dynamic, totals, self._data, order, steps)
             report.dispatched(totals, steps)
+            batch, step = batch + steps, step + steps
+            saver.after_steps(step, dynamic, totals)
         if layout.remainder:
             last = gather(self._data, order[layout.full_batches * layout.batch_size :])
             dynamic, totals = self._programs.one_step(dynamic, totals, last)
             report.dispatched(totals, 1)
         report.flush()
         return dynamic, totals
+
+
+def _until(saver: Saver, step: int) -> int:
+    """Steps until the next checkpoint is due, or effectively no limit."""
+    due = saver.steps_until_due(step)
+    return 2**31 - 1 if due is None else due
 
 
 class _HostEpochs(_EpochRunner):
@@ -271,14 +315,17 @@ class _HostEpochs(_EpochRunner):
         self.steps_per_epoch = layout.steps
         self.skipped_per_epoch = layout.skipped
 
-    def _batches(self, order: np.ndarray) -> Iterator[Batch]:
+    def _batches(self, order: np.ndarray, first: int) -> Iterator[Batch]:
         size = self._layout.batch_size
-        for step in range(self.steps_per_epoch):
+        for step in range(first, self.steps_per_epoch):
             yield host_batch(self._arrays, order[step * size : (step + 1) * size])
 
-    def run(self, dynamic, bar):
+    def run(self, dynamic, totals, bar, saver):
         order = np.asarray(self._programs.epoch_order(dynamic, self._count))
-        return _run_batches(self._programs, dynamic, self._batches(order), bar, self._layout.chunk)
+        batches = self._batches(order, int(dynamic.batch))
+        return _run_batches(
+            self._programs, dynamic, totals, batches, bar, self._layout.chunk, saver
+        )
 
 
 class _IterableEpochs(_EpochRunner):
@@ -290,10 +337,14 @@ class _IterableEpochs(_EpochRunner):
         self._chunk = steps_per_chunk or _ITERABLE_STEPS_PER_REPORT
         self.steps_per_epoch = len(data) if hasattr(data, "__len__") else None
 
-    def run(self, dynamic, bar):
-        batches = (jax.device_put(_checked_batch(batch)) for batch in self._data)
-        dynamic, totals = _run_batches(self._programs, dynamic, batches, bar, self._chunk)
-        if int(totals.steps) == 0:
+    def run(self, dynamic, totals, bar, saver):
+        # A resumed epoch skips the batches it already took: the iterable must repeat its order.
+        remaining = itertools.islice(self._data, int(dynamic.batch), None)
+        batches = (jax.device_put(_checked_batch(batch)) for batch in remaining)
+        dynamic, totals = _run_batches(
+            self._programs, dynamic, totals, batches, bar, self._chunk, saver
+        )
+        if int(totals.steps) + int(totals.nonfinite_steps) == 0:
             raise ValueError(
                 "data yielded no batches this epoch. A generator can be iterated only once: pass "
                 "a list of batches, or an object whose __iter__ starts a new pass each epoch."
@@ -310,20 +361,28 @@ def _checked_batch(batch) -> dict:
     return checked_dataset(batch, argument="batch")
 
 
-def _run_batches(programs: Programs, dynamic, batches: Iterable[Batch], bar, chunk: int):
+def _run_batches(programs: Programs, dynamic, totals, batches: Iterable[Batch], bar, chunk, saver):
     """Runs a step per batch, with the next batch already on its way to the device."""
     report = _ChunkReport(bar)
-    totals = StepTotals.zeros()
+    step = int(dynamic.step)
     ahead = deque()
-    for steps, batch in enumerate(batches, start=1):
+
+    def take_step(dynamic, totals):
+        dynamic, totals = programs.one_step(dynamic, totals, ahead.popleft())
+        saver.after_steps(step + 1, dynamic, totals)
+        return dynamic, totals
+
+    for taken, batch in enumerate(batches, start=1):
         ahead.append(batch)
         if len(ahead) == 2:
-            dynamic, totals = programs.one_step(dynamic, totals, ahead.popleft())
-        if steps % chunk == 0:
+            dynamic, totals = take_step(dynamic, totals)
+            step += 1
+        if taken % chunk == 0:
             report.dispatched(totals, chunk)
     while ahead:
-        dynamic, totals = programs.one_step(dynamic, totals, ahead.popleft())
-    report.dispatched(totals, int(totals.steps) - report.steps)
+        dynamic, totals = take_step(dynamic, totals)
+        step += 1
+    report.dispatched(totals, max(0, int(totals.steps) - report.steps))
     report.flush()
     return dynamic, totals
 
@@ -430,6 +489,18 @@ def _check_hyperparameters(epochs, batch_size, eval_batch_size, last_batch, step
         _check_positive_int("steps_per_chunk", steps_per_chunk)
     if last_batch not in ("keep", "drop"):
         raise ValueError(f"last_batch must be 'keep' or 'drop'; got {last_batch!r}.")
+
+
+def _check_checkpointing(checkpoint_dir, checkpoint_every, resume) -> None:
+    if checkpoint_every is not None:
+        _check_positive_int("checkpoint_every", checkpoint_every)
+        if checkpoint_dir is None:
+            raise ValueError("checkpoint_every needs checkpoint_dir: where should they go?")
+    if resume and checkpoint_dir is None:
+        raise ValueError(
+            "resume=True needs checkpoint_dir, the folder of the run to continue: "
+            "zoo.train(..., checkpoint_dir='runs/x', resume=True)."
+        )
 
 
 def _check_optimizer(optimizer) -> None:

@@ -1,0 +1,61 @@
+"""Checkpointing inside `zoo.train`: when to save, what a save holds, and how a run resumes."""
+
+import os
+
+from .._checkpoints import Checkpoints
+from ._programs import StepTotals
+from ._state import TrainState
+
+
+class Saver:
+    """Saves the training state every `every` steps and at each epoch's end; a no-op without a
+    directory. A save holds the state, the current epoch's running sums and the history of the
+    epochs before, so a resumed run records exactly what an uninterrupted one would."""
+
+    def __init__(self, directory: str | os.PathLike | None, every: int | None, keep: int | None):
+        self._checkpoints = None if directory is None else Checkpoints(directory, keep=keep)
+        self._every = every
+        self._last = None
+        self.history: dict | None = None  # the history being built, saved with each checkpoint
+
+    @property
+    def enabled(self) -> bool:
+        return self._checkpoints is not None
+
+    def steps_until_due(self, step: int) -> int | None:
+        """How many steps a compiled run may take before a save is due (`None`: no limit)."""
+        if not self.enabled or self._every is None:
+            return None
+        return self._every - step % self._every
+
+    def after_steps(self, step: int, dynamic: TrainState, totals: StepTotals) -> None:
+        """Saves if `step` is a multiple of `every` (the runs are cut to land on those)."""
+        if self.enabled and self._every is not None and step % self._every == 0:
+            self._save(step, dynamic, totals)
+
+    def after_epoch(self, step: int, dynamic: TrainState) -> None:
+        if self.enabled:
+            self._save(step, dynamic, StepTotals.zeros())
+
+    def _save(self, step: int, dynamic: TrainState, totals: StepTotals) -> None:
+        if step == self._last:
+            return  # the step's checkpoint exists, taken a moment earlier in the same state
+        snapshot = {"state": dynamic, "epoch_totals": totals}
+        self._checkpoints.save(step, snapshot, {"history": self.history}, force=True)
+        self._last = step
+
+    def restore(
+        self, dynamic: TrainState, totals: StepTotals
+    ) -> tuple[TrainState, StepTotals, dict] | None:
+        """The latest checkpoint as `(state, epoch totals, history)`, or None when there is none."""
+        step = self._checkpoints.latest_step()
+        if step is None:
+            return None
+        snapshot, extra = self._checkpoints.restore({"state": dynamic, "epoch_totals": totals})
+        self._last = step
+        return snapshot["state"], snapshot["epoch_totals"], extra["history"]
+
+    def close(self) -> None:
+        """Waits for saves still being written, and releases the directory."""
+        if self.enabled:
+            self._checkpoints.close()

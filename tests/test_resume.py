@@ -1,0 +1,153 @@
+"""zoo.train with checkpoints: a run stopped at any point and resumed equals an uninterrupted
+one, bit for bit."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import zoo
+from zoo._training._programs import Programs
+
+from .helpers import tree_equal
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_after(monkeypatch, calls: int) -> None:
+    """Makes the trainer's compiled programs raise after `calls` calls, like a killed process."""
+    original = Programs.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        count = [0]
+
+        def counted(program):
+            def call(*arguments):
+                count[0] += 1
+                if count[0] > calls:
+                    raise Crash
+                return program(*arguments)
+
+            return call
+
+        self.run_steps, self.one_step = counted(self.run_steps), counted(self.one_step)
+
+    monkeypatch.setattr(Programs, "__init__", init)
+
+
+def _data(n=100):
+    rng = np.random.default_rng(0)
+    return {
+        "x": rng.normal(size=(n, 5)).astype(np.float32),
+        "y": rng.integers(0, 3, n).astype(np.int32),
+    }
+
+
+def _run(directory, resume=False, **kwargs):
+    model = zoo.MLP(5, 3, (16,), dropout=0.1, key=jax.random.key(0))
+    options = dict(
+        optimizer=optax.adam(1e-2),
+        epochs=3,
+        batch_size=16,
+        key=jax.random.key(1),
+        checkpoint_dir=directory,
+        checkpoint_every=4,
+        eval_data=_data(30),
+        progress=False,
+    )
+    return zoo.train(model, _data(), resume=resume, **(options | kwargs))
+
+
+def _without_time(history):
+    return {key: value for key, value in history.items() if key != "time"}
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("crash_after", [1, 3, 6])
+def test_resumed_training_equals_uninterrupted_training(tmp_path, monkeypatch, fused, crash_after):
+    # 100 examples in batches of 16: 6 full batches and one of 4 per epoch, 21 steps in all;
+    # checkpoints every 4 steps and at each epoch's end.
+    expected_model, expected_history = _run(tmp_path / "whole", fused=fused)
+    with monkeypatch.context() as patch:
+        _crash_after(patch, crash_after)
+        with pytest.raises(Crash):
+            _run(tmp_path / "stopped", fused=fused)
+    model, history = _run(tmp_path / "stopped", resume=True, fused=fused)
+    assert tree_equal(model, expected_model)
+    assert _without_time(history) == _without_time(expected_history)
+
+
+def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
+    model, history = _run(tmp_path / "new", resume=True, epochs=1)
+    expected, expected_history = _run(tmp_path / "other", epochs=1)
+    assert tree_equal(model, expected)
+    assert history["step"] == expected_history["step"] == [7]
+
+
+def test_keep_the_last_checkpoints(tmp_path):
+    _run(tmp_path, keep=2)
+    with zoo.Checkpoints(tmp_path) as checkpoints:
+        assert checkpoints.all_steps() == [20, 21]
+
+
+_KILLED_RUN = textwrap.dedent("""
+    import sys, jax, numpy as np, optax, zoo
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(400, 5)).astype(np.float32),
+            "y": rng.integers(0, 3, 400).astype(np.int32)}
+    model = zoo.MLP(5, 3, (16,), key=jax.random.key(0))
+    zoo.train(model, data, optimizer=optax.adam(1e-2), epochs=4, batch_size=8,
+              key=jax.random.key(1), checkpoint_dir=sys.argv[1], checkpoint_every=5,
+              steps_per_chunk=5, resume=True, progress=False)
+""")
+
+
+def test_a_run_killed_at_random_moments_resumes_to_the_same_model(tmp_path):
+    """SIGKILL while training and saving; each restart resumes; the end is as if never killed."""
+    directory = tmp_path / "killed"
+    script = tmp_path / "run.py"
+    script.write_text(_KILLED_RUN)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(float(rng.uniform(2.0, 6.0)))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finished = subprocess.run(
+        [sys.executable, str(script), str(directory)], timeout=300, capture_output=True, text=True
+    )
+    assert finished.returncode == 0, finished.stderr
+    uninterrupted = tmp_path / "whole"
+    subprocess.run([sys.executable, str(script), str(uninterrupted)], timeout=300, check=True)
+    with zoo.Checkpoints(uninterrupted) as whole, zoo.Checkpoints(directory) as killed:
+        assert whole.latest_step() == killed.latest_step() == 200
+        expected, expected_extra = whole.restore(_snapshot_like())
+        got, extra = killed.restore(_snapshot_like())
+    assert tree_equal(got, expected)
+    assert _without_time(extra["history"]) == _without_time(expected_extra["history"])
+
+
+def _snapshot_like():
+    import equinox as eqx
+
+    from zoo._training._programs import StepTotals
+    from zoo._training._state import initial_state
+
+    model = zoo.MLP(5, 3, (16,), key=jax.random.key(0))
+    optimizer = optax.adam(1e-2)
+    state = initial_state(model, optimizer.init(eqx.filter(model, eqx.is_array)), jax.random.key(1))
+    return {"state": eqx.filter(state, eqx.is_array), "epoch_totals": StepTotals.zeros()}
