@@ -73,9 +73,12 @@ def _compiled_sparse_epoch(mesh, users: int, batch_size: int, steps: int):
     mesh = training_mesh(mesh, batch_size)
     model = cases.Scorer(jax.random.key(0), users=users)
     optimizer = cases.sparse_optimizer()
-    state = initial_state(model, optimizer.init(model), jax.random.key(1))
-    dynamic, static = eqx.partition(state, eqx.is_array)
-    dynamic, step = shard_training(dynamic, make_train_step(cases.mse, optimizer, SPARSE), mesh)
+
+    def init(model):
+        return initial_state(model, optimizer.init(model), jax.random.key(1))
+
+    step = make_train_step(cases.mse, optimizer, SPARSE)
+    dynamic, static, step = shard_training(init, model, step, mesh)
     programs = Programs(step, static, batch_size)
     rng = np.random.default_rng(0)
     n = batch_size * steps

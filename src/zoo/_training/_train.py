@@ -131,13 +131,17 @@ def train(
     mesh = None if mesh is None else training_mesh(mesh, batch_size)
 
     rule = rule_for(optimizer)
-    state = initial_state(model, optimizer.init(rule.params(model)), key)
-    dynamic, static = eqx.partition(state, eqx.is_array)
-    # The programs donate the state's buffers; copy once so the caller's model stays usable.
-    dynamic = jax.tree.map(jnp.copy, dynamic)
     step = make_train_step(loss_fn, optimizer, rule)
-    if mesh is not None:
-        dynamic, step = shard_training(dynamic, step, mesh)
+
+    def init(model: eqx.Module) -> TrainState:
+        return initial_state(model, optimizer.init(rule.params(model)), key)
+
+    if mesh is None:
+        dynamic, static = eqx.partition(init(model), eqx.is_array)
+        # The programs donate the state's buffers; copy once so the caller's model stays usable.
+        dynamic = jax.tree.map(jnp.copy, dynamic)
+    else:
+        dynamic, static, step = shard_training(init, model, step, mesh)
     programs = Programs(step, static, batch_size)
     runner = _epoch_runner(
         data, programs, batch_size, last_batch, fused, steps_per_chunk, Placement(mesh)

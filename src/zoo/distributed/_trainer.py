@@ -34,9 +34,23 @@ def batch_layout(mesh: Mesh, length: int) -> NamedSharding:
     return data_sharding(mesh) if length % batch_shards(mesh) == 0 else replicated(mesh)
 
 
-def shard_training(dynamic: TrainState, train_step: TrainStep, mesh: Mesh):
-    """`(dynamic, train_step)` laid out on `mesh`: the state placed, the step constrained."""
-    shardings = state_shardings(dynamic, mesh)
+def shard_training(init: Callable[[eqx.Module], TrainState], model, train_step, mesh: Mesh):
+    """`(dynamic, static, train_step)` of a run on `mesh`: the state made there, the step pinned.
+
+    `init(model)` makes the training state. It runs compiled, with its outputs laid out on the
+    mesh, so optimizer state the size of a table is made in shards and never whole on one
+    device; the outputs are new buffers, so the caller's model stays usable.
+    """
+    shapes = eqx.filter_eval_shape(init, model)
+    shardings = state_shardings(shapes, mesh)
+    arrays, model_static = eqx.partition(model, eqx.is_array)
+    arrays = put(arrays, state_shardings(arrays, mesh))
+
+    def make(arrays):
+        return eqx.filter(init(eqx.combine(arrays, model_static)), eqx.is_array)
+
+    dynamic = jax.jit(make, out_shardings=shardings)(arrays)
+    static = eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct), inverse=True)
 
     def step(state: TrainState, batch: Batch):
         batch = {
@@ -50,7 +64,7 @@ def shard_training(dynamic: TrainState, train_step: TrainStep, mesh: Mesh):
         arrays = jax.lax.with_sharding_constraint(arrays, shardings)
         return eqx.combine(arrays, static), loss, grad_norm
 
-    return put(dynamic, shardings), step
+    return dynamic, static, step
 
 
 def _from_host(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
