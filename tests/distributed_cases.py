@@ -60,11 +60,16 @@ def sparse_optimizer():
 
 def train_mlp(mesh=None):
     """2 epochs of 50 examples in batches of 16: 3 full steps and a last one of 2 examples
-    (which does not split over 8 devices, so it runs replicated)."""
+    (which does not split over 8 devices, so it runs replicated), then an evaluation.
+
+    Returns the trained model and the evaluation's figures.
+    """
     model = zoo.MLP(8, 4, (16,), key=jax.random.key(1))
     kwargs = dict(optimizer=optax.adam(1e-2), epochs=2, batch_size=16, progress=False)
-    trained, _ = zoo.train(model, blobs(), key=jax.random.key(2), mesh=mesh, **kwargs)
-    return trained
+    trained, history = zoo.train(
+        model, blobs(), eval_data=blobs(), key=jax.random.key(2), mesh=mesh, **kwargs
+    )
+    return trained, history["eval"]
 
 
 def train_recommender(mesh=None, **kwargs):

@@ -153,7 +153,7 @@ def _checkpoint(out: pathlib.Path, mesh) -> dict:
 def mesh_run(out: pathlib.Path) -> None:
     report = {"devices": jax.device_count()}
     # Batches split 8 ways (over data and fsdp), the dense weights 4 ways (over fsdp).
-    mlp = cases.train_mlp(jax.make_mesh((2, 4), ("data", "fsdp")))
+    mlp, report["mlp_eval"] = cases.train_mlp(jax.make_mesh((2, 4), ("data", "fsdp")))
     _save(out, "mlp", mlp)
     report["mlp_specs"] = _specs(mlp)
 

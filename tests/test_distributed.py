@@ -72,8 +72,12 @@ def _assert_same_arrays(saved: pathlib.Path, expected: list[np.ndarray]) -> None
 def test_an_mlp_on_8_devices_trains_as_on_one(mesh_run):
     out, report = mesh_run
     assert report["devices"] == 8
-    expected = cases.arrays(cases.train_mlp())
-    _assert_same_arrays(out / "mlp.npz", expected)
+    expected, evaluation = cases.train_mlp()
+    _assert_same_arrays(out / "mlp.npz", cases.arrays(expected))
+    # Evaluating the sharded model gives the same figures too.
+    assert report["mlp_eval"].keys() == evaluation.keys()
+    for name, values in evaluation.items():
+        np.testing.assert_allclose(report["mlp_eval"][name], values, rtol=1e-5)
     # With an "fsdp" axis the dense weights really were split, each along its larger axis.
     assert report["mlp_specs"] == {
         ".layers[0].weight": "P('fsdp', None)",

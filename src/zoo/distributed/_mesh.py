@@ -72,13 +72,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch_size(mesh: Mesh, batch_size: int, *, argument: str = "batch_size") -> None:
+def check_batch_size(mesh: Mesh, batch_size: int) -> None:
     shards = batch_shards(mesh)
     if batch_size % shards:
         lower = batch_size // shards * shards
         suggestion = f"{lower} or {lower + shards}" if lower else f"{shards}"
+        sizes = {name: mesh.shape[name] for name in batch_axes(mesh)}
         raise ValueError(
-            f"{argument}={batch_size} must be divisible by the {shards} batch shards of the "
-            f"mesh (axes {batch_axes(mesh)} of sizes "
-            f"{[mesh.shape[name] for name in batch_axes(mesh)]}); use {argument}={suggestion}."
+            f"batch_size={batch_size} must be divisible by the {shards} batch shards of the "
+            f"mesh (its batch axes {sizes}); use batch_size={suggestion}."
         )

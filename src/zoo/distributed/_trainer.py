@@ -34,7 +34,9 @@ def batch_layout(mesh: Mesh, length: int) -> NamedSharding:
     return data_sharding(mesh) if length % batch_shards(mesh) == 0 else replicated(mesh)
 
 
-def shard_training(init: Callable[[eqx.Module], TrainState], model, train_step, mesh: Mesh):
+def shard_training(
+    init: Callable[[eqx.Module], TrainState], model: eqx.Module, train_step: TrainStep, mesh: Mesh
+) -> tuple[TrainState, TrainState, TrainStep]:
     """`(dynamic, static, train_step)` of a run on `mesh`: the state made there, the step pinned.
 
     `init(model)` makes the training state. It runs compiled, with its outputs laid out on the
@@ -44,6 +46,8 @@ def shard_training(init: Callable[[eqx.Module], TrainState], model, train_step, 
     shapes = eqx.filter_eval_shape(init, model)
     shardings = state_shardings(shapes, mesh)
     arrays, model_static = eqx.partition(model, eqx.is_array)
+    # A jit takes its inputs only from its own devices: bring the model there first (a model
+    # already laid out on the mesh stays where it is).
     arrays = put(arrays, state_shardings(arrays, mesh))
 
     def make(arrays):
@@ -60,9 +64,9 @@ def shard_training(init: Callable[[eqx.Module], TrainState], model, train_step, 
         state, loss, grad_norm = train_step(state, batch)
         # Pinning the new state to the old layout keeps the donated buffers reusable in place
         # and the fused loop's carry the same from step to step.
-        arrays, static = eqx.partition(state, eqx.is_array)
+        arrays, rest = eqx.partition(state, eqx.is_array)
         arrays = jax.lax.with_sharding_constraint(arrays, shardings)
-        return eqx.combine(arrays, static), loss, grad_norm
+        return eqx.combine(arrays, rest), loss, grad_norm
 
     return dynamic, static, step
 
