@@ -3,7 +3,13 @@
 Every model is a callable pytree (an `equinox.Module`); `zoo.train` trains any of them.
 """
 
-from . import data as data, losses as losses, metrics as metrics, sparse as sparse
+from . import (
+    data as data,
+    distributed as distributed,
+    losses as losses,
+    metrics as metrics,
+    sparse as sparse,
+)
 from ._checkpoints import Checkpoints as Checkpoints
 from ._embedding import Embedding as Embedding
 from ._evaluate import evaluate as evaluate

@@ -2,7 +2,6 @@
 
 from collections.abc import Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int
@@ -57,9 +56,9 @@ def gather(data: Mapping[str, Array], indices: Int[Array, " batch"]) -> Batch:
     return {name: jnp.take(array, indices, axis=0) for name, array in data.items()}
 
 
-def host_batch(data: Mapping[str, np.ndarray], indices: np.ndarray) -> Batch:
-    """The examples at `indices`, gathered on the host and sent to the device asynchronously."""
-    return jax.device_put({name: array[indices] for name, array in data.items()})
+def host_rows(data: Mapping[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
+    """The examples at `indices`, gathered on the host (the caller sends them to the device)."""
+    return {name: array[indices] for name, array in data.items()}
 
 
 def nbytes(data: Mapping[str, np.ndarray]) -> int:

@@ -12,14 +12,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from jaxtyping import PRNGKeyArray
 
 from .._custom_types import Batch, Dataset, LossFn, Optimizer
 from .._evaluate import evaluate
 from .._losses import resolve_loss
 from .._metrics import Metric, resolve_metrics
+from ..distributed._trainer import Placement, shard_training, training_mesh
 from ._checkpointing import Saver
-from ._dataset import checked_dataset, gather, host_batch, nbytes, num_examples, to_device
+from ._dataset import checked_dataset, gather, host_rows, nbytes, num_examples
 from ._history import current_learning_rate, new_history, record_epoch
 from ._programs import Programs, StepTotals, make_train_step
 from ._progress import progress_bar
@@ -62,6 +64,7 @@ def train(
     checkpoint_every: int | None = None,
     keep: int | None = 3,
     resume: bool = False,
+    mesh: Mesh | None = None,
 ) -> tuple[eqx.Module, dict]:
     """Trains `model` on `data` and returns the trained model and its history.
 
@@ -112,6 +115,11 @@ def train(
     - `resume`: continue from the latest complete checkpoint in `checkpoint_dir`, when there is
       one, to the same model and history an uninterrupted run gives, bit for bit (the `time`
       of the resumed epoch aside). The other arguments must be those of the first run.
+    - `mesh`: a `jax.sharding.Mesh` to train on (see `zoo.distributed`): batches split over its
+      `"data"` and `"fsdp"` axes, embedding tables row-sharded over `"model"`, everything else
+      replicated (or split over `"fsdp"`). `batch_size` must divide by the batch axes' size.
+      With several processes, each passes the same arguments (the same full `data`); the
+      returned model is then a global array on the mesh. `None`: one device.
 
     **Returns:**
 
@@ -144,16 +152,25 @@ def train(
     resolve_metrics(metrics)  # fail on a bad name before any training, not after an epoch
     eval_arrays = None if eval_data is None else checked_dataset(eval_data, argument="eval_data")
     key = jax.random.key(0) if key is None else key
+    mesh = None if mesh is None else training_mesh(mesh, batch_size)
 
     rule = rule_for(optimizer)
-    state = initial_state(model, optimizer.init(rule.params(model)), key)
-    _check_learning_rate(current_learning_rate(state.opt_state))
-    dynamic, static = eqx.partition(state, eqx.is_array)
-    # The programs donate the state's buffers; copy once so the caller's model stays usable.
-    dynamic = jax.tree.map(jnp.copy, dynamic)
     train_step = make_train_step(loss_fn, optimizer, rule, skip_nonfinite=on_nonfinite == "skip")
+
+    def init(model: eqx.Module) -> TrainState:
+        return initial_state(model, optimizer.init(rule.params(model)), key)
+
+    if mesh is None:
+        dynamic, static = eqx.partition(init(model), eqx.is_array)
+        # The programs donate the state's buffers; copy once so the caller's model stays usable.
+        dynamic = jax.tree.map(jnp.copy, dynamic)
+    else:
+        dynamic, static, train_step = shard_training(init, model, train_step, mesh)
+    _check_learning_rate(current_learning_rate(dynamic.opt_state))
     programs = Programs(train_step, static, batch_size)
-    runner = _epoch_runner(data, programs, batch_size, last_batch, fused, steps_per_chunk)
+    runner = _epoch_runner(
+        data, programs, batch_size, last_batch, fused, steps_per_chunk, Placement(mesh)
+    )
     if loss == "cross_entropy":
         for argument, arrays in (("data", runner.arrays), ("eval_data", eval_arrays)):
             _check_class_labels(model, arrays, argument)
@@ -270,9 +287,9 @@ class _EpochRunner:
 class _FusedEpochs(_EpochRunner):
     """The dataset lives on the device; each chunk of steps runs as one program."""
 
-    def __init__(self, arrays, programs: Programs, layout: _EpochLayout):
+    def __init__(self, arrays, programs: Programs, layout: _EpochLayout, placement: Placement):
         self.arrays = arrays
-        self._data = to_device(arrays)
+        self._data = placement.dataset(arrays)
         self._count = num_examples(arrays)
         self._programs = programs
         self._layout = layout
@@ -307,8 +324,9 @@ def _until(saver: Saver, step: int) -> int:
 class _HostEpochs(_EpochRunner):
     """The dataset stays on the host; each step's batch is gathered there and prefetched."""
 
-    def __init__(self, arrays, programs: Programs, layout: _EpochLayout):
+    def __init__(self, arrays, programs: Programs, layout: _EpochLayout, placement: Placement):
         self.arrays = self._arrays = arrays
+        self._placement = placement
         self._count = num_examples(arrays)
         self._programs = programs
         self._layout = layout
@@ -318,7 +336,8 @@ class _HostEpochs(_EpochRunner):
     def _batches(self, order: np.ndarray, first: int) -> Iterator[Batch]:
         size = self._layout.batch_size
         for step in range(first, self.steps_per_epoch):
-            yield host_batch(self._arrays, order[step * size : (step + 1) * size])
+            rows = host_rows(self._arrays, order[step * size : (step + 1) * size])
+            yield self._placement.batch(rows)
 
     def run(self, dynamic, totals, bar, saver):
         order = np.asarray(self._programs.epoch_order(dynamic, self._count))
@@ -331,8 +350,9 @@ class _HostEpochs(_EpochRunner):
 class _IterableEpochs(_EpochRunner):
     """`data` is an iterable of batches, iterated afresh each epoch."""
 
-    def __init__(self, data: Iterable[Dataset], programs: Programs, steps_per_chunk):
+    def __init__(self, data: Iterable[Dataset], programs: Programs, steps_per_chunk, placement):
         self._data = data
+        self._placement = placement
         self._programs = programs
         self._chunk = steps_per_chunk or _ITERABLE_STEPS_PER_REPORT
         self.steps_per_epoch = len(data) if hasattr(data, "__len__") else None
@@ -340,7 +360,7 @@ class _IterableEpochs(_EpochRunner):
     def run(self, dynamic, totals, bar, saver):
         # A resumed epoch skips the batches it already took: the iterable must repeat its order.
         remaining = itertools.islice(self._data, int(dynamic.batch), None)
-        batches = (jax.device_put(_checked_batch(batch)) for batch in remaining)
+        batches = (self._placement.batch(_checked_batch(batch)) for batch in remaining)
         dynamic, totals = _run_batches(
             self._programs, dynamic, totals, batches, bar, self._chunk, saver
         )
@@ -415,7 +435,9 @@ class _ChunkReport:
             self._bar.set_postfix(loss=f"{float(totals.loss) / int(totals.examples):.4g}")
 
 
-def _epoch_runner(data, programs, batch_size, last_batch, fused, steps_per_chunk) -> _EpochRunner:
+def _epoch_runner(
+    data, programs, batch_size, last_batch, fused, steps_per_chunk, placement
+) -> _EpochRunner:
     if not isinstance(data, Mapping):
         if fused:
             raise ValueError("fused=True needs data as a mapping of arrays, not an iterable.")
@@ -424,7 +446,7 @@ def _epoch_runner(data, programs, batch_size, last_batch, fused, steps_per_chunk
                 "data must be a mapping of equal-length arrays such as {'x': features, "
                 f"'y': labels}}, or an iterable of such batches; got {type(data).__name__}."
             )
-        return _IterableEpochs(data, programs, steps_per_chunk)
+        return _IterableEpochs(data, programs, steps_per_chunk, placement)
     arrays = checked_dataset(data, argument="data")
     if last_batch == "drop" and num_examples(arrays) < batch_size:
         raise ValueError(
@@ -434,7 +456,7 @@ def _epoch_runner(data, programs, batch_size, last_batch, fused, steps_per_chunk
     if fused is None:
         fused = nbytes(arrays) <= _device_budget_bytes()
     layout = _EpochLayout.of(num_examples(arrays), batch_size, last_batch, steps_per_chunk)
-    return (_FusedEpochs if fused else _HostEpochs)(arrays, programs, layout)
+    return (_FusedEpochs if fused else _HostEpochs)(arrays, programs, layout, placement)
 
 
 def _device_budget_bytes() -> int:

@@ -1,0 +1,82 @@
+"""`zoo.distributed.initialize`: join a multi-process run, CPU collectives included."""
+
+import jax
+
+
+def _check_count(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
+
+
+def _check_address(coordinator_address) -> None:
+    host, _, port = str(coordinator_address).rpartition(":")
+    if not isinstance(coordinator_address, str) or not host or not port.isdigit():
+        raise ValueError(
+            "coordinator_address must be 'host:port' of process 0, e.g. '10.0.0.1:1234' (or "
+            f"'127.0.0.1:1234' for processes on one machine); got {coordinator_address!r}."
+        )
+
+
+def initialize(
+    coordinator_address: str,
+    num_processes: int,
+    process_id: int,
+    *,
+    cpu_devices: int | None = None,
+    timeout: int = 300,
+) -> None:
+    """Joins this process to a run of `num_processes` processes: `jax.distributed.initialize`
+    with cross-process collectives on CPU too.
+
+    Call it first, in every process, before any other JAX call. Afterwards `jax.devices()` lists
+    the devices of all processes, `jax.local_devices()` this process's own, and a mesh over
+    `jax.devices()` spans them all (pass it to `zoo.train(..., mesh=mesh)`). On CPU, JAX's
+    collectives between processes go through Gloo over TCP, which this selects, so several
+    processes on one machine (or CPU hosts) form one run.
+
+    **Arguments:**
+
+    - `coordinator_address`: `"host:port"` where process 0 serves the coordinator; every
+        process passes the same one. `"127.0.0.1:PORT"` for processes on one machine.
+    - `num_processes`: the number of processes in the run.
+    - `process_id`: this process's rank, `0 <= process_id < num_processes`.
+    - `cpu_devices`: on CPU, how many devices this process simulates (as
+        `--xla_force_host_platform_device_count` does); `None` leaves JAX's default.
+    - `timeout`: seconds to wait for every process to join before raising.
+
+    **Raises:**
+
+    `ValueError` for a malformed argument; `RuntimeError` (from JAX) if JAX has already
+    initialized its backends, i.e. when this is not the first JAX call of the process.
+
+    **Example:**
+
+    ```python
+    # started as `python train.py RANK` for RANK in 0, 1
+    zoo.distributed.initialize("127.0.0.1:12345", num_processes=2, process_id=int(sys.argv[1]))
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    model, history = zoo.train(model, data, mesh=mesh, key=jax.random.key(0))
+    ```
+    """
+    _check_address(coordinator_address)
+    _check_count("num_processes", num_processes, 1)
+    _check_count("process_id", process_id, 0)
+    if process_id >= num_processes:
+        raise ValueError(
+            f"process_id must be below num_processes={num_processes}; got {process_id}."
+        )
+    if cpu_devices is not None:
+        _check_count("cpu_devices", cpu_devices, 1)
+    _check_count("timeout", timeout, 1)
+    if cpu_devices is not None:
+        jax.config.update("jax_num_cpu_devices", cpu_devices)
+    # Without cross-process collectives a CPU computation spanning processes cannot run.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address,
+        num_processes,
+        process_id,
+        # Every parameter is given: do not let a cluster environment (Slurm, MPI) override it.
+        cluster_detection_method="deactivate",
+        initialization_timeout=timeout,
+    )

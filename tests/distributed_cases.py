@@ -1,0 +1,93 @@
+"""Training runs shared by tests/test_distributed.py and the worker processes it starts.
+
+The test runs each on one device in-process; the workers run the same on a mesh of simulated
+CPU devices, so the two must see exactly the same models, data, optimizers and keys.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import zoo
+
+USERS, ITEMS, DIM = 64, 48, 8
+
+
+class Scorer(eqx.Module):
+    """A recommender in miniature: two embedding tables and an MLP head."""
+
+    users: zoo.Embedding
+    items: zoo.Embedding
+    head: zoo.MLP
+
+    def __init__(self, key, users: int = USERS):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.users = zoo.Embedding(users, DIM, key=k1)
+        self.items = zoo.Embedding(ITEMS, DIM, key=k2)
+        self.head = zoo.MLP(2 * DIM, 1, (8,), key=k3)
+
+    def __call__(self, user, item):
+        return self.head(jnp.concatenate([self.users(user), self.items(item)]))[0]
+
+
+def mse(model, batch, key):
+    del key
+    scores = jax.vmap(model)(batch["user"], batch["item"])
+    return jnp.mean((scores - batch["rating"]) ** 2)
+
+
+def ratings(n: int = 96) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "user": rng.integers(0, USERS, n).astype(np.int32),
+        "item": rng.integers(0, ITEMS, n).astype(np.int32),
+        "rating": rng.uniform(size=n).astype(np.float32),
+    }
+
+
+def blobs(n: int = 50) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, n).astype(np.int32)
+    x = (3 * rng.normal(size=(4, 8)))[y] + rng.normal(size=(n, 8))
+    return {"x": x.astype(np.float32), "y": y}
+
+
+def sparse_optimizer():
+    return zoo.sparse.partition(dense=optax.adam(1e-2), embeddings=zoo.sparse.rowwise_adagrad(0.1))
+
+
+def train_mlp(mesh=None):
+    """2 epochs of 50 examples in batches of 16: 3 full steps and a last one of 2 examples
+    (which does not split over 8 devices, so it runs replicated), then an evaluation.
+
+    Returns the trained model and the evaluation's figures.
+    """
+    model = zoo.MLP(8, 4, (16,), key=jax.random.key(1))
+    kwargs = dict(optimizer=optax.adam(1e-2), epochs=2, batch_size=16, progress=False)
+    trained, history = zoo.train(
+        model, blobs(), eval_data=blobs(), key=jax.random.key(2), mesh=mesh, **kwargs
+    )
+    return trained, history["eval"]
+
+
+def train_recommender(mesh=None, **kwargs):
+    """2 epochs of 96 ratings in batches of 32: 3 steps each."""
+    kwargs = {"loss": mse, "optimizer": sparse_optimizer(), "epochs": 2, "batch_size": 32} | kwargs
+    model = Scorer(jax.random.key(3))
+    trained, _ = zoo.train(
+        model, ratings(), key=jax.random.key(4), progress=False, mesh=mesh, **kwargs
+    )
+    return trained
+
+
+def _host(leaf) -> np.ndarray:
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    return np.asarray(leaf)
+
+
+def arrays(tree) -> list[np.ndarray]:
+    """The array leaves of `tree` as NumPy arrays (keys as their data), in tree order."""
+    return [_host(leaf) for leaf in jax.tree.leaves(eqx.filter(tree, eqx.is_array))]
