@@ -173,6 +173,23 @@ def test_the_callers_model_survives_training(getkey):
     assert tree_equal(jax.tree.map(np.asarray, model), before)  # not donated away
 
 
+class _WithLookupTable(eqx.Module):
+    mlp: zoo.MLP
+    table: jax.Array  # integer: no gradient, and nothing for the optimizer to track
+
+    def __call__(self, x, *, key=None):
+        return self.mlp(x, key=key) * self.table[0].astype(x.dtype)
+
+
+def test_a_model_with_an_integer_array_trains_with_adam(getkey):
+    # Adam's state leaves for integer arrays became None after the first step, so the fused
+    # loop's carry changed structure; the optimizer now sees the floating arrays only.
+    model = _WithLookupTable(zoo.MLP(6, 3, (8,), key=getkey()), jnp.array([1, 2], jnp.int32))
+    trained, history = zoo.train(model, _blobs(getkey()), epochs=2, batch_size=50)
+    assert history["train"]["loss"][1] < history["train"]["loss"][0]
+    assert tree_equal(trained.table, model.table)
+
+
 def test_non_finite_loss_names_the_step(getkey):
     data = _blobs(getkey(), n=64)
     data["x"][40] = np.nan
