@@ -54,6 +54,7 @@ def train(
     steps_per_chunk: int | None = None,
     progress: bool | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    eval_fn: Callable[[eqx.Module], Mapping[str, float]] | None = None,
 ) -> tuple[eqx.Module, dict]:
     """Trains `model` on `data` and returns the trained model and its history.
 
@@ -91,6 +92,10 @@ def train(
       tenth of an epoch.
     - `progress`: show a progress bar; `None` shows one only on a terminal.
     - `on_epoch`: called as `on_epoch(history)` after each epoch, e.g. to log or plot.
+    - `eval_fn`: called as `eval_fn(model)` after each epoch, before `on_epoch`; the figures
+      of the dict it returns are recorded in `history["eval"]` beside the metrics. For
+      evaluations that are not averages over examples, such as ranking metrics
+      (`lambda model: zoo.recsys.evaluate_ranking(model, train, test)["model"]`).
 
     **Returns:**
 
@@ -147,6 +152,8 @@ def train(
                 eval_metrics = evaluate(
                     state.model, eval_arrays, metrics, batch_size=eval_batch_size
                 )
+            if eval_fn is not None:
+                eval_metrics |= {name: float(value) for name, value in eval_fn(state.model).items()}
             record_epoch(
                 history,
                 epoch=epoch + 1,
