@@ -3,7 +3,13 @@
 Every model is a callable pytree (an `equinox.Module`); `zoo.train` trains any of them.
 """
 
-from . import data as data, losses as losses, metrics as metrics, sparse as sparse
+from . import (
+    data as data,
+    losses as losses,
+    metrics as metrics,
+    recsys as recsys,
+    sparse as sparse,
+)
 from ._embedding import Embedding as Embedding
 from ._evaluate import evaluate as evaluate
 from ._mlp import MLP as MLP
@@ -14,5 +20,10 @@ from ._per_example import (
 from ._plots import plot_history as plot_history
 from ._training._state import TrainState as TrainState
 from ._training._train import train as train
+from .recsys import (
+    DLRM as DLRM,
+    MatrixFactorization as MatrixFactorization,
+    TwoTower as TwoTower,
+)
 
 __version__ = "0.1.0"
