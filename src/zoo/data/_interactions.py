@@ -59,7 +59,7 @@ class Interactions(dict):
         """The number of items of the id space (some may have no rows here)."""
         return len(self.item_ids)
 
-    def take(self, rows: Integer[np.ndarray, " n"] | np.ndarray) -> "Interactions":
+    def take(self, rows: np.ndarray) -> "Interactions":
         """The events at `rows` (indices or a boolean mask), in the same id space."""
         return Interactions(
             {name: column[rows] for name, column in self.items()},

@@ -207,8 +207,9 @@ def evaluate_ranking(
     Users are scored in batches inside one compiled program. A factorised model (one with
     `embed_users` and `embed_items`, such as `zoo.MatrixFactorization` and `zoo.TwoTower`)
     embeds the catalogue once and scores a batch with one matrix product: 10,000 users by
-    10,000 items take about a second on a CPU. Other models (`zoo.recsys.DLRMRecommender`) are
-    called on every (user, item) pair, which costs a forward pass per pair.
+    10,000 items take half a second on two CPU cores, once compiled. Other models
+    (`zoo.recsys.DLRMRecommender`) are called on every (user, item) pair, which costs a
+    forward pass per pair.
 
     **Arguments:**
 

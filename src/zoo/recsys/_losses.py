@@ -18,10 +18,21 @@ from ._sampling import NegativeSampler
 
 
 def pair_scores(model, users: Int[Array, " b"], items: Int[Array, "b m"]) -> Float[Array, "b m"]:
-    """The scores of `m` items for each of `b` users: `scores[j, c] = model(users[j], items[j, c])`.
+    """The scores of `m` items for each of `b` users, as the losses and evaluations compute them.
 
-    Factorised models (with `embed_users` and `embed_items`) embed each user once; others are
-    called on every pair.
+    Factorised models (with `embed_users` and `embed_items`) embed each user once and each item
+    once; other models are called on every pair. Tables are read only by vmapped `Embedding`
+    calls, so this works inside `zoo.sparse.value_and_grad`.
+
+    **Arguments:**
+
+    - `model`: a recommender scoring `model(user, item)`.
+    - `users`: `(b,)` user indices.
+    - `items`: `(b, m)` item indices: row `j` holds the items to score for `users[j]`.
+
+    **Returns:**
+
+    `(b, m)` scores, `scores[j, c] = model(users[j], items[j, c])`.
     """
     if is_factorized(model):
         user_vectors = model.embed_users(users)

@@ -46,7 +46,8 @@ class _Tower(eqx.Module):
         return self.mlp(jnp.concatenate(parts))
 
 
-def _feature_table(name: str, table: ArrayLike | None, num_ids: int) -> np.ndarray | None:
+def _feature_table(kind: str, table: ArrayLike | None, num_ids: int) -> np.ndarray | None:
+    """`table` as a checked `(num_ids, num_features)` array of feature ids; `kind` names the id."""
     if table is None:
         return None
     table = np.asarray(table)
@@ -59,10 +60,10 @@ def _feature_table(name: str, table: ArrayLike | None, num_ids: int) -> np.ndarr
         or (table.size and table.min() < 0)
     ):
         raise ValueError(
-            f"{name} must be non-negative integer feature ids of shape (num_{name[:4]}s, "
-            f"num_features), one row per id and one column per categorical feature; got "
-            f"{table.dtype} of shape {table.shape}. Example: "
-            f"zoo.TwoTower(num_users, num_items, {name}=genre_of_each_{name[:4]}[:, None], key=key)"
+            f"{kind}_features must be non-negative integer feature ids of shape "
+            f"(num_{kind}s, num_features), one row per {kind} and one column per categorical "
+            f"feature; got {table.dtype} of shape {table.shape}. Example: zoo.TwoTower("
+            f"num_users, num_items, {kind}_features=genre_of_each_{kind}[:, None], key=key)"
         )
     return table
 
@@ -142,8 +143,8 @@ class TwoTower(Factorized):
             )
         if not temperature > 0:
             raise ValueError(f"temperature must be positive; got {temperature!r}.")
-        user_table = _feature_table("user_features", user_features, num_users)
-        item_table = _feature_table("item_features", item_features, num_items)
+        user_table = _feature_table("user", user_features, num_users)
+        item_table = _feature_table("item", item_features, num_items)
         user_key, item_key = jax.random.split(key)
         hidden = tuple(hidden)
         self.user_tower = _Tower(num_users, user_table, embedding_dim, hidden, dim, key=user_key)
