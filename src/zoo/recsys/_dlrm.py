@@ -155,6 +155,8 @@ class DLRMRecommender(eqx.Module):
         - `dim`, `bottom`, `top`: as for [`zoo.DLRM`][].
         - `key`: a `jax.random.key` for the initialisation.
         """
+        example = "zoo.recsys.DLRMRecommender(num_users, num_items, counts, key=key)"
+        check_counts(example, num_users=num_users, num_items=num_items)
         counts = np.asarray(item_counts)
         if counts.shape != (num_items,) or not np.issubdtype(counts.dtype, np.integer):
             raise ValueError(
@@ -171,16 +173,8 @@ class DLRMRecommender(eqx.Module):
     def __call__(
         self, user: Int[Array, ""], item: Int[Array, ""], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, ""]:
-        """**Arguments:**
-
-        - `user`: one user index. Batch with `jax.vmap(model)(users, items)`.
-        - `item`: one item index.
-        - `key`: ignored; accepted for a uniform model API.
-
-        **Returns:**
-
-        The logit of the pair, a scalar.
-        """
+        """The logit of one `(user, item)` pair of indices, a scalar; batch with
+        `jax.vmap(model)(users, items)`. `key` is ignored (no dropout)."""
         del key
         count = self.item_counts[item].astype(jnp.float32)
         dense = (jnp.log1p(count) / self.log_max_count)[None]

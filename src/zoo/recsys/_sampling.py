@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from ._factorized import check_counts
+
 Distribution = Literal["uniform", "popularity"]
 
 _EXAMPLE = (
@@ -114,6 +116,9 @@ class NegativeSampler(eqx.Module):
         - `alpha`: the exponent of the popularity counts (word2vec uses 0.75).
         - `max_redraws`: how many times a draw that hit a positive is drawn again.
         """
+        check_counts(_EXAMPLE, num_items=num_items)
+        if isinstance(max_redraws, bool) or not isinstance(max_redraws, int) or max_redraws < 0:
+            raise ValueError(f"max_redraws must be an int >= 0; got {max_redraws!r}.")
         if distribution not in ("uniform", "popularity"):
             raise ValueError(
                 f'distribution must be "uniform" or "popularity"; got {distribution!r}. '
