@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import zoo
+
 
 def tree_allclose(x, y, *, rtol=1e-5, atol=1e-8) -> bool:
     """True when two pytrees have the same structure and all array leaves are close."""
@@ -49,3 +51,12 @@ def scrambled(tree, seed: int = 0):
         return values if isinstance(leaf, np.ndarray) else jnp.asarray(values)
 
     return jax.tree.map(random_like, tree)
+
+
+def planted_split(key):
+    """Synthetic interactions, 500 users x 200 items x 20 each, split leave-last-out.
+
+    The recommender tests share this size so that JAX compiles each of their programs once.
+    """
+    data = zoo.data.synthetic_interactions(500, 200, interactions_per_user=20, key=key)
+    return zoo.data.leave_last_out(data)

@@ -173,6 +173,36 @@ def test_the_callers_model_survives_training(getkey):
     assert tree_equal(jax.tree.map(np.asarray, model), before)  # not donated away
 
 
+class _WithLookupTable(eqx.Module):
+    mlp: zoo.MLP
+    table: jax.Array  # integer: no gradient, and nothing for the optimizer to track
+
+    def __call__(self, x, *, key=None):
+        return self.mlp(x, key=key) * self.table[0].astype(x.dtype)
+
+
+def test_a_model_with_an_integer_array_trains_with_adam(getkey):
+    # Adam's state leaves for integer arrays became None after the first step, so the fused
+    # loop's carry changed structure; the optimizer now sees the floating arrays only.
+    model = _WithLookupTable(zoo.MLP(6, 3, (8,), key=getkey()), jnp.array([1, 2], jnp.int32))
+    trained, history = zoo.train(model, _blobs(getkey()), epochs=2, batch_size=50)
+    assert history["train"]["loss"][1] < history["train"]["loss"][0]
+    assert tree_equal(trained.table, model.table)
+
+
+def test_eval_fn_figures_are_recorded_each_epoch(getkey):
+    seen = []
+    model, history = zoo.train(
+        zoo.MLP(6, 3, (8,), key=getkey()),
+        _blobs(getkey()),
+        epochs=2,
+        eval_fn=lambda m: {"bias_sum": jnp.sum(m.layers[-1].bias), "two": 2},
+        on_epoch=lambda h: seen.append(dict(h["eval"])),
+    )
+    assert history["eval"]["two"] == [2.0, 2.0] and len(seen) == 2 and "bias_sum" in seen[0]
+    assert history["eval"]["bias_sum"][-1] == pytest.approx(float(jnp.sum(model.layers[-1].bias)))
+
+
 def test_non_finite_loss_names_the_step(getkey):
     data = _blobs(getkey(), n=64)
     data["x"][40] = np.nan

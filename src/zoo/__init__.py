@@ -8,6 +8,7 @@ from . import (
     distributed as distributed,
     losses as losses,
     metrics as metrics,
+    recsys as recsys,
     sparse as sparse,
 )
 from ._checkpoints import Checkpoints as Checkpoints
@@ -22,5 +23,10 @@ from ._plots import plot_history as plot_history
 from ._serialization import load as load, save as save
 from ._training._state import TrainState as TrainState
 from ._training._train import train as train
+from .recsys import (
+    DLRM as DLRM,
+    MatrixFactorization as MatrixFactorization,
+    TwoTower as TwoTower,
+)
 
 __version__ = "0.1.0"

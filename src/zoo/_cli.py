@@ -1,4 +1,4 @@
-"""The `zoo` command line: `zoo train mlp ...`."""
+"""The `zoo` command line: `zoo train mlp ...` and `zoo train recommender ...`."""
 
 import argparse
 import datetime
@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model", description="Train a model.")
     models = train.add_subparsers(title="models", required=True, metavar="MODEL")
     _add_mlp(models)
+    _add_recommender(models)
     return parser
 
 
@@ -84,8 +85,7 @@ def _train_mlp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     epochs = args.epochs or (20 if digits else 10)
     batch_size = args.batch_size or (32 if digits else 128)
     train_data, test_data = _load(args)
-    out = args.out or pathlib.Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _run_folder(args)
 
     init_key, train_key = jax.random.split(jax.random.key(args.seed))
     in_size, out_size = train_data["x"].shape[1], 10
@@ -124,6 +124,149 @@ def _train_mlp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         f"wrote {out / 'history.json'} and {out / 'training_curve.png'}"
     )
     return 0
+
+
+def _add_recommender(models) -> None:
+    from .recsys import _recipes as recipes
+
+    recommender = models.add_parser(
+        "recommender",
+        help="a recommender (matrix factorisation, two-tower, DLRM) on interaction data",
+        description="Train a recommender on implicit feedback, split leave-last-out, and "
+        "report HR@10 and NDCG@10 over the whole catalogue beside the popularity and random "
+        "baselines.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    recommender.add_argument("--model", choices=recipes.MODELS, required=True, help="the model")
+    recommender.add_argument(
+        "--data",
+        type=_interaction_data,
+        default="synthetic",
+        help="synthetic (2000 users x 1000 items, planted structure), synthetic:USERSxITEMS, "
+        "or movielens:PATH (a folder with u.data, ratings.dat or ratings.csv; ratings >= 4 "
+        "are the positives)",
+    )
+    recommender.add_argument(
+        "--loss",
+        choices=recipes.LOSSES,
+        default=None,
+        help="bpr, bce (sampled negatives) or softmax (in-batch, with log-q correction; not "
+        "for dlrm); default: bpr for mf, softmax for two-tower, bce for dlrm",
+    )
+    recommender.add_argument(
+        "--optimizer",
+        choices=recipes.OPTIMIZERS,
+        default="adam",
+        help="adam, or sparse-adagrad: row-wise Adagrad on the embedding tables in O(batch) "
+        "per step (zoo.sparse) and Adagrad on the rest",
+    )
+    recommender.add_argument(
+        "--epochs", type=_positive_int, default=20, help="passes over the data"
+    )
+    recommender.add_argument(
+        "--batch-size", type=_positive_int, default=512, help="interactions per step"
+    )
+    recommender.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help="learning rate (default: 0.01 for adam, 0.1 for sparse-adagrad)",
+    )
+    recommender.add_argument("--dim", type=_positive_int, default=32, help="embedding size")
+    recommender.add_argument(
+        "--seed", type=int, default=0, help="seed of the data, init and training keys"
+    )
+    recommender.add_argument(
+        "--out", type=pathlib.Path, default=None, help="run folder (default: runs/<timestamp>)"
+    )
+    recommender.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    recommender.set_defaults(run=_train_recommender)
+
+
+def _interaction_data(text: str):
+    from .recsys import _recipes as recipes
+
+    source, _, location = text.partition(":")
+    if source == "synthetic":
+        if not location:
+            return source, recipes.SYNTHETIC_SIZE
+        users, _, items = location.partition("x")
+        if users.isdigit() and items.isdigit() and int(users) > 0 and int(items) >= 20:
+            return source, (int(users), int(items))
+    elif source == "movielens" and location:
+        return source, pathlib.Path(location).expanduser()
+    raise argparse.ArgumentTypeError(
+        f"expected synthetic, synthetic:USERSxITEMS (at least 20 items) or movielens:PATH; "
+        f"got {text!r}"
+    )
+
+
+def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import zoo
+    from zoo.recsys import _recipes as recipes
+
+    loss_name = args.loss or recipes.DEFAULT_LOSS[args.model]
+    if args.model == "dlrm" and loss_name == "softmax":
+        parser.error("--loss softmax needs a factorised model (mf, two-tower); use bce or bpr")
+    learning_rate = args.lr or recipes.DEFAULT_LEARNING_RATE[args.optimizer]
+    out = _run_folder(args)
+    data_key, init_key, train_key = recipes.split_keys(args.seed)
+    try:
+        train, test = recipes.load(*args.data, data_key)
+    except zoo.data.DatasetNotFoundError as error:
+        print(f"zoo: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from error
+    model = recipes.build_model(args.model, train, args.dim, init_key)
+    _say(
+        args,
+        f"zoo: {args.model} (dim {args.dim}, {loss_name} loss, {args.optimizer} {learning_rate:g}) "
+        f"on {args.data[0]}: {train.num_users} users, {train.num_items} items, "
+        f"{len(train['user'])} training / {len(test['user'])} held-out interactions",
+    )
+    baselines = zoo.recsys.evaluate_ranking(model, train, test, key=data_key)
+    del baselines["model"]
+    for name, figures in baselines.items():
+        _say(
+            args,
+            f"{name:>10} baseline  HR@10 {figures['hr@10']:.4f}  NDCG@10 {figures['ndcg@10']:.4f}",
+        )
+
+    def report(history):
+        evaluation = history["eval"]
+        _say(
+            args,
+            f"epoch {history['epoch'][-1]:3d}  loss {history['train']['loss'][-1]:.4f}  "
+            f"HR@10 {evaluation['hr@10'][-1]:.4f}  NDCG@10 {evaluation['ndcg@10'][-1]:.4f}  "
+            f"({history['time'][-1]:.2f}s)",
+        )
+
+    model, history = zoo.train(
+        model,
+        train,
+        loss=recipes.build_loss(loss_name, train),
+        optimizer=recipes.build_optimizer(args.optimizer, learning_rate),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        key=train_key,
+        # A small last batch would be a weak in-batch softmax, and one more program to compile.
+        last_batch="drop",
+        progress=None if not args.quiet else False,
+        eval_fn=lambda m: zoo.recsys.evaluate_ranking(m, train, test, baselines=False)["model"],
+        on_epoch=report,
+    )
+    history["baselines"] = baselines
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    zoo.plot_history(history, out / "training_curve.png")
+    final = {"model": {name: values[-1] for name, values in history["eval"].items()}}
+    print(zoo.recsys.format_report(final | baselines))
+    print(f"wrote {out / 'history.json'} and {out / 'training_curve.png'}")
+    return 0
+
+
+def _run_folder(args) -> pathlib.Path:
+    out = args.out or pathlib.Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def _load(args):

@@ -11,6 +11,10 @@ import matplotlib.pyplot as plt
 def plot_history(history: dict, path: str | pathlib.Path) -> pathlib.Path:
     """Draws the training loss and each eval metric per epoch into a PNG at `path`.
 
+    When `history["baselines"]` maps baseline names to figures (as `zoo train recommender`
+    records the popularity and random baselines), each eval panel also draws the baselines'
+    figure of its metric as a dashed line.
+
     **Arguments:**
 
     - `history`: the history returned by [`zoo.train`][].
@@ -27,7 +31,8 @@ def plot_history(history: dict, path: str | pathlib.Path) -> pathlib.Path:
     }
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for axis, (title, values) in zip(axes[0], panels.items(), strict=True):
-        axis.plot(epochs, values, marker="o")
+        axis.plot(epochs, values, marker="o", label="model")
+        _draw_baselines(axis, history.get("baselines", {}), title.removeprefix("eval "))
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
@@ -35,3 +40,11 @@ def plot_history(history: dict, path: str | pathlib.Path) -> pathlib.Path:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _draw_baselines(axis, baselines: dict[str, dict[str, float]], metric: str) -> None:
+    present = [(name, figures[metric]) for name, figures in baselines.items() if metric in figures]
+    for colour, (name, value) in enumerate(present, start=1):
+        axis.axhline(value, linestyle="--", color=f"C{colour}", label=name)
+    if present:
+        axis.legend(fontsize="small")

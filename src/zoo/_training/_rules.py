@@ -23,7 +23,10 @@ class UpdateRule(NamedTuple):
 
 DENSE = UpdateRule(
     value_and_grad=eqx.filter_value_and_grad,
-    params=lambda model: eqx.filter(model, eqx.is_array),
+    # The optimizer sees what is differentiated: floating arrays. Integer arrays in a model
+    # (lookup tables, counts) get no gradient, and optax would turn their state leaves into None
+    # after the first update, changing the state's structure between steps.
+    params=lambda model: eqx.filter(model, eqx.is_inexact_array),
     apply_updates=eqx.apply_updates,
 )
 

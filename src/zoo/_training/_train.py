@@ -65,6 +65,7 @@ def train(
     keep: int | None = 3,
     resume: bool = False,
     mesh: Mesh | None = None,
+    eval_fn: Callable[[eqx.Module], Mapping[str, float]] | None = None,
 ) -> tuple[eqx.Module, dict]:
     """Trains `model` on `data` and returns the trained model and its history.
 
@@ -120,6 +121,10 @@ def train(
       replicated (or split over `"fsdp"`). `batch_size` must divide by the batch axes' size.
       With several processes, each passes the same arguments (the same full `data`); the
       returned model is then a global array on the mesh. `None`: one device.
+    - `eval_fn`: called as `eval_fn(model)` after each epoch, before `on_epoch`; the figures
+      of the dict it returns are recorded in `history["eval"]` beside the metrics. For
+      evaluations that are not averages over examples, such as ranking metrics
+      (`lambda model: zoo.recsys.evaluate_ranking(model, train, test)["model"]`).
 
     **Returns:**
 
@@ -208,6 +213,8 @@ def train(
                     eval_metrics = evaluate(
                         state.model, eval_arrays, metrics, batch_size=eval_batch_size
                     )
+                if eval_fn is not None:
+                    eval_metrics |= {k: float(v) for k, v in eval_fn(state.model).items()}
                 record_epoch(
                     history,
                     epoch=epoch + 1,

@@ -1,5 +1,18 @@
-"""Datasets as plain dicts of NumPy arrays: `{"x": float32 (n, ...), "y": int32 (n,)}`."""
+"""Datasets as plain dicts of NumPy arrays.
+
+Classification sets are `{"x": float32 (n, ...), "y": int32 (n,)}`; interaction sets are
+[`Interactions`][zoo.data.Interactions], `{"user": int32 (n,), "item": int32 (n,), ...}` with
+the raw ids behind the indices.
+"""
 
 from ._digits import digits as digits
 from ._download import DatasetNotFoundError as DatasetNotFoundError
+from ._interactions import Interactions as Interactions
 from ._mnist import mnist as mnist
+from ._movielens import movielens as movielens
+from ._splits import (
+    implicit as implicit,
+    leave_last_out as leave_last_out,
+    random_holdout as random_holdout,
+)
+from ._synthetic import synthetic_interactions as synthetic_interactions

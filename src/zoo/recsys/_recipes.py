@@ -1,0 +1,73 @@
+"""What `zoo train recommender` builds from its options: data, model, loss and optimizer."""
+
+import pathlib
+
+import jax
+import optax
+from jaxtyping import PRNGKeyArray
+
+from .. import data as datasets, sparse
+from .._custom_types import LossFn, Optimizer
+from ._dlrm import DLRMRecommender
+from ._losses import bce_loss, bpr_loss, in_batch_softmax_loss
+from ._mf import MatrixFactorization
+from ._sampling import NegativeSampler, item_counts
+from ._two_tower import TwoTower
+
+MODELS = ("mf", "two-tower", "dlrm")
+LOSSES = ("bpr", "bce", "softmax")
+DEFAULT_LOSS = {"mf": "bpr", "two-tower": "softmax", "dlrm": "bce"}
+OPTIMIZERS = ("adam", "sparse-adagrad")
+DEFAULT_LEARNING_RATE = {"adam": 1e-2, "sparse-adagrad": 0.1}
+SYNTHETIC_SIZE = (2000, 1000)
+RATING_THRESHOLD = 4.0  # MovieLens ratings of 4 and 5 (of 5) are the positives
+
+
+def load(source: str, location: pathlib.Path | tuple[int, int], key: PRNGKeyArray):
+    """`(train, test)`: the data, as implicit feedback, split leave-last-out."""
+    if source == "synthetic":
+        num_users, num_items = location
+        data = datasets.synthetic_interactions(num_users, num_items, key=key)
+    else:
+        data = datasets.implicit(datasets.movielens(location), threshold=RATING_THRESHOLD)
+    return datasets.leave_last_out(data)
+
+
+def build_model(name: str, train, dim: int, key: PRNGKeyArray):
+    """The model named `name` for the id spaces of `train`."""
+    num_users, num_items = train.num_users, train.num_items
+    if name == "mf":
+        return MatrixFactorization(num_users, num_items, dim, key=key)
+    if name == "two-tower":
+        # A cosine with a low temperature trains best with the in-batch softmax.
+        return TwoTower(num_users, num_items, dim, similarity="cosine", temperature=0.1, key=key)
+    # DLRM on interactions: user and item are its categorical features, the item's training
+    # popularity its dense feature.
+    counts = item_counts(train, num_items)
+    return DLRMRecommender(num_users, num_items, counts, dim=dim, key=key)
+
+
+def build_loss(name: str, train) -> LossFn:
+    """The loss named `name`; sampled negatives skip each user's training positives."""
+    if name == "softmax":
+        return in_batch_softmax_loss(item_counts=item_counts(train, train.num_items))
+    sampler = NegativeSampler(train.num_items, interactions=train, exclude_positives=True)
+    if name == "bpr":
+        return bpr_loss(sampler, num_negatives=4)
+    return bce_loss(sampler, num_negatives=4)
+
+
+def build_optimizer(name: str, learning_rate: float) -> Optimizer:
+    """Adam on everything, or row-wise Adagrad on the tables (O(batch) steps) and Adagrad on
+    the rest, both at `learning_rate`."""
+    if name == "adam":
+        return optax.adam(learning_rate)
+    return sparse.partition(
+        dense=optax.adagrad(learning_rate), embeddings=sparse.rowwise_adagrad(learning_rate)
+    )
+
+
+def split_keys(seed: int) -> tuple[PRNGKeyArray, PRNGKeyArray, PRNGKeyArray]:
+    """The data, initialisation and training keys of a run."""
+    data_key, init_key, train_key = jax.random.split(jax.random.key(seed), 3)
+    return data_key, init_key, train_key

@@ -1,0 +1,189 @@
+"""Negative sampling by explicit key: uniform or by popularity, optionally skipping positives."""
+
+from collections.abc import Mapping
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from ._factorized import check_counts
+
+Distribution = Literal["uniform", "popularity"]
+
+_EXAMPLE = (
+    'zoo.recsys.NegativeSampler(num_items, distribution="popularity", interactions=train, '
+    "exclude_positives=True)"
+)
+
+
+def item_counts(interactions: Mapping[str, np.ndarray], num_items: int) -> np.ndarray:
+    """How many interactions each item has: `(num_items,)` int64 counts.
+
+    **Arguments:**
+
+    - `interactions`: a mapping with an `"item"` column of indices, e.g. the training split.
+    - `num_items`: the size of the item id space.
+
+    **Returns:**
+
+    `counts[i]`, the number of rows of item `i` (0 for items without any).
+    """
+    items = np.asarray(interactions["item"])
+    if items.size and (items.min() < 0 or items.max() >= num_items):
+        raise ValueError(
+            f"item ids must lie in [0, num_items) = [0, {num_items}); got {items.min()} to "
+            f"{items.max()}."
+        )
+    return np.bincount(items, minlength=num_items)
+
+
+def _positives_by_user(interactions) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of each user's distinct items: `items[indptr[u]:indptr[u + 1]]`, sorted."""
+    users, items = np.asarray(interactions["user"]), np.asarray(interactions["item"])
+    pairs = np.unique(np.stack([users, items], axis=1), axis=0)
+    num_users = int(users.max(initial=-1)) + 1
+    indptr = np.zeros(num_users + 1, np.int64)
+    np.cumsum(np.bincount(pairs[:, 0], minlength=num_users), out=indptr[1:])
+    return indptr, pairs[:, 1]
+
+
+def _segment_contains(values, starts, ends, queries, steps: int):
+    """Whether each query is in `values[start:end]` (sorted), by a binary search per query."""
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = (low + high) // 2
+        right = values.at[middle].get(mode="fill", fill_value=0) < queries
+        active = low < high
+        return jnp.where(active & right, middle + 1, low), jnp.where(active & ~right, middle, high)
+
+    low, _ = jax.lax.fori_loop(0, steps, halve, (starts, ends))
+    found = values.at[low].get(mode="fill", fill_value=-1)
+    return (low < ends) & (found == queries)
+
+
+class NegativeSampler(eqx.Module):
+    """Draws negative items for users, by explicit key: uniformly or by popularity, and
+    optionally never (or rarely) one of the user's known positives.
+
+    Held by a loss (`zoo.recsys.bpr_loss`, `bce_loss`) and called with the key `zoo.train`
+    gives the loss at each step, so the negatives are a pure function of the training key.
+    Sampling runs on the device in `O(log num_items)` per draw.
+
+    With `exclude_positives=True`, a draw that hits one of the user's positives (a binary
+    search in the user's sorted items) is drawn again, up to `max_redraws` times; a user who has
+    interacted with most of the catalogue can still get a positive after that.
+
+    **Example:**
+
+    ```python
+    sampler = zoo.recsys.NegativeSampler(
+        train.num_items, distribution="popularity", interactions=train, exclude_positives=True
+    )
+    negatives = sampler(key, users, 4)  # (len(users), 4) item ids
+    ```
+    """
+
+    cumulative: Float[Array, " num_items"] | None
+    indptr: Int[Array, " num_users_plus_1"] | None
+    positives: Int[Array, " num_positives"] | None
+    num_items: int = eqx.field(static=True)
+    max_redraws: int = eqx.field(static=True)
+    search_steps: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        num_items: int,
+        *,
+        distribution: str = "uniform",
+        interactions: Mapping[str, np.ndarray] | None = None,
+        exclude_positives: bool = False,
+        alpha: float = 1.0,
+        max_redraws: int = 8,
+    ):
+        """**Arguments:**
+
+        - `num_items`: the size of the item id space; draws lie in `[0, num_items)`.
+        - `distribution`: `"uniform"`, or `"popularity"`: item `i` with probability
+            proportional to `count_i ** alpha` in `interactions`.
+        - `interactions`: `{"user": ..., "item": ...}` arrays (the training split), needed for
+            `"popularity"` and for `exclude_positives`.
+        - `exclude_positives`: redraw negatives that are among the user's items in
+            `interactions`.
+        - `alpha`: the exponent of the popularity counts (word2vec uses 0.75).
+        - `max_redraws`: how many times a draw that hit a positive is drawn again.
+        """
+        check_counts(_EXAMPLE, num_items=num_items)
+        if isinstance(max_redraws, bool) or not isinstance(max_redraws, int) or max_redraws < 0:
+            raise ValueError(f"max_redraws must be an int >= 0; got {max_redraws!r}.")
+        if distribution not in ("uniform", "popularity"):
+            raise ValueError(
+                f'distribution must be "uniform" or "popularity"; got {distribution!r}. '
+                f"Example: {_EXAMPLE}"
+            )
+        if interactions is None and (distribution == "popularity" or exclude_positives):
+            raise ValueError(
+                f"interactions are needed for distribution={distribution!r} and "
+                f"exclude_positives={exclude_positives}: pass the training split. Example: "
+                f"{_EXAMPLE}"
+            )
+        self.cumulative = None
+        if distribution == "popularity":
+            weights = item_counts(interactions, num_items).astype(np.float64) ** alpha
+            self.cumulative = jnp.asarray(np.cumsum(weights), jnp.float32)
+        self.indptr = self.positives = None
+        longest = 0
+        if exclude_positives:
+            indptr, positives = _positives_by_user(interactions)
+            self.indptr = jnp.asarray(indptr, jnp.int32)
+            self.positives = jnp.asarray(positives, jnp.int32)
+            longest = int(np.diff(indptr).max(initial=0))
+        self.num_items = num_items
+        self.max_redraws = max_redraws
+        self.search_steps = int(np.ceil(np.log2(longest + 1))) + 1
+
+    def __call__(
+        self, key: PRNGKeyArray, users: Int[Array, " batch"], num: int
+    ) -> Int[Array, "batch {num}"]:
+        """**Arguments:**
+
+        - `key`: a `jax.random` key; the same key gives the same negatives.
+        - `users`: the users to draw for.
+        - `num`: negatives per user (static).
+
+        **Returns:**
+
+        `(len(users), num)` item ids.
+        """
+        shape = (users.shape[0], num)
+        items = self._draw(jax.random.fold_in(key, 0), shape)
+        if self.positives is None:
+            return items
+
+        def redraw(round_, items):
+            fresh = self._draw(jax.random.fold_in(key, round_ + 1), shape)
+            return jnp.where(self.is_positive(users[:, None], items), fresh, items)
+
+        return jax.lax.fori_loop(0, self.max_redraws, redraw, items)
+
+    def is_positive(self, users: Int[Array, "..."], items: Int[Array, "..."]) -> Bool[Array, "..."]:
+        """Whether each `(user, item)` is a known positive (always False without exclusion);
+        `users` and `items` broadcast against each other."""
+        users, items = jnp.broadcast_arrays(users, items)
+        if self.positives is None:
+            return jnp.zeros(items.shape, bool)
+        starts = self.indptr.at[users].get(mode="fill", fill_value=0)
+        ends = self.indptr.at[users + 1].get(mode="fill", fill_value=0)
+        return _segment_contains(self.positives, starts, ends, items, self.search_steps)
+
+    def _draw(self, key: PRNGKeyArray, shape: tuple[int, int]) -> Int[Array, "batch num"]:
+        if self.cumulative is None:
+            return jax.random.randint(key, shape, 0, self.num_items)
+        # Inverse CDF: O(log num_items) per draw, whatever the catalogue size.
+        thresholds = jax.random.uniform(key, shape) * self.cumulative[-1]
+        return jnp.minimum(
+            jnp.searchsorted(self.cumulative, thresholds, side="right"), self.num_items - 1
+        ).astype(jnp.int32)
