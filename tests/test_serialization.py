@@ -280,3 +280,20 @@ def test_a_saved_as_name_belongs_to_one_class():
 
         class Second(Rebuildable, saved_as="tests.one-name"):
             pass
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda key: zoo.MatrixFactorization(30, 20, 8, item_bias=False, key=key),
+        lambda key: zoo.TwoTower(30, 20, 8, hidden=(16,), similarity="cosine", key=key),
+        lambda key: zoo.DLRM(3, (10, 7), 8, bottom=(16,), top=(16, 8), key=key),
+    ],
+    ids=["mf", "two-tower", "dlrm"],
+)
+def test_recommenders_load_without_a_template(tmp_path, getkey, build):
+    model = build(getkey())
+    zoo.save(tmp_path / "model", model)
+    loaded = zoo.load(tmp_path / "model")
+    assert type(loaded) is type(model)
+    assert tree_equal(loaded, model)

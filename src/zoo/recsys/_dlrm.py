@@ -10,12 +10,13 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._embedding import Embedding
 from .._mlp import MLP
+from .._rebuild import Rebuildable
 from ._factorized import check_counts
 
 _EXAMPLE = "zoo.DLRM(num_dense=13, vocab_sizes=(1000, 500, 20), dim=16, key=jax.random.key(0))"
 
 
-class DLRM(eqx.Module):
+class DLRM(Rebuildable, saved_as="zoo.DLRM"):
     """The Deep Learning Recommendation Model: a click (or interaction) logit from dense and
     categorical features.
 
@@ -110,7 +111,7 @@ class DLRM(eqx.Module):
         return self.top(jnp.concatenate([x, interactions]))[0]
 
 
-class DLRMRecommender(eqx.Module):
+class DLRMRecommender(Rebuildable, saved_as="zoo.recsys.DLRMRecommender"):
     """[`zoo.DLRM`][] on user-item pairs: a pointwise recommender for interaction data.
 
     The user and the item are the two categorical features, and the item's popularity in the

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._embedding import Embedding
+from .._rebuild import Rebuildable
 from ._factorized import Factorized, check_counts
 
 _EXAMPLE = "zoo.MatrixFactorization(num_users=943, num_items=1682, dim=32, key=jax.random.key(0))"
@@ -16,7 +17,7 @@ def _zeros(key: PRNGKeyArray, shape: tuple[int, int], dtype) -> Array:
     return jnp.zeros(shape, dtype)
 
 
-class MatrixFactorization(Factorized):
+class MatrixFactorization(Factorized, Rebuildable, saved_as="zoo.MatrixFactorization"):
     """Matrix factorisation: `score(u, i) = p_u . q_i + b_u + b_i + g`.
 
     User and item vectors `p_u`, `q_i` are rows of two [`zoo.Embedding`][] tables; the biases

@@ -11,6 +11,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._embedding import Embedding
 from .._mlp import MLP
+from .._rebuild import Rebuildable
 from ._factorized import Factorized, check_counts
 
 Similarity = Literal["dot", "cosine"]
@@ -68,7 +69,7 @@ def _feature_table(kind: str, table: ArrayLike | None, num_ids: int) -> np.ndarr
     return table
 
 
-class TwoTower(Factorized):
+class TwoTower(Factorized, Rebuildable, saved_as="zoo.TwoTower"):
     """A two-tower retrieval model: `score(u, i) = sim(user_tower(u), item_tower(i)) / temperature`.
 
     Each tower embeds its id (a [`zoo.Embedding`][]) and, optionally, categorical side features
