@@ -65,6 +65,40 @@ def _cli(*args: str):
     return call
 
 
+def _saved_mlp(tmp: pathlib.Path) -> None:
+    zoo.save(tmp / "model", _mlp())
+
+
+def _damaged_save(damage: Callable[[bytes], bytes]) -> Callable[[pathlib.Path], None]:
+    """Setup: a save of a 2000 x 16 table whose largest array data file is then damaged."""
+
+    def setup(tmp: pathlib.Path) -> None:
+        zoo.save(tmp / "model", zoo.Embedding(2000, 16, key=jax.random.key(0)))
+        arrays = next((tmp / "model").glob("arrays-*"))
+        largest = max((p for p in arrays.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+        largest.write_bytes(damage(largest.read_bytes()))
+
+    return setup
+
+
+def _flip_bytes(content: bytes) -> bytes:
+    middle = len(content) // 2
+    return (
+        content[:middle]
+        + bytes(b ^ 0xFF for b in content[middle : middle + 8])
+        + content[middle + 8 :]
+    )
+
+
+def _trained_with_checkpoints(tmp: pathlib.Path) -> None:
+    zoo.train(_mlp(), _classification(), epochs=1, checkpoint_dir=tmp / "run", progress=False)
+
+
+def _write_ratings(tmp: pathlib.Path) -> None:
+    (tmp / "ml-100k").mkdir()
+    (tmp / "ml-100k" / "u.data").write_text("1\t2\t3\t881250949\n1\tx\t3\t881250949\n")
+
+
 def _write_bytes(name: str, content: bytes):
     def setup(tmp: pathlib.Path) -> None:
         (tmp / name).write_bytes(content)
@@ -374,7 +408,142 @@ CASES: list[Case] = [
         "split must be one of 'train', 'test', 'all'; got 'val'",
         "Use 'train', 'test' or 'all'.",
     ),
-    # -- command line -------------------------------------------------------------------------
+    # -- saving, loading and checkpoints ---------------------------------------------------------
+    Case(
+        "load-missing",
+        "zoo.load",
+        "a path with no save",
+        lambda tmp: zoo.load(tmp / "nothing"),
+        FileNotFoundError,
+        r"no zoo save at .*nothing: the directory does not exist",
+        "Check the path; `zoo.save(path, model)` makes one.",
+    ),
+    Case(
+        "load-structure",
+        "zoo.load",
+        "a save of another architecture (like= differs)",
+        lambda tmp: zoo.load(tmp / "model", like=zoo.MLP(5, 3, (8,), key=jax.random.key(0))),
+        ValueError,
+        r"does not match the model at \.layers\[0\]\.weight: saved float32\[8,4\], "
+        r"expected float32\[8,5\]",
+        "Load into a model built with the saved arguments, or load without `like=`.",
+        setup=_saved_mlp,
+    ),
+    Case(
+        "load-dtype",
+        "zoo.load",
+        "a save loaded into a model of another dtype",
+        lambda tmp: zoo.load(
+            tmp / "model", like=zoo.MLP(4, 3, (8,), dtype=jnp.float16, key=jax.random.key(0))
+        ),
+        ValueError,
+        r"at \.layers\[0\]\.weight: saved float32\[8,4\], expected float16",
+        "Load with the saved dtype, then cast: `jax.tree.map(lambda a: a.astype(...), model)`.",
+        setup=_saved_mlp,
+    ),
+    Case(
+        "load-corrupted",
+        "zoo.load",
+        "an array file with flipped bytes",
+        lambda tmp: zoo.load(tmp / "model"),
+        ValueError,
+        r"is (corrupted|damaged)",
+        "The checksum caught it: restore the save from a copy, or save the model again.",
+        setup=_damaged_save(_flip_bytes),
+    ),
+    Case(
+        "load-truncated",
+        "zoo.load",
+        "a truncated array file",
+        lambda tmp: zoo.load(tmp / "model"),
+        ValueError,
+        r"is (corrupted|damaged)",
+        "The file was cut short (a full disk, an interrupted copy): use another copy.",
+        setup=_damaged_save(lambda content: content[: len(content) // 3]),
+    ),
+    Case(
+        "save-exists",
+        "zoo.save",
+        "saving over an existing save",
+        lambda tmp: zoo.save(tmp / "model", _mlp()),
+        FileExistsError,
+        r"already holds a save; pass overwrite=True",
+        "Pass `overwrite=True` (the old save stays intact until the new one is complete).",
+        setup=_saved_mlp,
+    ),
+    Case(
+        "resume-other-model",
+        "zoo.train",
+        "resume=True with a different model than the run's",
+        lambda tmp: zoo.train(
+            zoo.MLP(4, 3, (16,), key=jax.random.key(0)),
+            _classification(),
+            checkpoint_dir=tmp / "run",
+            resume=True,
+            progress=False,
+        ),
+        ValueError,
+        r"does not match the model at .*layers\[0\]\.weight",
+        "Resume with the model, optimizer and arguments of the first run.",
+        setup=_trained_with_checkpoints,
+    ),
+    Case(
+        "resume-no-folder",
+        "zoo.train",
+        "resume=True without checkpoint_dir",
+        _train(resume=True),
+        ValueError,
+        "resume=True needs checkpoint_dir",
+        "Name the run's folder: `checkpoint_dir='runs/x', resume=True`.",
+    ),
+    Case(
+        "checkpoint-every",
+        "zoo.train",
+        "checkpoint_every of 0",
+        _train(checkpoint_dir="unused", checkpoint_every=0),
+        ValueError,
+        "checkpoint_every must be a positive int; got 0",
+        "Use e.g. `checkpoint_every=1000`.",
+    ),
+    # -- recommenders ---------------------------------------------------------------------------
+    Case(
+        "movielens-malformed",
+        "zoo.data.movielens",
+        "a malformed line in u.data",
+        lambda tmp: zoo.data.movielens(tmp / "ml-100k"),
+        ValueError,
+        r"ml-100k/u\.data:2: expected integer user, item and timestamp",
+        "Fix or drop the line the message names (file and line number).",
+        setup=_write_ratings,
+    ),
+    Case(
+        "movielens-missing",
+        "zoo.data.movielens",
+        "a folder that does not exist",
+        lambda tmp: zoo.data.movielens(tmp / "ml-1m"),
+        zoo.data.DatasetNotFoundError,
+        r"MovieLens folder .*ml-1m does not exist",
+        "Download MovieLens yourself (its licence forbids redistribution) and name the folder.",
+    ),
+    Case(
+        "mf-size",
+        "zoo.MatrixFactorization",
+        "num_users of 0",
+        lambda tmp: zoo.MatrixFactorization(0, 5, key=jax.random.key(0)),
+        ValueError,
+        "num_users must be a positive int; got 0",
+        "Give the number of users (ids 0..n-1).",
+    ),
+    Case(
+        "two-tower-similarity",
+        "zoo.TwoTower",
+        "an unknown similarity",
+        lambda tmp: zoo.TwoTower(5, 5, similarity="l2", key=jax.random.key(0)),
+        ValueError,
+        'similarity must be "dot" or "cosine"; got \'l2\'',
+        "Use 'dot' or 'cosine'.",
+    ),
+    # -- command line ---------------------------------------------------------------------------
     Case(
         "cli-epochs",
         "zoo train mlp",
