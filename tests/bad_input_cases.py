@@ -592,12 +592,17 @@ CASES: list[Case] = [
 ]
 
 
+_MESSAGE_CHARS = 200  # the docs show the start of long messages (e.g. storage-layer details)
+
+
 def message_line(case: Case, error: BaseException, tmp: pathlib.Path) -> str:
     """The line of the message that the case's pattern finds (errors raised under jit come
     wrapped in tracebacks), with the temporary folder's name replaced."""
     lines = [line for line in str(error).splitlines() if line.strip()]
     matching = [line for line in lines if re.search(case.message, line)]
-    return (matching or lines or [""])[0].strip().replace(str(tmp), "<folder>")
+    line = (matching or lines or [""])[0].strip().replace(str(tmp), "<folder>")
+    line = re.sub(r"arrays-[0-9a-f]{8,}", "arrays-<id>", line)  # a save's random token
+    return line if len(line) <= _MESSAGE_CHARS else line[: _MESSAGE_CHARS - 1] + "…"
 
 
 def render(messages: dict[str, str]) -> str:
