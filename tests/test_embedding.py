@@ -127,3 +127,12 @@ def test_dense_optax_training_reduces_the_loss(getkey):
     for _ in range(20):
         emb, state, _ = step(emb, state)
     assert loss_fn(emb) < 0.5 * first
+
+
+def test_default_init_fills_every_row_with_the_documented_scale(getkey):
+    # Several blocks and an overlapping last one: 2**20 // 64 = 16384 rows per block.
+    emb = zoo.Embedding(40_000, 64, key=getkey())
+    weight = np.asarray(emb.weight)
+    assert np.all(np.abs(weight).sum(axis=1) > 0)
+    assert abs(weight.std() - 1 / 8) < 0.002
+    assert len(np.unique(weight[:, 0])) == 40_000  # no block repeats another

@@ -28,12 +28,29 @@ class TableView(eqx.Module):
         """The rows of `ids`, shape `(*ids.shape, embedding_dim)`."""
 
 
+_INIT_BLOCK_ELEMENTS = 2**20  # rows drawn per block: about 4 MB of float32
+
+
 def default_init(key: PRNGKeyArray, shape: tuple[int, int], dtype) -> Array:
-    """Normal with standard deviation `1/sqrt(embedding_dim)`, so that a row has norm about 1."""
-    return jax.random.normal(key, shape, dtype) / np.sqrt(shape[1]).astype(dtype)
+    """Normal with standard deviation `1/sqrt(embedding_dim)`, so that a row has norm about 1.
+
+    Drawn block by block into the table in place: `jax.random.normal` of the whole shape makes
+    several table-sized temporaries (the random bits among them), so a large table would need
+    about four times its size in memory just to be created.
+    """
+    rows, dim = shape
+    block = min(rows, max(1, _INIT_BLOCK_ELEMENTS // dim))
+    scale = np.asarray(1 / np.sqrt(dim), dtype)
+
+    def fill(index, table):
+        # The last block ends at the last row (it overlaps its neighbour when rows % block).
+        start = jnp.minimum(index * block, rows - block)
+        values = jax.random.normal(jax.random.fold_in(key, index), (block, dim), dtype) * scale
+        return jax.lax.dynamic_update_slice_in_dim(table, values, start, axis=0)
+
+    return jax.lax.fori_loop(0, -(-rows // block), fill, jnp.zeros(shape, dtype))
 
 
-# `init` only sets the starting values, not the structure: a rebuilt table takes the default.
 class Embedding(Rebuildable, saved_as="zoo.Embedding", ignore=("init",)):
     """A table of `num_embeddings` vectors of size `embedding_dim`, looked up by integer ids.
 
