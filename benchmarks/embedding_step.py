@@ -175,6 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1e4,1e6,1e7", help="table sizes V, comma-separated")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
+    parser.add_argument("--plot", type=pathlib.Path, help="also draw ms/step against V to a PNG")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -183,7 +184,39 @@ def main() -> None:
         return
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     print(f"{os.cpu_count()} CPUs; {args.steps} timed steps per configuration")
-    report(measure(sizes, args.steps), sizes)
+    results = measure(sizes, args.steps)
+    report(results, sizes)
+    if args.plot:
+        plot(results, sizes, args.plot)
+
+
+def plot(results: dict, sizes: list[int], path: pathlib.Path) -> None:
+    """ms/step against table size, one line per method (log-log), to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    for name in ["dense_adam", *ZOO, *(f"torch_{t}" for t in TORCH.values())]:
+        points = [
+            (v, results[name, v]["ms"]) for v in sizes if isinstance(results.get((name, v)), dict)
+        ]
+        if points:
+            style = "--" if name.startswith("torch") else "-"
+            axis.plot(*zip(*points, strict=True), style, marker="o", label=name)
+    axis.set(
+        xscale="log",
+        yscale="log",
+        xlabel="table rows V (x 64 float32)",
+        ylabel="ms per step (batch 4096 ids)",
+        title="Embedding training step",
+    )
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
