@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import zoo
@@ -104,3 +105,57 @@ def test_sparse_rows_sum_duplicates_and_cover_exactly_the_looked_up_ids(ids):
         np.asarray(dense_grads.table.weight)[np.asarray(rows.ids)[real]],
         rtol=1e-6,
     )
+
+
+_SCORES = st.lists(st.integers(0, 4), min_size=48, max_size=48)  # few values: many ties
+_HELD_OUT = st.lists(
+    st.lists(st.integers(0, 11), min_size=0, max_size=3, unique=True), min_size=4, max_size=4
+)
+
+
+@_SETTINGS
+@given(scores=_SCORES, held_out=_HELD_OUT)
+def test_ranking_metrics_bounds_and_orderings(scores, held_out):
+    scores = jnp.asarray(scores, jnp.float32).reshape(4, 12)
+    targets = jnp.asarray([items + [-1] * (3 - len(items)) for items in held_out], jnp.int32)
+    metrics = {
+        k: np.asarray(v)
+        for k, v in zoo.recsys.ranking_metrics(scores, targets, k=(1, 5, 10)).items()
+    }
+    for values in metrics.values():
+        assert np.all((values >= 0) & (values <= 1 + 1e-6))
+    assert np.all(metrics["hr@1"] <= metrics["hr@5"]) and np.all(
+        metrics["hr@5"] <= metrics["hr@10"]
+    )
+    for k in (1, 5, 10):
+        assert np.all(metrics[f"recall@{k}"] <= metrics[f"hr@{k}"] + 1e-6)
+        assert np.all(metrics[f"ndcg@{k}"] <= metrics[f"hr@{k}"] + 1e-6)
+    has_targets = np.array([len(items) > 0 for items in held_out])
+    np.testing.assert_array_equal(metrics["mrr"] > 0, has_targets)
+
+
+@_SETTINGS
+@given(scores=st.lists(st.integers(0, 4), min_size=4 * 101, max_size=4 * 101))
+def test_sampled_metrics_bounds(scores):
+    scores = jnp.asarray(scores, jnp.float32).reshape(4, 101)
+    metrics = {k: np.asarray(v) for k, v in zoo.recsys.sampled_metrics(scores, k=10).items()}
+    for values in metrics.values():
+        assert np.all((values >= 0) & (values <= 1))
+    wins = np.asarray(scores[:, :1] > scores[:, 1:]).all(axis=1)
+    np.testing.assert_array_equal(metrics["mrr"][wins], 1.0)  # a strict winner ranks first
+    np.testing.assert_array_equal(metrics["auc"][wins], 1.0)
+
+
+@_SETTINGS
+@given(
+    scores=st.lists(st.integers(-3, 3), min_size=16, max_size=16),
+    labels=st.lists(st.booleans(), min_size=16, max_size=16),
+)
+def test_auc_bounds_and_symmetry(scores, labels):
+    if all(labels) or not any(labels):
+        return  # undefined without both classes (NaN by design)
+    scores, labels = jnp.asarray(scores, jnp.float32), jnp.asarray(labels)
+    value = float(zoo.recsys.auc(scores, labels))
+    assert 0.0 <= value <= 1.0
+    # Reversing the order turns wins into losses; ties count half both ways.
+    assert value + float(zoo.recsys.auc(-scores, labels)) == pytest.approx(1.0)

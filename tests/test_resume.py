@@ -151,3 +151,37 @@ def _snapshot_like():
     optimizer = optax.adam(1e-2)
     state = initial_state(model, optimizer.init(eqx.filter(model, eqx.is_array)), jax.random.key(1))
     return {"state": eqx.filter(state, eqx.is_array), "epoch_totals": StepTotals.zeros()}
+
+
+class _PoisonedFromEpoch:
+    """Clean batches in the first epoch, a NaN in every batch from the second on."""
+
+    def __init__(self, batches):
+        self._batches, self._epoch = batches, 0
+
+    def __len__(self):
+        return len(self._batches)
+
+    def __iter__(self):
+        self._epoch += 1
+        for batch in self._batches:
+            if self._epoch >= 2:
+                batch = dict(batch, x=batch["x"].at[0, 0].set(np.nan))
+            yield batch
+
+
+def test_a_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
+    data = _data(64)
+    batches = [{k: jax.numpy.asarray(v[i : i + 32]) for k, v in data.items()} for i in (0, 32)]
+    model = zoo.MLP(5, 3, (16,), key=jax.random.key(0))
+    options = dict(optimizer=optax.adam(1e-2), key=jax.random.key(1), progress=False)
+    with pytest.raises(FloatingPointError, match="at step 2"):
+        zoo.train(model, _PoisonedFromEpoch(batches), epochs=3, checkpoint_dir=tmp_path, **options)
+    one_epoch, _ = zoo.train(model, batches, epochs=1, **options)
+    with zoo.Checkpoints(tmp_path) as checkpoints:
+        assert checkpoints.all_steps() == [2]  # the end of epoch 1, and nothing after it
+    resumed, history = zoo.train(
+        model, batches, epochs=1, checkpoint_dir=tmp_path, resume=True, **options
+    )
+    assert tree_equal(resumed, one_epoch)
+    assert history["epoch"] == [1]
