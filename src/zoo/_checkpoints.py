@@ -33,7 +33,8 @@ class Checkpoints:
       does every step).
     - **Atomic.** Orbax writes each step to a temporary directory renamed into place when
       complete. A process killed midway leaves no step that `latest_step` reports or `restore`
-      reads; the leftovers are removed the next time the directory is opened.
+      reads; opening the directory again removes the leftovers (in the background: the
+      first save waits for it).
     - **Checked.** `restore` checks the saved paths, dtypes and shapes against `like` before
       reading, and each array against its CRC-32 after: an error names the first difference.
 
