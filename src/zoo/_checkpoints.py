@@ -157,7 +157,8 @@ class Checkpoints:
 
         - `like`: a state of the same structure: e.g. the freshly initialised training state,
           or its shapes from `eqx.filter_eval_shape`. Its static parts and non-array leaves
-          are kept, its arrays replaced (as JAX arrays, NumPy arrays or typed keys, like its).
+          are kept; each array is replaced by one of the same kind (JAX array, NumPy array or
+          typed PRNG key).
         - `step`: which checkpoint; the latest complete one by default.
 
         **Returns:**
