@@ -139,6 +139,9 @@ def _partial_writes(directory: pathlib.Path, model_path: pathlib.Path) -> int:
     """What a killed writer left half-done: temporary checkpoint directories, arrays no
     zoo.json names, temporary zoo.json files."""
     temporary = list(directory.glob("*.orbax-checkpoint-tmp*"))
+    # One save is in flight at a time, and a writer's first save waits for the removal of what
+    # the last kill left: leftovers never pile up.
+    assert len(temporary) <= 1, temporary
     if (model_path / "zoo.json").exists():
         named = (model_path / "zoo.json").read_text()
         arrays = [p for p in model_path.glob("arrays-*") if p.name not in named]

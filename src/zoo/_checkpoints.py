@@ -33,7 +33,8 @@ class Checkpoints:
       does every step).
     - **Atomic.** Orbax writes each step to a temporary directory renamed into place when
       complete. A process killed midway leaves no step that `latest_step` reports or `restore`
-      reads; the leftovers are removed the next time the directory is opened.
+      reads; opening the directory again removes the leftovers (in the background: the
+      first save waits for it).
     - **Checked.** `restore` checks the saved paths, dtypes and shapes against `like` before
       reading, and each array against its CRC-32 after: an error names the first difference.
 
@@ -156,7 +157,8 @@ class Checkpoints:
 
         - `like`: a state of the same structure: e.g. the freshly initialised training state,
           or its shapes from `eqx.filter_eval_shape`. Its static parts and non-array leaves
-          are kept, its arrays replaced (as JAX arrays, NumPy arrays or typed keys, like its).
+          are kept; each array is replaced by one of the same kind (JAX array, NumPy array or
+          typed PRNG key).
         - `step`: which checkpoint; the latest complete one by default.
 
         **Returns:**
