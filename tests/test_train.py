@@ -6,6 +6,7 @@ import optax
 import pytest
 
 import zoo
+from zoo._training._dataset import checked_dataset
 
 from .helpers import tree_allclose, tree_equal
 
@@ -303,3 +304,11 @@ def test_skip_nonfinite_steps_leaves_the_model_unchanged_for_them(getkey):
     assert np.isfinite(history["train"]["loss"]).all()
     # Adam's state never saw the bad steps, so the result is training on the clean batch alone.
     assert tree_allclose(skipped, clean, rtol=1e-6)
+
+
+def test_batches_already_on_the_device_are_not_copied_through_the_host(getkey):
+    batch = {"x": jax.random.normal(getkey(), (8, 6)), "y": jnp.zeros(8, jnp.int32)}
+    checked = checked_dataset(batch, argument="batch")
+    assert all(checked[name] is batch[name] for name in batch)
+    with pytest.raises(ValueError, match=r"batch\['y'\] must have a leading example axis"):
+        checked_dataset({"x": batch["x"], "y": jnp.zeros((), jnp.int32)}, argument="batch")

@@ -13,8 +13,6 @@ Dataset: TypeAlias = Mapping[str, ArrayLike]
 Batch: TypeAlias = Mapping[str, Array]
 #: A loss: ``loss(model, batch, key) -> scalar``, the batch holding many examples.
 LossFn: TypeAlias = Callable[[eqx.Module, Batch, PRNGKeyArray | None], Scalar]
-#: A metric: ``metric(model, batch) -> scalar`` averaged over the examples of a batch.
-MetricFn: TypeAlias = Callable[[eqx.Module, Batch], Scalar]
 #: An optimizer: an optax `GradientTransformation`, or a sparse-embedding one from `zoo.sparse`.
 Optimizer: TypeAlias = Any
 #: Any pytree.
@@ -29,7 +27,6 @@ __all__ = [
     "Float",
     "Int",
     "LossFn",
-    "MetricFn",
     "Optimizer",
     "PRNGKeyArray",
     "PyTree",

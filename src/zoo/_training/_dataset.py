@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int
@@ -9,8 +10,11 @@ from jaxtyping import Array, Int
 from .._custom_types import Batch, Dataset
 
 
-def checked_dataset(data: Dataset, *, argument: str = "data") -> dict[str, np.ndarray]:
-    """`data` as a dict of NumPy arrays, after checking it is a non-empty, non-ragged dataset."""
+def checked_dataset(data: Dataset, *, argument: str = "data") -> dict[str, np.ndarray | Array]:
+    """`data` as a dict of arrays, after checking it is a non-empty, non-ragged dataset.
+
+    NumPy-convertible values become NumPy arrays; JAX arrays stay where they are.
+    """
     if not isinstance(data, Mapping):
         raise TypeError(
             f"{argument} must be a mapping of equal-length arrays such as "
@@ -31,23 +35,29 @@ def checked_dataset(data: Dataset, *, argument: str = "data") -> dict[str, np.nd
     return arrays
 
 
-def _as_array(value, name: str) -> np.ndarray:
+def _as_array(value, name: str) -> np.ndarray | Array:
+    if isinstance(value, jax.Array):
+        # Already a numeric, rectangular array: keep it where it is, rather than copying a
+        # batch that is on the device to the host and back on every step.
+        return value if value.ndim else _scalar_error(name)
     try:
         array = np.asarray(value)
     except ValueError as error:  # NumPy's message for ragged nested lists
         raise ValueError(f"{name} is ragged: its rows must all have the same shape.") from error
     if array.dtype == object:
         raise ValueError(f"{name} is ragged or not numeric: got an array of Python objects.")
-    if array.ndim == 0:
-        raise ValueError(f"{name} must have a leading example axis; got a scalar.")
-    return array
+    return array if array.ndim else _scalar_error(name)
+
+
+def _scalar_error(name: str):
+    raise ValueError(f"{name} must have a leading example axis; got a scalar.")
 
 
 def num_examples(data: Mapping[str, np.ndarray | Array]) -> int:
     return len(next(iter(data.values())))
 
 
-def to_device(data: Mapping[str, np.ndarray]) -> dict[str, Array]:
+def to_device(data: Mapping[str, np.ndarray | jax.Array]) -> dict[str, Array]:
     return {name: jnp.asarray(array) for name, array in data.items()}
 
 
@@ -56,10 +66,12 @@ def gather(data: Mapping[str, Array], indices: Int[Array, " batch"]) -> Batch:
     return {name: jnp.take(array, indices, axis=0) for name, array in data.items()}
 
 
-def host_rows(data: Mapping[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
+def host_rows(
+    data: Mapping[str, np.ndarray | jax.Array], indices: np.ndarray
+) -> dict[str, np.ndarray | jax.Array]:
     """The examples at `indices`, gathered on the host (the caller sends them to the device)."""
     return {name: array[indices] for name, array in data.items()}
 
 
-def nbytes(data: Mapping[str, np.ndarray]) -> int:
+def nbytes(data: Mapping[str, np.ndarray | jax.Array]) -> int:
     return sum(array.nbytes for array in data.values())

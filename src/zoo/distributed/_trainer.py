@@ -86,14 +86,14 @@ class Placement:
     def __init__(self, mesh: Mesh | None):
         self._mesh = mesh
 
-    def dataset(self, arrays: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    def dataset(self, arrays: Mapping[str, np.ndarray | jax.Array]) -> dict[str, jax.Array]:
         """A whole dataset for on-device epochs: replicated, so that every device can gather
         its examples of any batch of a shuffled order without communication."""
         if self._mesh is None:
             return to_device(arrays)
         return {name: _from_host(x, replicated(self._mesh)) for name, x in arrays.items()}
 
-    def batch(self, arrays: Mapping[str, np.ndarray]) -> Batch:
+    def batch(self, arrays: Mapping[str, np.ndarray | jax.Array]) -> Batch:
         """One batch from the host, split over the batch axes."""
         if self._mesh is None:
             return jax.device_put(dict(arrays))
