@@ -3,12 +3,14 @@
 import json
 import pathlib
 import re
+import zlib
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 import zoo
@@ -205,6 +207,47 @@ def test_a_truncated_array_file_is_detected(tmp_path, getkey):
     data_file = _largest_file(_arrays_dir(path))
     data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 3])
     with pytest.raises(ValueError, match=r"is (damaged|corrupted)"):
+        zoo.load(path)
+
+
+def test_large_arrays_are_stored_in_chunks(tmp_path, getkey, monkeypatch):
+    # TensorStore reads chunks in parallel; one 1 GiB chunk read back 5-15x slower.
+    monkeypatch.setattr("zoo._array_store._CHUNK_BYTES", 4096)
+    path = tmp_path / "emb"
+    table = zoo.Embedding(1000, 16, key=getkey())
+    _assert_round_trip(path, table)
+    metadata = ocp.PyTreeCheckpointer().metadata(_arrays_dir(path)).item_metadata.tree["a0"]
+    rows, width = metadata.storage.chunk_shape
+    assert rows * width * 4 <= 4096 and rows < 1000
+    data_file = _largest_file(_arrays_dir(path))
+    content = bytearray(data_file.read_bytes())
+    content[len(content) // 2] ^= 0x01  # one bit, in some chunk
+    data_file.write_bytes(bytes(content))
+    with pytest.raises(ValueError, match=r"is corrupted: the array at \.weight"):
+        zoo.load(path)
+
+
+def test_restored_arrays_are_aligned_for_use_in_place(tmp_path, getkey):
+    # XLA's CPU client uses a 64-byte-aligned NumPy buffer in place instead of copying it.
+    path = tmp_path / "emb"
+    loaded = _assert_round_trip(path, zoo.Embedding(5000, 64, key=getkey()))
+    assert loaded.weight.unsafe_buffer_pointer() % 64 == 0
+
+
+def test_saves_with_crc32_checksums_still_load(tmp_path, getkey):
+    # Saves made before checksums became XXH3-64 recorded CRC-32s.
+    path = tmp_path / "mlp"
+    model = zoo.MLP(4, 2, (3,), key=getkey())
+    zoo.save(path, model)
+    info = json.loads((path / "zoo.json").read_text())
+    for entry, leaf in zip(info["manifest"], jax.tree.leaves(model), strict=True):
+        del entry["xxh3_64"]
+        entry["crc32"] = zlib.crc32(np.asarray(leaf).tobytes())
+    (path / "zoo.json").write_text(json.dumps(info))
+    assert tree_equal(zoo.load(path), model)
+    info["manifest"][0]["crc32"] ^= 1
+    (path / "zoo.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"is corrupted"):
         zoo.load(path)
 
 

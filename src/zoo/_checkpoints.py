@@ -23,7 +23,7 @@ class Checkpoints:
     [`zoo.TrainState`][]: model, optimizer state, including `zoo.sparse` states, step, epoch,
     position in the epoch and PRNG key) and a JSON item: the caller's `extra` (history so far,
     data order, ...), the state's class and a manifest of every array's path, dtype, shape and
-    CRC-32.
+    checksum (XXH3-64).
 
     Guarantees:
 
@@ -36,7 +36,7 @@ class Checkpoints:
       reads; opening the directory again removes the leftovers (in the background: the
       first save waits for it).
     - **Checked.** `restore` checks the saved paths, dtypes and shapes against `like` before
-      reading, and each array against its CRC-32 after: an error names the first difference.
+      reading, and each array against its checksum after: an error names the first difference.
 
     One process at a time may use a directory: opening it removes what killed saves left,
     which would include another process's save in progress.
@@ -145,7 +145,7 @@ class Checkpoints:
         args = store.orbax().args
         self._manager.save(
             step,
-            args=args.Composite(state=args.PyTreeSave(item), meta=args.JsonSave(meta)),
+            args=args.Composite(state=store.save_args(item), meta=args.JsonSave(meta)),
             force=True,  # the decision is ours, above
         )
         return True

@@ -5,7 +5,7 @@ A save is a directory:
 ```
 models/mnist-mlp/
     zoo.json              # format, versions, the model's class and constructor arguments,
-                          # and a manifest: path, dtype, shape and CRC-32 of every array
+                          # and a manifest: path, dtype, shape and XXH3 checksum of every array
     arrays-<token>/       # the arrays, an Orbax checkpoint
 ```
 
@@ -41,7 +41,7 @@ def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> 
 
     The arrays are written through Orbax; `path/zoo.json` records the model's class, its
     constructor arguments (for zoo models, so that `zoo.load(path)` needs no template), the
-    zoo, JAX and Orbax versions, and the dtype, shape and CRC-32 of every array.
+    zoo, JAX and Orbax versions, and the dtype, shape and XXH3 checksum of every array.
 
     The save is atomic: until it has completed, `path` holds the previous save (or nothing that
     `zoo.load` accepts), even if the process is killed midway. Two processes must not save to
@@ -73,7 +73,7 @@ def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> 
     _prepare_directory(path, overwrite)
     arrays = f"arrays-{secrets.token_hex(8)}"
     with store.orbax().Checkpointer(store.array_handler()) as checkpointer:
-        checkpointer.save((path / arrays).absolute(), args=store.orbax().args.PyTreeSave(item))
+        checkpointer.save((path / arrays).absolute(), args=store.save_args(item))
     info = {
         "format": _FORMAT,
         "versions": _versions(),
@@ -91,7 +91,7 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
 
     Before any array is read, the saved arrays' paths, dtypes and shapes are checked against
     the model (`like`, or the zoo model rebuilt from its recorded constructor arguments); after
-    reading, each array is checked against its CRC-32. Any difference raises an error naming
+    reading, each array is checked against its checksum (XXH3-64). Any difference raises an error naming
     the first array that differs: a load never returns a silently wrong model.
 
     **Arguments:**
