@@ -91,8 +91,8 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
 
     Before any array is read, the saved arrays' paths, dtypes and shapes are checked against
     the model (`like`, or the zoo model rebuilt from its recorded constructor arguments); after
-    reading, each array is checked against its checksum (XXH3-64). Any difference raises an error naming
-    the first array that differs: a load never returns a silently wrong model.
+    reading, each array is checked against its XXH3-64 checksum. Any difference raises an error
+    naming the first array that differs: a load never returns a silently wrong model.
 
     **Arguments:**
 
