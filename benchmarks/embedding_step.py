@@ -101,16 +101,22 @@ def zoo_worker(optimizer: str, size: int, steps: int) -> dict:
     }
 
 
-def run(args: list[str], python: str = sys.executable) -> dict | str:
+# glibc's allocator asks the kernel for 2 MiB pages (where transparent huge pages are in
+# "madvise" mode, as on Debian). Random rows of a table of GBs then miss the TLB far less.
+HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+
+def run(args: list[str], python: str = sys.executable, env: dict | None = None) -> dict | str:
     """Run one configuration in a subprocess; its JSON result, or why it failed."""
     command = [python, *args]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = os.environ | (env or {})
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         return f"failed: {done.stderr.strip().splitlines()[-1:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(sizes: list[int], steps: int) -> dict:
+def measure(sizes: list[int], steps: int, env: dict) -> dict:
     results = {}
     torch_ok = TORCH_PYTHON.exists()
     if not torch_ok:
@@ -121,11 +127,11 @@ def measure(sizes: list[int], steps: int) -> dict:
                 results[name, size] = f"skipped (V > {DENSE_LIMIT:.0e}: too big and slow)"
                 continue
             script = [__file__, "--worker", name, "--size", str(size), "--steps", str(steps)]
-            results[name, size] = run(script)
+            results[name, size] = run(script, env=env)
         for torch_name in TORCH.values():
             if torch_ok:
                 script = [str(HERE / "_torch_embedding_step.py"), torch_name, str(size)]
-                results[f"torch_{torch_name}", size] = run([*script, str(steps)], TORCH_PYTHON)
+                results[f"torch_{torch_name}", size] = run([*script, str(steps)], TORCH_PYTHON, env)
     return results
 
 
@@ -176,6 +182,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e4,1e6,1e7", help="table sizes V, comma-separated")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
     parser.add_argument("--plot", type=pathlib.Path, help="also draw ms/step against V to a PNG")
+    parser.add_argument(
+        "--huge-pages",
+        action="store_true",
+        help="run every configuration (zoo, dense and PyTorch alike) with " + str(HUGE_PAGES),
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -183,8 +194,9 @@ def main() -> None:
         print(json.dumps(zoo_worker(args.worker, args.size, args.steps)))
         return
     sizes = [int(float(s)) for s in args.sizes.split(",")]
-    print(f"{os.cpu_count()} CPUs; {args.steps} timed steps per configuration")
-    results = measure(sizes, args.steps)
+    env = HUGE_PAGES if args.huge_pages else {}
+    print(f"{os.cpu_count()} CPUs; {args.steps} timed steps per configuration; env {env}")
+    results = measure(sizes, args.steps, env)
     report(results, sizes)
     if args.plot:
         plot(results, sizes, args.plot)

@@ -4,11 +4,12 @@ Two passes over the loss, both inside the caller's trace:
 
 1. *Record.* Each `Embedding.weight` is swapped for a `_Recorder` that notes the ids of every
    lookup. Only the ids are used from this pass, so under `jax.jit` XLA removes the rest of it.
-2. *Differentiate.* The ids of each table are coalesced (sorted, unique, padded to a static size
-   with an out-of-range sentinel) and the table is swapped for a `_Compact` view: those rows,
-   gathered once, plus the ids. A lookup finds its rows by binary search, so it works wherever
-   the loss calls the table, under `jax.vmap` too. Differentiating the rows instead of the table
-   gives the gradient of exactly the looked-up rows, duplicates summed, with no table-sized array.
+2. *Differentiate.* The ids of each table are coalesced (sorted, each repeat replaced by an
+   out-of-range sentinel) and the table is swapped for a `_Compact` view: those rows, gathered
+   once, plus the ids. A lookup finds its row by binary search (the first of equal sorted ids),
+   so it works wherever the loss calls the table, under `jax.vmap` too. Differentiating the
+   rows instead of the table gives the gradient of exactly the looked-up rows, duplicates
+   summed, with no table-sized array.
 
 Lookups made under `jax.vmap` are recorded with their batch axes by a `custom_vmap` rule that
 lifts the ids out of each `vmap` in turn (`_lift`).
@@ -72,14 +73,16 @@ class _Recorder(TableView):
 
 class _Compact(TableView):
     rows: Float[Array, "n dim"]
-    ids: Int[Array, " n"]
+    ids: Int[Array, " n"]  # the ids of `rows`, as in `SparseRows`: repeats are sentinels
+    sorted_ids: Int[Array, " n"]  # every id looked up, sorted, repeats kept
     num_rows: int = eqx.field(static=True)
 
     def lookup(self, ids: Int[Array, "*ids"]) -> Float[Array, "*ids dim"]:
-        # Every non-padding id looked up is in `self.ids` (recorded by the first pass); padding
-        # ids land on some slot and are zeroed by the Embedding, so they add no gradient.
-        slot = jnp.searchsorted(self.ids, ids.astype(self.ids.dtype))
-        return self.rows[jnp.minimum(slot, self.ids.size - 1)]
+        # Every non-padding id looked up is in `sorted_ids` (recorded by the first pass), and the
+        # first of its copies is the slot that holds its row. Padding ids land on some slot and
+        # are zeroed by the Embedding, so they add no gradient.
+        slot = jnp.searchsorted(self.sorted_ids, ids.astype(self.sorted_ids.dtype))
+        return self.rows[jnp.minimum(slot, self.rows.shape[0] - 1)]
 
 
 def _is_embedding(x) -> bool:
@@ -101,11 +104,17 @@ def _swap_tables(view: Callable[..., TableView], model, *others):
     return jax.tree.map(swap, model, *others, is_leaf=_is_embedding)
 
 
-def _coalesce(embedding: Embedding, recorded: list[Array]) -> Int[Array, " n"]:
-    """Sorted unique non-padding ids of all lookups, padded with `num_embeddings`."""
+def _coalesce(embedding: Embedding, recorded: list[Array]) -> tuple[Array, Array]:
+    """`(ids, sorted_ids)`: the non-padding ids of all lookups, sorted, with padding ids as the
+    sentinel `num_embeddings`; in `ids`, every repeat of an id is the sentinel too.
+
+    A sort and a comparison, instead of `jnp.unique(..., size=n)`, which costs 3x as much (a
+    lexicographic sort and a compaction) for nothing the optimizers need: they drop sentinels.
+    """
     sentinel = embedding.num_embeddings
     if not recorded:
-        return jnp.zeros((0,), jnp.int32)
+        empty = jnp.zeros((0,), jnp.int32)
+        return empty, empty
     try:
         ids = jnp.concatenate([jnp.ravel(i).astype(jnp.int32) for i in recorded])
     except jax.errors.UnexpectedTracerError as e:
@@ -117,13 +126,15 @@ def _coalesce(embedding: Embedding, recorded: list[Array]) -> Int[Array, " n"]:
         ) from e
     if embedding.padding_idx is not None:
         ids = jnp.where(ids == embedding.padding_idx, sentinel, ids)
-    return jnp.unique(ids, size=ids.size, fill_value=sentinel)
+    sorted_ids = jnp.sort(ids)
+    repeat = jnp.concatenate([jnp.zeros((1,), bool), sorted_ids[1:] == sorted_ids[:-1]])
+    return jnp.where(repeat, sentinel, sorted_ids), sorted_ids
 
 
 def _compact_view(embedding: Embedding, recording: Embedding) -> _Compact:
-    ids = _coalesce(embedding, recording.weight.tape.ids)
+    ids, sorted_ids = _coalesce(embedding, recording.weight.tape.ids)
     rows = embedding.weight.at[ids].get(mode="fill", fill_value=0)
-    return _Compact(rows, ids, embedding.num_embeddings)
+    return _Compact(rows, ids, sorted_ids, embedding.num_embeddings)
 
 
 def _as_sparse_rows(grad, compact):
