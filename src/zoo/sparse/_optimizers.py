@@ -3,9 +3,8 @@
 Each transformation maps over the tables of a pytree. Its gradients are `SparseRows`
 (coalesced: each row at most once, the other entries an out-of-range sentinel), its updates
 are `SparseRows` with the same ids, and its per-row state is gathered at those ids and
-scattered back with
-`mode="drop"`. With the table and state donated to a jitted step, every scatter is in place, so
-a step costs `O(batch)`, not `O(table)`.
+scattered back with `mode="drop"`. With the table and state donated to a jitted step, every
+scatter is in place, so a step costs `O(batch)`, not `O(table)`.
 """
 
 from collections.abc import Callable
