@@ -30,6 +30,9 @@ class AlignedNumpyHandler(ocp.type_handlers.NumpyHandler):
     """
 
     async def deserialize(self, infos, args=None) -> list[np.ndarray]:
+        # `args` may ask Orbax to cast; zoo never does (it checks the stored dtypes against the
+        # model instead), so each array comes back in its stored dtype.
+        del args
         stores = await asyncio.gather(*(self._open(info) for info in infos))
         buffers = [aligned_empty(store.shape, store.dtype.numpy_dtype) for store in stores]
         writes = [
