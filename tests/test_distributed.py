@@ -115,6 +115,16 @@ def test_optimizer_row_state_is_sharded_with_its_table(mesh_run):
     assert dense == {"P()"}
 
 
+def test_lazy_adam_moments_are_sharded_with_their_table(getkey):
+    # Lazy Adam keeps (rows, 2, dim) moments: their leading axis is the table's rows.
+    mesh = jax.make_mesh((1, 1), ("data", "model"))
+    table = zoo.Embedding(8, 3, key=getkey())
+    state = zoo.sparse.lazy_adam(0.1).init(table)
+    shardings = zoo.distributed.state_shardings(state, mesh)
+    assert shardings.moments.weight.spec == jax.sharding.PartitionSpec("model")
+    assert shardings.count.spec == jax.sharding.PartitionSpec()
+
+
 def test_sparse_step_on_a_mesh_does_no_table_sized_work(mesh_run):
     # The trainer's fused program for a 2**20-row table row-sharded 4 ways, batches of 256.
     report = mesh_run[1]["sparse_step"]
