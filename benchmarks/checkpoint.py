@@ -10,6 +10,7 @@ page cache. zoo's times include its checksums, and its loads end with device arr
 
     uv run python benchmarks/checkpoint.py              # 1 GiB
     uv run python benchmarks/checkpoint.py --gib 0.1    # a quick run
+    uv run python benchmarks/checkpoint.py --settle 3   # each read from reclaimed memory
 """
 
 import argparse
@@ -62,22 +63,41 @@ def numpy_load(folder: pathlib.Path, count: int) -> list[np.ndarray]:
     return [np.load(folder / f"{i}.npy") for i in range(count)]
 
 
-def one_run(folder: pathlib.Path, state: zoo.TrainState, arrays: list[np.ndarray], record) -> None:
-    """Each way of saving and restoring once, each in a fresh subfolder of `folder`."""
+def one_run(
+    folder: pathlib.Path,
+    state: zoo.TrainState,
+    arrays: list[np.ndarray],
+    record,
+    turn: int,
+    settle: float,
+) -> None:
+    """Each way of saving once, then each way of reading back once, in fresh subfolders.
+
+    The reads start in turn (`turn`), so that no side is always first or last, and after each
+    read the run pauses `settle` seconds. Back to back, a read may reuse memory the previous
+    one has just freed, cheap to touch, or get memory the VM has already handed back to its
+    host, which costs about 2 s per GiB to touch again. Which one a read gets depends on
+    timing, not on the method. After a pause of 2 s or more, every read starts like a
+    restore at the start of a run: with memory the host has to provide again.
+    """
     numpy_dir, zoo_dir, run_dir = folder / "numpy", folder / "zoo", folder / "run"
     numpy_dir.mkdir()
     record("numpy.save (fsync)", timed(lambda: numpy_save(numpy_dir, arrays)))
-    record("numpy.load", timed(lambda: numpy_load(numpy_dir, len(arrays))))
     record("zoo.save", timed(lambda: zoo.save(zoo_dir, state)))
-    record("zoo.load", timed(lambda: jax.block_until_ready(zoo.load(zoo_dir, like=state))))
     with zoo.Checkpoints(run_dir) as checkpoints:
         start = time.perf_counter()
         checkpoints.save(1, state)
         record("Checkpoints.save (blocks)", time.perf_counter() - start)
         checkpoints.wait()
         record("Checkpoints.save (written)", time.perf_counter() - start)
-        restore = lambda: jax.block_until_ready(checkpoints.restore(like=state))  # noqa: E731
-        record("Checkpoints.restore", timed(restore))
+        reads = [
+            ("numpy.load", lambda: numpy_load(numpy_dir, len(arrays))),
+            ("zoo.load", lambda: jax.block_until_ready(zoo.load(zoo_dir, like=state))),
+            ("Checkpoints.restore", lambda: jax.block_until_ready(checkpoints.restore(state))),
+        ]
+        for name, read in reads[turn % 3 :] + reads[: turn % 3]:
+            record(name, timed(read))
+            time.sleep(settle)
     for done in (numpy_dir, zoo_dir, run_dir):
         shutil.rmtree(done)
 
@@ -101,7 +121,12 @@ def report(times: dict[str, list[float]], nbytes: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=1.0, help="size of the table in GiB")
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each; medians count")
+    parser.add_argument(
+        "--repeats", type=int, default=6, help="runs of each (a multiple of 3: reads rotate)"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=0.0, help="seconds to pause after each read (try 3)"
+    )
     parser.add_argument("--dir", type=pathlib.Path, default=None, help="folder to write in")
     args = parser.parse_args()
 
@@ -116,12 +141,16 @@ def main() -> None:
     try:
         # One untimed round first: this VM's first touch of fresh memory costs up to 10x, and
         # whichever side ran first would pay it.
-        one_run(folder, state, arrays, lambda name, s: None)
-        for _ in range(args.repeats):
-            one_run(folder, state, arrays, lambda name, s: times.setdefault(name, []).append(s))
+        one_run(folder, state, arrays, lambda name, s: None, 0, args.settle)
+        for turn in range(args.repeats):
+            record = lambda name, s: times.setdefault(name, []).append(s)  # noqa: E731
+            one_run(folder, state, arrays, record, turn, args.settle)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     report(times, nbytes)
+    print("\nEvery run, in seconds (the spread is this machine's, not the method's):")
+    for name, values in times.items():
+        print(f"  {name:28} " + " ".join(f"{v:.2f}" for v in values))
 
 
 if __name__ == "__main__":
