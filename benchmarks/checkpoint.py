@@ -142,8 +142,8 @@ def main() -> None:
         # One untimed round first: this VM's first touch of fresh memory costs up to 10x, and
         # whichever side ran first would pay it.
         one_run(folder, state, arrays, lambda name, s: None, 0, args.settle)
+        record = lambda name, s: times.setdefault(name, []).append(s)  # noqa: E731
         for turn in range(args.repeats):
-            record = lambda name, s: times.setdefault(name, []).append(s)  # noqa: E731
             one_run(folder, state, arrays, record, turn, args.settle)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
