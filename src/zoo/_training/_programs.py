@@ -11,7 +11,6 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 from jaxtyping import Array, Float, Int
 
@@ -83,7 +82,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch):
         loss, grads = rule.value_and_grad(loss_fn)(state.model, batch, state.step_key())
-        grad_norm = optax.tree.norm(eqx.filter(grads, eqx.is_inexact_array))
+        grad_norm = rule.grad_norm(grads)
         operands = (state.model, state.opt_state, grads)
         if skip_nonfinite:
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

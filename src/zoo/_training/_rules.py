@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import equinox as eqx
+import optax
 
 from .. import sparse
 
@@ -14,11 +15,18 @@ class UpdateRule(NamedTuple):
     - `value_and_grad(loss_fn)(model, batch, key) -> (loss, grads)`
     - `params(model)`: what the optimizer's `update(grads, state, params)` receives.
     - `apply_updates(model, updates) -> model`
+    - `grad_norm(grads) -> scalar`: the global norm of the gradients.
     """
 
     value_and_grad: Callable[[Callable], Callable]
     params: Callable[[eqx.Module], Any]
     apply_updates: Callable[[eqx.Module, Any], eqx.Module]
+    grad_norm: Callable[[Any], Any]
+
+
+def global_norm(grads) -> Any:
+    """The norm of all floating arrays of `grads` (a `SparseRows` counts by its values)."""
+    return optax.tree.norm(eqx.filter(grads, eqx.is_inexact_array))
 
 
 DENSE = UpdateRule(
@@ -28,6 +36,7 @@ DENSE = UpdateRule(
     # after the first update, changing the state's structure between steps.
     params=lambda model: eqx.filter(model, eqx.is_inexact_array),
     apply_updates=eqx.apply_updates,
+    grad_norm=global_norm,
 )
 
 
@@ -37,6 +46,7 @@ SPARSE = UpdateRule(
     value_and_grad=sparse.value_and_grad,
     params=lambda model: model,
     apply_updates=sparse.apply_updates,
+    grad_norm=global_norm,
 )
 
 

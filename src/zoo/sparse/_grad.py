@@ -131,10 +131,31 @@ def _coalesce(embedding: Embedding, recorded: list[Array]) -> tuple[Array, Array
     return jnp.where(repeat, sentinel, sorted_ids), sorted_ids
 
 
-def _compact_view(embedding: Embedding, recording: Embedding) -> _Compact:
+RowGather = Callable[[Embedding, Int[Array, " n"]], Float[Array, "n dim"]]
+"""`gather(embedding, ids) -> rows`: the rows of coalesced ids (zeros at the sentinels)."""
+
+
+def local_rows(embedding: Embedding, ids: Int[Array, " n"]) -> Float[Array, "n dim"]:
+    """The rows of `ids` from the table in this process's memory."""
+    return embedding.weight.at[ids].get(mode="fill", fill_value=0)
+
+
+def _compact_view(gather: RowGather, embedding: Embedding, recording: Embedding) -> _Compact:
     ids, sorted_ids = _coalesce(embedding, recording.weight.tape.ids)
-    rows = embedding.weight.at[ids].get(mode="fill", fill_value=0)
-    return _Compact(rows, ids, sorted_ids, embedding.num_embeddings)
+    return _Compact(gather(embedding, ids), ids, sorted_ids, embedding.num_embeddings)
+
+
+def coalesced_ids(fn: Callable[..., Any], model, *args, **kwargs) -> list[tuple[Embedding, Array]]:
+    """`(embedding, ids)` for each table of `model`: the ids `fn(model, *args, **kwargs)` looks
+    up, coalesced as `value_and_grad` coalesces them."""
+    recording = _swap_tables(lambda e: _Recorder(e.weight, _Tape()), model)
+    fn(recording, *args, **kwargs)
+    pairs = zip(_tables(model), _tables(recording), strict=True)
+    return [(table, _coalesce(table, recorded.weight.tape.ids)[0]) for table, recorded in pairs]
+
+
+def _tables(model) -> list[Embedding]:
+    return [x for x in jax.tree.leaves(model, is_leaf=_is_embedding) if _is_embedding(x)]
 
 
 def _as_sparse_rows(grad, compact):
@@ -181,11 +202,20 @@ def value_and_grad(fn: Callable[..., Any], *, has_aux: bool = False) -> Callable
         `jax.checkpoint` within `fn` raise a `ValueError`: look the ids up outside them.
     """
 
+    return value_and_grad_with(fn, local_rows, has_aux=has_aux)
+
+
+def value_and_grad_with(fn: Callable[..., Any], gather: RowGather, *, has_aux: bool = False):
+    """`value_and_grad`, with the looked-up rows of each table fetched by `gather`.
+
+    `zoo.distributed` passes a `gather` that fetches rows from the devices that hold them.
+    """
+
     @functools.wraps(fn)
     def value_and_grad_fn(model, *args, **kwargs):
         recording = _swap_tables(lambda e: _Recorder(e.weight, _Tape()), model)
         fn(recording, *args, **kwargs)
-        compact = _swap_tables(_compact_view, model, recording)
+        compact = _swap_tables(functools.partial(_compact_view, gather), model, recording)
         diff, static = eqx.partition(compact, eqx.is_inexact_array)
 
         def loss(diff):
