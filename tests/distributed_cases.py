@@ -38,10 +38,11 @@ def mse(model, batch, key):
     return jnp.mean((scores - batch["rating"]) ** 2)
 
 
-def ratings(n: int = 96) -> dict[str, np.ndarray]:
+def ratings(n: int = 96, users: int = USERS) -> dict[str, np.ndarray]:
+    """`n` ratings by the first `users` users."""
     rng = np.random.default_rng(0)
     return {
-        "user": rng.integers(0, USERS, n).astype(np.int32),
+        "user": rng.integers(0, users, n).astype(np.int32),
         "item": rng.integers(0, ITEMS, n).astype(np.int32),
         "rating": rng.uniform(size=n).astype(np.float32),
     }
@@ -72,13 +73,12 @@ def train_mlp(mesh=None):
     return trained, history["eval"]
 
 
-def train_recommender(mesh=None, **kwargs):
-    """2 epochs of 96 ratings in batches of 32: 3 steps each."""
+def train_recommender(mesh=None, data=None, **kwargs):
+    """2 epochs of 96 ratings (by default `ratings()`) in batches of 32: 3 steps each."""
     kwargs = {"loss": mse, "optimizer": sparse_optimizer(), "epochs": 2, "batch_size": 32} | kwargs
     model = Scorer(jax.random.key(3))
-    trained, _ = zoo.train(
-        model, ratings(), key=jax.random.key(4), progress=False, mesh=mesh, **kwargs
-    )
+    data = ratings() if data is None else data
+    trained, _ = zoo.train(model, data, key=jax.random.key(4), progress=False, mesh=mesh, **kwargs)
     return trained
 
 

@@ -12,29 +12,30 @@ import jaxtyping
 with jaxtyping.install_import_hook("zoo", "beartype.beartype"):
     import zoo
 
+import functools
 import json
 import pathlib
-import re
 import sys
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax import lax
 from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
 
 from tests import distributed_cases as cases
 from zoo._training._programs import Programs, StepTotals, make_train_step
 from zoo._training._rules import SPARSE
 from zoo._training._state import initial_state
+from zoo.distributed._hlo import bytes_per_device, collectives
+from zoo.distributed._routing import Routing, routed_step, routing_for
 from zoo.distributed._trainer import Placement, shard_training, training_mesh
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
-
-_COLLECTIVE = re.compile(
-    r"= (.*?) (all-gather|all-reduce|all-to-all|reduce-scatter|collective-permute)(-start)?\("
-)
 
 
 def _save(out: pathlib.Path, name: str, tree) -> None:
@@ -68,8 +69,12 @@ def _error(fn) -> str:
     return "no error"
 
 
-def _compiled_sparse_epoch(mesh, users: int, batch_size: int, steps: int):
-    """The trainer's fused program for `steps` steps of a model with a `users`-row table."""
+def _compiled_sparse_epoch(mesh, users: int, batch_size: int, steps: int, routed: str = "full"):
+    """The trainer's fused program for `steps` steps of a model with a `users`-row table.
+
+    `routed`: `"full"` as the trainer compiles it, `"capped"` the routed step alone (no
+    fallback: what runs when no device has too many ids for one shard), `"none"` unrouted.
+    """
     mesh = training_mesh(mesh, batch_size)
     model = cases.Scorer(jax.random.key(0), users=users)
     optimizer = cases.sparse_optimizer()
@@ -77,8 +82,13 @@ def _compiled_sparse_epoch(mesh, users: int, batch_size: int, steps: int):
     def init(model):
         return initial_state(model, optimizer.init(model), jax.random.key(1))
 
-    step = make_train_step(cases.mse, optimizer, SPARSE)
-    dynamic, static, step = shard_training(init, model, step, mesh)
+    make_step = functools.partial(make_train_step, cases.mse, optimizer)
+    routing = {
+        "full": routing_for(SPARSE, make_step, cases.mse, mesh),
+        "capped": functools.partial(routed_step, make_step, cases.mse, fallback=False),
+        "none": None,
+    }[routed]
+    dynamic, static, step = shard_training(init, model, make_step(SPARSE), mesh, routing)
     programs = Programs(step, static, batch_size)
     rng = np.random.default_rng(0)
     n = batch_size * steps
@@ -98,22 +108,81 @@ def _sparse_step_report(mesh) -> dict:
     users, batch_size = 2**20, 256
     compiled, dynamic = _compiled_sparse_epoch(mesh, users, batch_size, steps=4)
     memory = compiled.memory_analysis()
-    collectives = [
-        {"op": op, "dims": [int(d) for d in re.findall(r"\d+", ",".join(shapes))]}
-        for result, op, _ in _COLLECTIVE.findall(compiled.as_text())
-        for shapes in [re.findall(r"\[([\d,]*)\]", result)]
-    ]
+    found = collectives(compiled.as_text())
+    found = [{"op": op, "dims": [d for _, dims in shapes for d in dims]} for op, shapes in found]
     table = dynamic.model.users.weight
     return {
         "table_rows": users,
         "local_rows": table.addressable_shards[0].data.shape[0],
         "local_table_bytes": table.addressable_shards[0].data.nbytes,
         "batch_size": batch_size,
-        "collectives": collectives,
+        "collectives": found,
         "temp_bytes": memory.temp_size_in_bytes,
         "argument_bytes": memory.argument_size_in_bytes,
         "alias_bytes": memory.alias_size_in_bytes,
     }
+
+
+def _traffic_report() -> dict:
+    """Collective bytes per device of one sparse step of a batch of 1024 on a 2**16-row table,
+    routed (without the fallback) and unrouted, as the `"model"` axis grows."""
+    report = {}
+    for data, model in ((1, 2), (1, 4), (1, 8), (2, 4)):
+        devices = jax.devices()[: data * model]
+        mesh = jax.make_mesh((data, model), ("data", "model"), devices=devices)
+        report[f"{data}x{model}"] = {
+            routed: bytes_per_device(_compiled_sparse_epoch(mesh, 2**16, 1024, 1, routed)[0])
+            for routed in ("capped", "none")
+        }
+    return report
+
+
+def _routing_report() -> dict:
+    """`Routing.lookup` and `to_owners` on (data=2, model=4) against NumPy: uniform ids (which
+    fit the capped slots) and skewed ones (all in the first shard, which do not)."""
+    mesh = jax.make_mesh((2, 4), ("data", "model"))
+    devices, rows, dim, per_device = ("data", "model"), 1024, 4, 64
+    whole = np.arange(rows * dim, dtype=np.float32).reshape(rows, dim)
+    embedding = zoo.Embedding(rows, dim, key=jax.random.key(0))
+    table = jax.device_put(whole, jax.NamedSharding(mesh, P("model")))
+    rng = np.random.default_rng(0)
+    report = {}
+    # 64 ids per device, 2 x 64 / 4 = 32 slots per shard: skewed, ~60 distinct ids go to one.
+    for case, high in (("uniform", rows), ("skewed", rows // 4)):
+        ids = rng.integers(0, high, 8 * per_device).astype(np.int32)
+        values = rng.normal(size=(ids.size, dim)).astype(np.float32)
+        for capped in (True, False):
+            routing = Routing(4, ("data",), devices, 8, capped)
+
+            def run(table, ids, values, routing=routing):
+                # Coalesced as zoo.sparse.value_and_grad does: sorted, repeats made sentinels.
+                ordered = jnp.sort(ids)
+                repeat = jnp.concatenate([jnp.zeros((1,), bool), ordered[1:] == ordered[:-1]])
+                unique = jnp.where(repeat, rows, ordered)
+                slot = jnp.searchsorted(ordered, ids)  # the first copy of each id
+                sums = jax.ops.segment_sum(values, slot, per_device)
+                local = eqx.tree_at(lambda e: e.weight, embedding, table)
+                found = routing.lookup(local, unique)
+                got = routing.to_owners(zoo.sparse.SparseRows(unique, sums, rows))
+                shard = jnp.zeros((rows // 4, dim)).at[got.ids].add(got.values, mode="drop")
+                overflow = lax.pmax(routing.overflows(unique, rows), devices)
+                return found[slot], shard, overflow
+
+            found, grad, overflow = jax.shard_map(
+                run,
+                mesh=mesh,
+                in_specs=(P("model"), P(devices), P(devices)),
+                out_specs=(P(devices), P("model"), P()),
+                check_vma=False,
+            )(table, *jax.device_put((ids, values), jax.NamedSharding(mesh, P(devices))))
+            expected = np.zeros_like(whole)
+            np.add.at(expected, ids, values)
+            report[f"{case}_{'capped' if capped else 'full'}"] = {
+                "rows_equal": bool(np.array_equal(np.asarray(found), whole[ids])),
+                "grad_error": float(np.max(np.abs(np.asarray(grad) - expected))),
+                "overflow": bool(overflow),
+            }
+    return report
 
 
 def _checkpoint(out: pathlib.Path, mesh) -> dict:
@@ -166,6 +235,10 @@ def mesh_run(out: pathlib.Path) -> None:
         str(device.id): int(index[1]) for index, device in np.ndenumerate(mesh.devices)
     }
     report["sparse_step"] = _sparse_step_report(mesh)
+    report["routing"] = _routing_report()
+    report["traffic"] = _traffic_report()
+    skewed = cases.train_recommender(mesh, data=cases.ratings(users=cases.USERS // 4))
+    _save(out, "skewed", skewed)
     report["checkpoint"] = _checkpoint(out, mesh)
     report["errors"] = {
         "batch_size": _error(lambda: cases.train_recommender(mesh, batch_size=31, epochs=0)),

@@ -95,6 +95,39 @@ def test_a_recommender_on_8_devices_trains_as_on_one(mesh_run, recommender):
     assert {specs[name] for name in specs if name.startswith(".head")} == {"P()"}
 
 
+def test_a_recommender_with_skewed_ids_trains_as_on_one_device(mesh_run):
+    # Every user in the first shard's rows: the routed step's slots for that shard overflow,
+    # and the steps that overflow run with a slot for every id instead.
+    out, _ = mesh_run
+    expected = cases.train_recommender(data=cases.ratings(users=cases.USERS // 4))
+    _assert_same_arrays(out / "skewed.npz", cases.arrays(expected))
+
+
+def test_routed_lookups_and_gradients_are_exact(mesh_run):
+    report = mesh_run[1]["routing"]
+    # Uniform ids fit the fair-share slots; ids all of one shard do not, and that is detected
+    # (the trainer then takes the step with a slot for every id).
+    assert not report["uniform_capped"]["overflow"]
+    assert report["skewed_capped"]["overflow"]
+    assert not report["skewed_capped"]["rows_equal"]
+    for case in ("uniform_capped", "uniform_full", "skewed_full"):
+        assert report[case]["rows_equal"], case
+        assert report[case]["grad_error"] < 1e-4, case
+
+
+def test_routed_sparse_step_traffic_falls_with_devices(mesh_run):
+    # Bytes the collectives of one step deliver to each device, batch 1024, as "model" grows.
+    traffic = mesh_run[1]["traffic"]
+    routed = [traffic[f"1x{m}"]["capped"] for m in (2, 4, 8)]
+    unrouted = [traffic[f"1x{m}"]["none"] for m in (2, 4, 8)]
+    # Routed: O(batch / devices), so halving with each doubling (bar the dense gradients').
+    assert routed[1] < 0.6 * routed[0] and routed[2] < 0.6 * routed[1]
+    # Unrouted, every device handles every row of the batch, however many devices there are.
+    assert unrouted[0] == unrouted[1] == unrouted[2]
+    assert routed[2] < unrouted[2]
+    assert traffic["2x4"]["capped"] < traffic["2x4"]["none"]
+
+
 def test_table_shards_hold_only_their_rows(mesh_run):
     _, report = mesh_run
     # Mesh (data=2, model=4): the device at model position m holds rows [16m, 16m + 16).

@@ -1,5 +1,6 @@
 """`zoo.train`: a function from (model, data, ...) to (trained model, history)."""
 
+import functools
 import itertools
 import os
 import time
@@ -19,6 +20,7 @@ from .._custom_types import Batch, Dataset, LossFn, Optimizer
 from .._evaluate import evaluate
 from .._losses import resolve_loss
 from .._metrics import Metric, resolve_metrics
+from ..distributed._routing import routing_for
 from ..distributed._trainer import Placement, shard_training, training_mesh
 from ._checkpointing import Saver
 from ._dataset import checked_dataset, gather, host_rows, nbytes, num_examples
@@ -160,7 +162,10 @@ def train(
     mesh = None if mesh is None else training_mesh(mesh, batch_size)
 
     rule = rule_for(optimizer)
-    train_step = make_train_step(loss_fn, optimizer, rule, skip_nonfinite=on_nonfinite == "skip")
+    make_step = functools.partial(
+        make_train_step, loss_fn, optimizer, skip_nonfinite=on_nonfinite == "skip"
+    )
+    train_step = make_step(rule)
 
     def init(model: eqx.Module) -> TrainState:
         return initial_state(model, optimizer.init(rule.params(model)), key)
@@ -170,7 +175,8 @@ def train(
         # The programs donate the state's buffers; copy once so the caller's model stays usable.
         dynamic = jax.tree.map(jnp.copy, dynamic)
     else:
-        dynamic, static, train_step = shard_training(init, model, train_step, mesh)
+        routed = routing_for(rule, make_step, loss_fn, mesh)
+        dynamic, static, train_step = shard_training(init, model, train_step, mesh, routed)
     _check_learning_rate(current_learning_rate(dynamic.opt_state))
     programs = Programs(train_step, static, batch_size)
     runner = _epoch_runner(

@@ -12,13 +12,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from .._custom_types import Batch
+from .._custom_types import Batch, PyTree
 from .._training._dataset import to_device
 from .._training._state import TrainState
 from ._mesh import batch_shards, check_batch_size, checked_mesh, data_sharding, replicated
 from ._sharding import put, state_shardings
 
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, jax.Array, jax.Array]]
+RoutedStep = Callable[[Mesh, PyTree, TrainState], Callable]
 
 
 def training_mesh(mesh: Mesh, batch_size: int) -> Mesh:
@@ -35,13 +36,20 @@ def batch_layout(mesh: Mesh, length: int) -> NamedSharding:
 
 
 def shard_training(
-    init: Callable[[eqx.Module], TrainState], model: eqx.Module, train_step: TrainStep, mesh: Mesh
+    init: Callable[[eqx.Module], TrainState],
+    model: eqx.Module,
+    train_step: TrainStep,
+    mesh: Mesh,
+    routed: RoutedStep | None = None,
 ) -> tuple[TrainState, TrainState, TrainStep]:
     """`(dynamic, static, train_step)` of a run on `mesh`: the state made there, the step pinned.
 
     `init(model)` makes the training state. It runs compiled, with its outputs laid out on the
     mesh, so optimizer state the size of a table is made in shards and never whole on one
     device; the outputs are new buffers, so the caller's model stays usable.
+
+    `routed(mesh, state_specs, static)`, where given, makes the step of batches that split
+    over every device (see `_routing.py`); other batches take `train_step`, partitioned by jit.
     """
     shapes = eqx.filter_eval_shape(init, model)
     shardings = state_shardings(shapes, mesh)
@@ -55,8 +63,13 @@ def shard_training(
 
     dynamic = jax.jit(make, out_shardings=shardings)(arrays)
     static = eqx.filter(shapes, lambda x: isinstance(x, jax.ShapeDtypeStruct), inverse=True)
+    specs = jax.tree.map(lambda s: s.spec, shardings)
+    routed_step = None if routed is None else routed(mesh, specs, static)
 
     def step(state: TrainState, batch: Batch):
+        if routed_step is not None and _splits(batch, mesh.size):
+            arrays, loss, grad_norm = routed_step(eqx.filter(state, eqx.is_array), batch)
+            return eqx.combine(arrays, static), loss, grad_norm
         batch = {
             name: jax.lax.with_sharding_constraint(x, batch_layout(mesh, x.shape[0]))
             for name, x in batch.items()
@@ -69,6 +82,10 @@ def shard_training(
         return eqx.combine(arrays, rest), loss, grad_norm
 
     return dynamic, static, step
+
+
+def _splits(batch: Batch, devices: int) -> bool:
+    return all(x.shape[0] % devices == 0 for x in batch.values())
 
 
 def _from_host(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
