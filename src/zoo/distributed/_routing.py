@@ -193,7 +193,8 @@ def routed_step(
     leaves out the check for overflowing slots and the step with a slot for every id: only for
     reading what the usual step compiles to (ids past the capacity would be lost).
     """
-    devices, replicas = tuple(mesh.axis_names), batch_axes(mesh)
+    devices = tuple(mesh.axis_names)
+    replicas = tuple(axis for axis in batch_axes(mesh) if mesh.shape[axis] > 1)
     shards = mesh.shape[MODEL]
     capped, full = (Routing(shards, replicas, devices, mesh.size, c) for c in (True, False))
     steps = [make_step(_rule(r)) for r in (capped, full)]
