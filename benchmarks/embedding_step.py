@@ -41,20 +41,9 @@ def zoo_worker(optimizer: str, size: int, steps: int) -> dict:
     import optax
 
     import zoo
+    from _table_model import TableRegressor
 
     baseline = peak_rss_bytes()
-
-    class Model(eqx.Module):
-        table: zoo.Embedding
-        head: eqx.nn.Linear
-
-        def __init__(self, key):
-            k1, k2 = jax.random.split(key)
-            self.table = zoo.Embedding(size, DIM, key=k1)
-            self.head = eqx.nn.Linear(DIM, 1, key=k2)
-
-        def __call__(self, ids):
-            return self.head(self.table(ids))[0]
 
     def loss_fn(model, batch):
         return jnp.mean((jax.vmap(model)(batch["ids"]) - batch["y"]) ** 2)
@@ -78,7 +67,7 @@ def zoo_worker(optimizer: str, size: int, steps: int) -> dict:
         return apply(model, updates), opt_state, loss
 
     # Built under jit so that initialisation makes no second copy of the table.
-    model = eqx.filter_jit(Model)(jax.random.key(0))
+    model = eqx.filter_jit(TableRegressor)(size, DIM, jax.random.key(0))
     opt_state = eqx.filter_jit(lambda m: opt.init(params(m, eqx.is_inexact_array)))(model)
     step = jax.jit(step, donate_argnums=(0, 1))
     keys = jax.random.split(jax.random.key(1), 8)

@@ -33,24 +33,13 @@ def worker(steps: int, rounds: int) -> dict:
     import optax
 
     import zoo
+    from _table_model import TableRegressor
     from zoo._training._programs import Programs, StepTotals, make_train_step
     from zoo._training._rules import SPARSE
     from zoo._training._state import initial_state
     from zoo.distributed._hlo import bytes_per_device
     from zoo.distributed._routing import routed_step, routing_for
     from zoo.distributed._trainer import Placement, shard_training, training_mesh
-
-    class Model(eqx.Module):
-        table: zoo.Embedding
-        head: eqx.nn.Linear
-
-        def __init__(self, key):
-            k1, k2 = jax.random.split(key)
-            self.table = zoo.Embedding(ROWS, DIM, key=k1)
-            self.head = eqx.nn.Linear(DIM, 1, key=k2)
-
-        def __call__(self, ids):
-            return self.head(self.table(ids))[0]
 
     def loss_fn(model, batch, key):
         del key
@@ -68,7 +57,7 @@ def worker(steps: int, rounds: int) -> dict:
         return initial_state(model, optimizer.init(model), jax.random.key(1))
 
     def programs_for(mesh, routing) -> tuple:
-        model = eqx.filter_jit(Model)(jax.random.key(0))
+        model = eqx.filter_jit(TableRegressor)(ROWS, DIM, jax.random.key(0))
         dynamic, static, step = shard_training(init, model, make_step(SPARSE), mesh, routing)
         return Programs(step, static, BATCH), dynamic
 

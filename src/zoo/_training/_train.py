@@ -121,6 +121,9 @@ def train(
     - `mesh`: a `jax.sharding.Mesh` to train on (see `zoo.distributed`): batches split over its
       `"data"` and `"fsdp"` axes, embedding tables row-sharded over `"model"`, everything else
       replicated (or split over `"fsdp"`). `batch_size` must divide by the batch axes' size.
+      With a `zoo.sparse` optimizer and a `"model"` axis, each batch that divides by the
+      number of devices is split over all of them, and each id is routed to the device that
+      holds its row: `O(batch / devices)` per device (docs/scaling.md).
       With several processes, each passes the same arguments (the same full `data`); the
       returned model is then a global array on the mesh. `None`: one device.
     - `eval_fn`: called as `eval_fn(model)` after each epoch, before `on_epoch`; the figures
