@@ -239,6 +239,7 @@ def mesh_run(out: pathlib.Path) -> None:
     report["traffic"] = _traffic_report()
     skewed = cases.train_recommender(mesh, data=cases.ratings(users=cases.USERS // 4))
     _save(out, "skewed", skewed)
+    _save(out, "balanced", cases.train_recommender(mesh, data=cases.balanced_batches()))
     report["checkpoint"] = _checkpoint(out, mesh)
     report["errors"] = {
         "batch_size": _error(lambda: cases.train_recommender(mesh, batch_size=31, epochs=0)),

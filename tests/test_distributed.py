@@ -103,6 +103,13 @@ def test_a_recommender_with_skewed_ids_trains_as_on_one_device(mesh_run):
     _assert_same_arrays(out / "skewed.npz", cases.arrays(expected))
 
 
+def test_a_recommender_whose_ids_fit_the_routing_slots_trains_as_on_one_device(mesh_run):
+    # Each device's ids hit every shard once: only the capped routed step runs.
+    out, _ = mesh_run
+    expected = cases.train_recommender(data=cases.balanced_batches())
+    _assert_same_arrays(out / "balanced.npz", cases.arrays(expected))
+
+
 def test_routed_lookups_and_gradients_are_exact(mesh_run):
     report = mesh_run[1]["routing"]
     # Uniform ids fit the fair-share slots; ids all of one shard do not, and that is detected
