@@ -38,7 +38,7 @@ from .._custom_types import Batch
 from .._embedding import Embedding
 from .._training._rules import SPARSE, UpdateRule
 from .._training._state import TrainState
-from ..sparse import _grad, apply_updates
+from ..sparse import _grad
 from ..sparse._rows import SparseRows, is_sparse_rows
 from ._mesh import FSDP, MODEL, batch_axes
 
@@ -82,39 +82,39 @@ class Routing:
         _, to = self._owners(ids, num_rows)
         return jnp.any(jnp.sum(to, axis=0) > self.capacity(ids.shape[0]))
 
-    def _send_ids(self, ids: Int[Array, " n"], num_rows: int) -> Int[Array, "shards slots"]:
-        """The ids each shard receives from this device, shard-relative (`rows` for none)."""
+    def _exchange_ids(self, ids: Int[Array, " n"], num_rows: int):
+        """`(owner, slot, asked)`: where each of this device's ids goes, and the ids the
+        devices of `"model"` ask this one for, shard-relative (`rows` in unused slots)."""
         capacity = self.capacity(ids.shape[0])
         owner, slot = self._plan(ids, num_rows, capacity)
         send = jnp.full((self.shards, capacity), num_rows, ids.dtype)
         asked = lax.all_to_all(send.at[owner, slot].set(ids, mode="drop"), MODEL, 0, 0)
         rows = num_rows // self.shards
-        local = asked - lax.axis_index(MODEL) * rows
-        return jnp.where(asked < num_rows, local, rows)
+        local = jnp.where(asked < num_rows, asked - lax.axis_index(MODEL) * rows, rows)
+        return owner, slot, local
 
     def lookup(self, embedding: Embedding, ids: Int[Array, " n"]) -> Float[Array, "n dim"]:
         """The rows of coalesced `ids`, each fetched from the shard that holds it."""
-        num_rows = embedding.num_embeddings
-        owner, slot = self._plan(ids, num_rows, self.capacity(ids.shape[0]))
-        wanted = self._send_ids(ids, num_rows)
-        found = embedding.weight.at[wanted].get(mode="fill", fill_value=0)
+        owner, slot, asked = self._exchange_ids(ids, embedding.num_embeddings)
+        found = embedding.weight.at[asked].get(mode="fill", fill_value=0)
         back = lax.all_to_all(found, MODEL, 0, 0)
         return back.at[owner, slot].get(mode="fill", fill_value=0)
 
     def to_owners(self, grad: SparseRows) -> SparseRows:
         """This device's row gradients, summed at the shard that holds each row: the
         gradient of the local shard, in shard-relative ids."""
-        ids, values = grad.ids, grad.values
-        capacity = self.capacity(ids.shape[0])
-        owner, slot = self._plan(ids, grad.num_rows, capacity)
-        send = jnp.zeros((self.shards, capacity, values.shape[-1]), values.dtype)
-        received = lax.all_to_all(send.at[owner, slot].set(values, mode="drop"), MODEL, 0, 0)
-        local = self._send_ids(ids, grad.num_rows)
+        # The ids travel again (a few bytes each) rather than being carried over from the
+        # lookup, which happens inside `value_and_grad`.
+        owner, slot, asked = self._exchange_ids(grad.ids, grad.num_rows)
+        dim = grad.values.shape[-1]
+        send = jnp.zeros((self.shards, asked.shape[1], dim), grad.values.dtype)
+        send = send.at[owner, slot].set(grad.values, mode="drop")
+        received = lax.all_to_all(send, MODEL, 0, 0)
         if self.replicas:  # every copy of this shard applies every update of its rows
             received = lax.all_gather(received, self.replicas, axis=0, tiled=True)
-            local = lax.all_gather(local, self.replicas, axis=0, tiled=True)
+            asked = lax.all_gather(asked, self.replicas, axis=0, tiled=True)
         rows = grad.num_rows // self.shards
-        return _sum_duplicates(local.ravel(), received.reshape(-1, values.shape[-1]), rows)
+        return _sum_duplicates(asked.ravel(), received.reshape(-1, dim), rows)
 
     def device_key(self, key):
         # Each device draws for its own examples: fold its position in, or all would draw alike.
@@ -163,7 +163,7 @@ def _rule(routing: Routing) -> UpdateRule:
         )
         return jnp.sqrt(squares)
 
-    return UpdateRule(value_and_grad, lambda model: model, apply_updates, grad_norm)
+    return SPARSE._replace(value_and_grad=value_and_grad, grad_norm=grad_norm)
 
 
 def routing_for(
