@@ -145,11 +145,17 @@ def _compact_view(gather: RowGather, embedding: Embedding, recording: Embedding)
     return _Compact(gather(embedding, ids), ids, sorted_ids, embedding.num_embeddings)
 
 
+def _record(fn: Callable[..., Any], model, *args, **kwargs):
+    """`model` with each table a `_Recorder` holding the ids that `fn(model, ...)` looks up."""
+    recording = _swap_tables(lambda e: _Recorder(e.weight, _Tape()), model)
+    fn(recording, *args, **kwargs)
+    return recording
+
+
 def coalesced_ids(fn: Callable[..., Any], model, *args, **kwargs) -> list[tuple[Embedding, Array]]:
     """`(embedding, ids)` for each table of `model`: the ids `fn(model, *args, **kwargs)` looks
     up, coalesced as `value_and_grad` coalesces them."""
-    recording = _swap_tables(lambda e: _Recorder(e.weight, _Tape()), model)
-    fn(recording, *args, **kwargs)
+    recording = _record(fn, model, *args, **kwargs)
     pairs = zip(_tables(model), _tables(recording), strict=True)
     return [(table, _coalesce(table, recorded.weight.tape.ids)[0]) for table, recorded in pairs]
 
@@ -213,8 +219,7 @@ def value_and_grad_with(fn: Callable[..., Any], gather: RowGather, *, has_aux: b
 
     @functools.wraps(fn)
     def value_and_grad_fn(model, *args, **kwargs):
-        recording = _swap_tables(lambda e: _Recorder(e.weight, _Tape()), model)
-        fn(recording, *args, **kwargs)
+        recording = _record(fn, model, *args, **kwargs)
         compact = _swap_tables(functools.partial(_compact_view, gather), model, recording)
         diff, static = eqx.partition(compact, eqx.is_inexact_array)
 
