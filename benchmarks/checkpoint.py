@@ -2,7 +2,9 @@
 
 A `zoo.TrainState` holding a `zoo.Embedding` of `--gib` GiB (float32 rows of 64) and its
 `zoo.sparse.rowwise_adagrad` accumulator goes through `zoo.save`/`zoo.load` and through
-`zoo.Checkpoints` (asynchronous save: the time `save` blocks, then the total until written).
+`zoo.Checkpoints` (asynchronous save: the time `save` blocks, then the total until written; one
+`Checkpoints` for the whole run, as in training, so that each save after the first copies the
+state into the host memory of the save before).
 The same arrays are written with `numpy.save` and read with `numpy.load`, in the same run and
 the same folder. Both sides fsync their files (TensorStore, under Orbax, fsyncs each file it
 writes; the NumPy side calls `os.fsync`), and both read back what they just wrote, from the
@@ -65,6 +67,7 @@ def numpy_load(folder: pathlib.Path, count: int) -> list[np.ndarray]:
 
 def one_run(
     folder: pathlib.Path,
+    checkpoints: zoo.Checkpoints,
     state: zoo.TrainState,
     arrays: list[np.ndarray],
     record,
@@ -73,33 +76,45 @@ def one_run(
 ) -> None:
     """Each way of saving once, then each way of reading back once, in fresh subfolders.
 
-    The reads start in turn (`turn`), so that no side is always first or last, and after each
-    read the run pauses `settle` seconds. Back to back, a read may reuse memory the previous
-    one has just freed, cheap to touch, or get memory the VM has already handed back to its
-    host, which costs about 2 s per GiB to touch again. Which one a read gets depends on
-    timing, not on the method. After a pause of 2 s or more, every read starts like a
-    restore at the start of a run: with memory the host has to provide again.
+    Saves and reads start in turn (`turn`), so that no side is always first or last, and after
+    each read the run pauses `settle` seconds. Back to back, an operation may reuse memory the
+    previous one has just freed, cheap to touch, or get memory the VM has already handed back
+    to its host, which costs about 2 s per GiB to touch again (the page cache a write fills
+    included). Which one it gets depends on timing, not on the method. After a pause of 2 s or
+    more, every read starts like a restore at the start of a run: with memory the host has to
+    provide again.
     """
-    numpy_dir, zoo_dir, run_dir = folder / "numpy", folder / "zoo", folder / "run"
+    numpy_dir, zoo_dir = folder / "numpy", folder / "zoo"
     numpy_dir.mkdir()
-    record("numpy.save (fsync)", timed(lambda: numpy_save(numpy_dir, arrays)))
-    record("zoo.save", timed(lambda: zoo.save(zoo_dir, state)))
-    with zoo.Checkpoints(run_dir) as checkpoints:
+
+    def checkpoint():
         start = time.perf_counter()
-        checkpoints.save(1, state)
+        checkpoints.save(turn + 1, state)
         record("Checkpoints.save (blocks)", time.perf_counter() - start)
         checkpoints.wait()
         record("Checkpoints.save (written)", time.perf_counter() - start)
-        reads = [
-            ("numpy.load", lambda: numpy_load(numpy_dir, len(arrays))),
-            ("zoo.load", lambda: jax.block_until_ready(zoo.load(zoo_dir, like=state))),
-            ("Checkpoints.restore", lambda: jax.block_until_ready(checkpoints.restore(state))),
-        ]
-        for name, read in reads[turn % 3 :] + reads[: turn % 3]:
-            record(name, timed(read))
-            time.sleep(settle)
-    for done in (numpy_dir, zoo_dir, run_dir):
+
+    saves = [
+        lambda: record("numpy.save (fsync)", timed(lambda: numpy_save(numpy_dir, arrays))),
+        lambda: record("zoo.save", timed(lambda: zoo.save(zoo_dir, state))),
+        checkpoint,
+    ]
+    for save in _in_turn(saves, turn):
+        save()
+    reads = [
+        ("numpy.load", lambda: numpy_load(numpy_dir, len(arrays))),
+        ("zoo.load", lambda: jax.block_until_ready(zoo.load(zoo_dir, like=state))),
+        ("Checkpoints.restore", lambda: jax.block_until_ready(checkpoints.restore(state))),
+    ]
+    for name, read in _in_turn(reads, turn):
+        record(name, timed(read))
+        time.sleep(settle)
+    for done in (numpy_dir, zoo_dir):
         shutil.rmtree(done)
+
+
+def _in_turn(items: list, turn: int) -> list:
+    return items[turn % len(items) :] + items[: turn % len(items)]
 
 
 def report(times: dict[str, list[float]], nbytes: int) -> None:
@@ -138,14 +153,19 @@ def main() -> None:
     # Disk and CPU shared with other work make every figure noisier: say how busy it was.
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     times: dict[str, list[float]] = {}
+    # One `Checkpoints` for every run, as in training: each save after the first copies the
+    # state into the host memory of the one before. It keeps every checkpoint, so that no
+    # deletion of an old one (which NumPy's side does not do) falls inside a timed save.
+    checkpoints = zoo.Checkpoints(folder / "run", keep=None)
     try:
         # One untimed round first: this VM's first touch of fresh memory costs up to 10x, and
-        # whichever side ran first would pay it.
-        one_run(folder, state, arrays, lambda name, s: None, 0, args.settle)
+        # whichever side ran first would pay it. The first checkpoint also allocates its copies.
+        one_run(folder, checkpoints, state, arrays, lambda name, s: None, -1, args.settle)
         record = lambda name, s: times.setdefault(name, []).append(s)  # noqa: E731
         for turn in range(args.repeats):
-            one_run(folder, state, arrays, record, turn, args.settle)
+            one_run(folder, checkpoints, state, arrays, record, turn, args.settle)
     finally:
+        checkpoints.close()
         shutil.rmtree(folder, ignore_errors=True)
     report(times, nbytes)
     print("\nEvery run, in seconds (the spread is this machine's, not the method's):")

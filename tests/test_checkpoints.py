@@ -69,25 +69,33 @@ def test_keeps_the_last_k_and_saves_when_due(tmp_path):
     assert reopened.latest_step() == 53 and not reopened.should_save(60)
     assert reopened.should_save(63)
     reopened.close()
+    with zoo.Checkpoints(tmp_path / "all", keep=None, async_save=False) as checkpoints:
+        for step in range(5):
+            checkpoints.save(step, state)
+        assert checkpoints.all_steps() == [0, 1, 2, 3, 4]
 
 
 def test_an_async_save_is_not_changed_by_donated_steps(tmp_path):
     """The trainer donates its state to every step: XLA overwrites those very buffers while the
-    save may still be writing. The save must hold its own copy."""
+    save may still be writing. The save must hold its own copy; the next save copies into the
+    same host memory, once the first is written."""
     step = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)
     state = step({"table": jnp.zeros((1024, 1024)), "count": jnp.zeros((), jnp.int32)})
-    expected = jax.tree.map(np.array, state)
     buffer = state["table"].unsafe_buffer_pointer()
+    expected = {}
     with zoo.Checkpoints(tmp_path, async_save=True) as checkpoints:
-        checkpoints.save(1, state)
-        for _ in range(20):
-            state = step(state)
+        for saved in (1, 2):
+            expected[saved] = jax.tree.map(np.array, state)
+            checkpoints.save(saved, state)
+            for _ in range(20):
+                state = step(state)
         # The steps did overwrite the saved buffers in place: the test tests something.
         assert state["table"].unsafe_buffer_pointer() == buffer
-        assert float(state["table"][0, 0]) == 21.0
-        restored, _ = checkpoints.restore(like=state)
-    np.testing.assert_array_equal(restored["table"], expected["table"])
-    assert int(restored["count"]) == 1
+        assert float(state["table"][0, 0]) == 41.0
+        for saved in (1, 2):
+            restored, _ = checkpoints.restore(like=state, step=saved)
+            np.testing.assert_array_equal(restored["table"], expected[saved]["table"])
+            assert int(restored["count"]) == 20 * saved - 19
 
 
 def test_restore_errors_name_the_checkpoint_and_the_leaf(tmp_path):

@@ -210,21 +210,57 @@ def test_a_truncated_array_file_is_detected(tmp_path, getkey):
         zoo.load(path)
 
 
-def test_large_arrays_are_stored_in_chunks(tmp_path, getkey, monkeypatch):
-    # TensorStore reads chunks in parallel; one 1 GiB chunk read back 5-15x slower.
-    monkeypatch.setattr("zoo._array_store._CHUNK_BYTES", 4096)
-    path = tmp_path / "emb"
+def test_each_array_is_an_npy_file(tmp_path, getkey):
+    # Written from and read into the array's own memory, as numpy.save and numpy.load do.
+    path = tmp_path / "user"
+    model = _UserModel(6, key=getkey())
+    zoo.save(path, model)
+    manifest = json.loads((path / "zoo.json").read_text())["manifest"]
+    files = sorted(_arrays_dir(path).glob("*.npy"), key=lambda f: int(f.stem[1:]))
+    assert len(files) == len(manifest) == len(jax.tree.leaves(model))
+    for file, entry in zip(files, manifest, strict=True):
+        array = np.load(file)  # bfloat16 too: its header names it
+        assert (str(array.dtype), list(array.shape)) == (entry["dtype"], entry["shape"])
+        assert zoo._array_store.checksum(array) == entry["xxh3_64"]
+    handler = zoo._array_store.array_handler()
+    metadata = ocp.Checkpointer(handler).metadata(_arrays_dir(path)).item_metadata.tree
+    assert (metadata["a0"].shape, metadata["a0"].dtype) == (np.load(files[0]).shape, np.float32)
+
+
+def _save_through_tensorstore(monkeypatch, chunk_bytes: int) -> None:
+    """Makes zoo.save write as it did before `.npy` files (and still does with several
+    processes): through Orbax's own handlers, into TensorStore chunks of `chunk_bytes`."""
+    monkeypatch.setattr("zoo._array_store._CHUNK_BYTES", chunk_bytes)
+    handler = ocp.PyTreeCheckpointHandler(use_compression=False)
+    monkeypatch.setattr("zoo._array_store.array_handler", lambda: handler)
+    chunked = ocp.SaveArgs(chunk_byte_size=chunk_bytes)
+    save = lambda item: ocp.args.PyTreeSave(item, save_args={k: chunked for k in item})  # noqa: E731
+    monkeypatch.setattr("zoo._array_store.save_args", save)
+
+
+def test_saves_through_tensorstore_still_load(tmp_path, getkey, monkeypatch):
+    path = tmp_path / "user"
+    model = _UserModel(6, key=getkey())
     table = zoo.Embedding(1000, 16, key=getkey())
-    _assert_round_trip(path, table)
-    metadata = ocp.PyTreeCheckpointer().metadata(_arrays_dir(path)).item_metadata.tree["a0"]
-    rows, width = metadata.storage.chunk_shape
+    with monkeypatch.context() as patch:
+        _save_through_tensorstore(patch, chunk_bytes=4096)
+        zoo.save(path, model)
+        zoo.save(tmp_path / "emb", table)
+    assert not list(_arrays_dir(path).glob("*.npy"))
+    assert tree_equal(zoo.load(path, like=model), model)
+    loaded = zoo.load(tmp_path / "emb")
+    assert tree_equal(loaded, table)
+    assert loaded.weight.unsafe_buffer_pointer() % 64 == 0  # read into an aligned buffer
+    # Chunked, and a flipped bit in one chunk is still caught.
+    metadata = ocp.PyTreeCheckpointer().metadata(_arrays_dir(tmp_path / "emb")).item_metadata
+    rows, width = metadata.tree["a0"].storage.chunk_shape
     assert rows * width * 4 <= 4096 and rows < 1000
-    data_file = _largest_file(_arrays_dir(path))
+    data_file = _largest_file(_arrays_dir(tmp_path / "emb"))
     content = bytearray(data_file.read_bytes())
-    content[len(content) // 2] ^= 0x01  # one bit, in some chunk
+    content[len(content) // 2] ^= 0x01
     data_file.write_bytes(bytes(content))
     with pytest.raises(ValueError, match=r"is corrupted: the array at \.weight"):
-        zoo.load(path)
+        zoo.load(tmp_path / "emb")
 
 
 def test_restored_arrays_are_aligned_for_use_in_place(tmp_path, getkey):

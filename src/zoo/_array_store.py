@@ -17,11 +17,12 @@ import numpy as np
 import xxhash
 
 from ._custom_types import PyTree
+from ._host_memory import Staging
 from ._rebuild import name_of
 
 _ORBAX_KEY = "a{}"
-# Arrays are stored in chunks of at most this many bytes, which TensorStore reads in parallel:
-# stored whole, a 1 GiB table came back 5-15x slower (one thread copying one huge chunk).
+# With more than one process, arrays go through TensorStore, in chunks of at most this many
+# bytes, which it reads in parallel: stored whole, a 1 GiB table came back 5-15x slower.
 _CHUNK_BYTES = 16 * 2**20
 
 
@@ -33,22 +34,25 @@ def orbax():
 
 
 def array_handler():
-    """Orbax's handler for the flat dict of arrays: uncompressed (zstd barely shrinks trained
-    floats and triples the time to save), and reading NumPy arrays through
-    `AlignedNumpyHandler`, so that restoring onto a CPU device copies nothing more."""
-    from ._aligned_read import AlignedNumpyHandler
+    """Orbax's handler for the flat dict of arrays (see `_array_files.tree_handler`)."""
+    from ._array_files import tree_handler
 
-    registry = orbax().type_handlers.create_type_handler_registry(
-        (np.ndarray, AlignedNumpyHandler()),
-        (jax.Array, orbax().type_handlers.get_type_handler(jax.Array)),
-    )
-    return orbax().PyTreeCheckpointHandler(use_compression=False, type_handler_registry=registry)
+    return tree_handler()
 
 
 def save_args(item: dict):
-    """Orbax's arguments to save `item` (from `to_store`) in chunks of `_CHUNK_BYTES`."""
+    """Orbax's arguments to save `item` (from `to_store`); chunked where TensorStore writes."""
+    from ._array_files import TreeSave
+
     chunked = orbax().SaveArgs(chunk_byte_size=_CHUNK_BYTES)
-    return orbax().args.PyTreeSave(item, save_args={key: chunked for key in item})
+    return TreeSave(item, save_args={key: chunked for key in item})
+
+
+def restore_args(item: dict, args: dict):
+    """Orbax's arguments to read `item`, with `args` from `from_store`'s `read` call."""
+    from ._array_files import TreeRestore
+
+    return TreeRestore(item, restore_args=args)
 
 
 class Leaf(NamedTuple):
@@ -112,8 +116,10 @@ def _stored(value) -> jax.Array | np.ndarray:
     return jax.random.key_data(value) if _is_key(value) else value
 
 
-def _copied(array: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
-    return np.array(array) if isinstance(array, np.ndarray) else jax.numpy.copy(array)
+def _copies(arrays: list, staging: Staging) -> list:
+    if jax.process_count() > 1:  # sharded between hosts: Orbax writes them from the devices
+        return [jax.numpy.copy(a) if isinstance(a, jax.Array) else np.array(a) for a in arrays]
+    return staging.copy(arrays)
 
 
 def _bytes_of(value) -> np.ndarray:
@@ -148,17 +154,20 @@ def _orbax_item(arrays: list) -> dict:
     return {_ORBAX_KEY.format(i): array for i, array in enumerate(arrays)}
 
 
-def to_store(tree: PyTree, *, argument: str, copy: bool) -> tuple[dict, list[dict]]:
+def to_store(
+    tree: PyTree, *, argument: str, staging: Staging | None = None
+) -> tuple[dict, list[dict]]:
     """`(item, manifest)`: what Orbax writes for `tree`'s arrays, and the JSON that describes it.
 
-    With `copy`, the item holds fresh device copies, so that an asynchronous write cannot see
-    the caller's buffers change (a training step donates and overwrites them).
+    With `staging`, the item holds copies made there (in host memory; on the devices when
+    sharded between hosts), so that an asynchronous write cannot see the caller's buffers
+    change (a training step donates and overwrites them).
     """
     tree_leaves = leaves(tree)
     _check_concrete(tree_leaves, argument)
     arrays = [_stored(leaf.value) for leaf in tree_leaves]
-    if copy:
-        arrays = [_copied(array) for array in arrays]
+    if staging is not None:
+        arrays = _copies(arrays, staging)
     return _orbax_item(arrays), _manifest(tree_leaves, arrays)
 
 

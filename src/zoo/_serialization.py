@@ -69,7 +69,7 @@ def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> 
     ```
     """
     path = _checked_path(path)
-    item, manifest = store.to_store(model, argument="model", copy=False)
+    item, manifest = store.to_store(model, argument="model")
     _prepare_directory(path, overwrite)
     arrays = f"arrays-{secrets.token_hex(8)}"
     with store.orbax().Checkpointer(store.array_handler()) as checkpointer:
@@ -133,7 +133,7 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
             .Checkpointer(store.array_handler())
             .restore(
                 (path / info["arrays"]).absolute(),
-                args=store.orbax().args.PyTreeRestore(item, restore_args=restore_args),
+                args=store.restore_args(item, restore_args),
             )
         )
 
