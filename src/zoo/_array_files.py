@@ -148,9 +148,9 @@ class ArrayFileHandler(ocp.type_handlers.NumpyHandler):
     file beside Orbax's metadata instead of through TensorStore.
 
     Values are not copied before an asynchronous write: zoo hands Orbax copies of anything a
-    training step could overwrite (`_array_store.to_store(copy=True)`). A JAX array on CPU is
-    written from its own buffer; on an accelerator, `numpy.asarray` copies it to the host
-    before `serialize` returns, so training can go on.
+    training step could overwrite (`_array_store.to_store(..., staging=...)`). A JAX array on
+    CPU is written from its own buffer; on an accelerator, `numpy.asarray` copies it to the
+    host before `serialize` returns, so training can go on.
     """
 
     # Orbax keeps a store of per-array metadata for sharded arrays; a `.npy` header has it all.
