@@ -15,6 +15,7 @@ import optax
 import pytest
 
 import zoo
+from zoo._host_memory import Staging
 
 from . import checkpoint_writer
 from .helpers import scrambled, tree_equal
@@ -96,6 +97,18 @@ def test_an_async_save_is_not_changed_by_donated_steps(tmp_path):
             restored, _ = checkpoints.restore(like=state, step=saved)
             np.testing.assert_array_equal(restored["table"], expected[saved]["table"])
             assert int(restored["count"]) == 20 * saved - 19
+
+
+def test_each_save_copies_into_the_host_memory_of_the_one_before():
+    staging = Staging()
+    table, counts = jnp.arange(12.0).reshape(3, 4), np.arange(3)
+    first = staging.copy([table, counts])
+    assert first[0].ctypes.data != table.unsafe_buffer_pointer() and first[1] is not counts
+    second = staging.copy([table + 1, counts])
+    assert [a.ctypes.data for a in second] == [a.ctypes.data for a in first]
+    np.testing.assert_array_equal(second[0], np.arange(12.0).reshape(3, 4) + 1)
+    (resized,) = staging.copy([jnp.zeros((2, 2))])  # another shape: new memory
+    assert resized.shape == (2, 2) and not resized.any()
 
 
 def test_restore_errors_name_the_checkpoint_and_the_leaf(tmp_path):
