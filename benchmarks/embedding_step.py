@@ -9,6 +9,15 @@ donated). Every configuration runs in its own subprocess, so that its peak RSS i
 
 PyTorch (`nn.Embedding(sparse=True)`) runs from `.bench-venv/` when that exists (a Python 3.11
 venv with the CPU build of torch; see `_torch_embedding_step.py`), and is skipped otherwise.
+
+Beside them runs `jax_floor`: the least work any JAX step of this model can do, one gather of
+the looked-up rows and one scatter-add of `-lr * grad` into the table, duplicates uncoalesced
+(plain SGD, written by hand). Whatever zoo does on top, it cannot be faster than that, so the
+floor shows which targets XLA itself puts out of reach on the machine at hand.
+
+The machines these run on are shared and their speed drifts within minutes, so every size
+runs its configurations in `--rounds` interleaved rounds, and each figure is the median of
+the rounds' medians.
 """
 
 import argparse
@@ -25,6 +34,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 TORCH_PYTHON = HERE.parent / ".bench-venv" / "bin" / "python"
 DIM, BATCH = 64, 4096
 ZOO = ("sgd", "rowwise_adagrad", "lazy_adam")
+FLOOR = "jax_floor"
 TORCH = {"sgd": "sgd", "rowwise_adagrad": "adagrad", "lazy_adam": "sparse_adam"}
 DENSE_LIMIT = 1_000_000  # dense Adam at 1e7 needs three 2.5 GB tables and minutes per run
 
@@ -33,24 +43,49 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def zoo_worker(optimizer: str, size: int, steps: int) -> dict:
-    """One configuration, in this process: returns timings and memory."""
+def floor_step(opt):
+    """The least a JAX step of this model does: one gather, one scatter-add, no coalescing.
+
+    Plain SGD on the table (duplicate ids add up in the scatter, which is exact for SGD) and
+    `opt` on the head. `init` takes the model and gives `opt`'s state for the head.
+    """
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    def step(model, opt_state, batch):
+        table, ids = model.table.weight, batch["ids"]
+
+        def loss_of_rows(rows, head):
+            return jnp.mean((jax.vmap(head)(rows)[:, 0] - batch["y"]) ** 2)
+
+        grad_fn = jax.value_and_grad(loss_of_rows, argnums=(0, 1))
+        loss, (rows_grad, head_grad) = grad_fn(table[ids], model.head)
+        updates, opt_state = opt.update(head_grad, opt_state, model.head)
+        new = (table.at[ids].add(-0.1 * rows_grad), eqx.apply_updates(model.head, updates))
+        return eqx.tree_at(lambda m: (m.table.weight, m.head), model, new), opt_state, loss
+
+    return step, lambda model: opt.init(model.head)
+
+
+def optimizer_step(optimizer: str):
+    """`(step, init)` for dense optax Adam or a zoo sparse optimizer, as a user writes them."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
     import optax
 
     import zoo
-    from _table_model import TableRegressor
-
-    baseline = peak_rss_bytes()
 
     def loss_fn(model, batch):
         return jnp.mean((jax.vmap(model)(batch["ids"]) - batch["y"]) ** 2)
 
+    if optimizer == FLOOR:
+        return floor_step(optax.adam(1e-3))
     if optimizer == "dense_adam":
         opt = optax.adam(1e-3)
-        grad_fn, apply, params = eqx.filter_value_and_grad, eqx.apply_updates, eqx.filter
+        grad_fn, apply = eqx.filter_value_and_grad, eqx.apply_updates
+        init = lambda model: opt.init(eqx.filter(model, eqx.is_inexact_array))  # noqa: E731
     else:
         embeddings = {
             "sgd": zoo.sparse.sgd(0.1),
@@ -58,17 +93,28 @@ def zoo_worker(optimizer: str, size: int, steps: int) -> dict:
             "lazy_adam": zoo.sparse.lazy_adam(1e-3),
         }[optimizer]
         opt = zoo.sparse.partition(dense=optax.adam(1e-3), embeddings=embeddings)
-        grad_fn, apply = zoo.sparse.value_and_grad, zoo.sparse.apply_updates
-        params = lambda model, _: model  # noqa: E731
+        grad_fn, apply, init = zoo.sparse.value_and_grad, zoo.sparse.apply_updates, opt.init
 
     def step(model, opt_state, batch):
         loss, grads = grad_fn(loss_fn)(model, batch)
         updates, opt_state = opt.update(grads, opt_state, model)
         return apply(model, updates), opt_state, loss
 
+    return step, init
+
+
+def zoo_worker(optimizer: str, size: int, steps: int) -> dict:
+    """One configuration, in this process: returns timings and memory."""
+    import equinox as eqx
+    import jax
+
+    from _table_model import TableRegressor
+
+    baseline = peak_rss_bytes()
+    step, init = optimizer_step(optimizer)
     # Built under jit so that initialisation makes no second copy of the table.
     model = eqx.filter_jit(TableRegressor)(size, DIM, jax.random.key(0))
-    opt_state = eqx.filter_jit(lambda m: opt.init(params(m, eqx.is_inexact_array)))(model)
+    opt_state = eqx.filter_jit(init)(model)
     step = jax.jit(step, donate_argnums=(0, 1))
     keys = jax.random.split(jax.random.key(1), 8)
     batches = [
@@ -105,45 +151,94 @@ def run(args: list[str], python: str = sys.executable, env: dict | None = None) 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(sizes: list[int], steps: int, env: dict) -> dict:
-    results = {}
-    torch_ok = TORCH_PYTHON.exists()
-    if not torch_ok:
-        print(f"PyTorch: skipped ({TORCH_PYTHON} not found; see _torch_embedding_step.py)")
-    for size in sizes:
-        for name in ("dense_adam", *ZOO):
-            if name == "dense_adam" and size > DENSE_LIMIT:
-                results[name, size] = f"skipped (V > {DENSE_LIMIT:.0e}: too big and slow)"
-                continue
-            script = [__file__, "--worker", name, "--size", str(size), "--steps", str(steps)]
-            results[name, size] = run(script, env=env)
+def commands(size: int, steps: int) -> dict[str, list[str] | str]:
+    """Every configuration at one size: its command line, or why it is skipped."""
+    configs = {}
+    for name in ("dense_adam", FLOOR, *ZOO):
+        if name == "dense_adam" and size > DENSE_LIMIT:
+            configs[name] = f"skipped (V > {DENSE_LIMIT:.0e}: too big and slow)"
+        else:
+            configs[name] = [__file__, "--worker", name, "--size", str(size), "--steps", str(steps)]
+    if TORCH_PYTHON.exists():
         for torch_name in TORCH.values():
-            if torch_ok:
-                script = [str(HERE / "_torch_embedding_step.py"), torch_name, str(size)]
-                results[f"torch_{torch_name}", size] = run([*script, str(steps)], TORCH_PYTHON, env)
+            script = str(HERE / "_torch_embedding_step.py")
+            configs[f"torch_{torch_name}"] = [script, torch_name, str(size), str(steps)]
+    return configs
+
+
+def combine(rounds: list[dict | str]) -> dict | str:
+    """One figure from a configuration's rounds: the median time, the highest memory."""
+    done = [r for r in rounds if isinstance(r, dict)]
+    if not done:
+        return rounds[0]
+    return {
+        "ms": statistics.median(r["ms"] for r in done),
+        "ms_rounds": [r["ms"] for r in done],
+        "peak_rss": max(r["peak_rss"] for r in done),
+        "baseline_rss": min(r["baseline_rss"] for r in done),
+        "table_and_state": done[0]["table_and_state"],
+    }
+
+
+def measure(sizes: list[int], steps: int, rounds: int, env: dict) -> dict:
+    """`{(name, size): result}`, each size's configurations run in interleaved rounds."""
+    if not TORCH_PYTHON.exists():
+        print(f"PyTorch: skipped ({TORCH_PYTHON} not found; see _torch_embedding_step.py)")
+    results = {}
+    for size in sizes:
+        configs = commands(size, steps)
+        runs = {name: [] for name in configs}
+        for _ in range(rounds):
+            for name, command in configs.items():
+                if isinstance(command, str):
+                    runs[name].append(command)
+                else:
+                    python = str(TORCH_PYTHON) if name.startswith("torch_") else sys.executable
+                    runs[name].append(run(command, python, env))
+        results |= {(name, size): combine(r) for name, r in runs.items()}
     return results
 
 
+NAMES = ["dense_adam", FLOOR, *ZOO, *(f"torch_{t}" for t in TORCH.values())]
+
+
 def report(results: dict, sizes: list[int]) -> None:
-    names = ["dense_adam", *ZOO, *(f"torch_{t}" for t in TORCH.values())]
-    print(f"\nms/step (median), V x {DIM} float32 table, batch {BATCH} ids")
-    print(f"{'V':>10} " + " ".join(f"{n:>18}" for n in names))
+    ms = {k: r["ms"] for k, r in results.items() if isinstance(r, dict)}
+    print_times(results, sizes)
+    print_targets(ms, sizes)
+    print_floor(ms, sizes)
+    print_memory(results)
+
+
+def print_times(results: dict, sizes: list[int]) -> None:
+    print(f"\nms/step (median of rounds), V x {DIM} float32 table, batch {BATCH} ids")
+    print(f"{'V':>10} " + " ".join(f"{n:>18}" for n in NAMES))
     for size in sizes:
         cells = []
-        for name in names:
+        for name in NAMES:
             r = results.get((name, size), "-")
             cells.append(f"{r['ms']:18.2f}" if isinstance(r, dict) else f"{str(r)[:18]:>18}")
         print(f"{size:>10.0e} " + " ".join(cells))
+    print("Each round's median ms/step:")
     for (name, size), r in results.items():
-        if isinstance(r, str) and r != "-":
+        if isinstance(r, dict):
+            print(f"  {name:>18} V={size:.0e}: " + " ".join(f"{x:.2f}" for x in r["ms_rounds"]))
+        elif r != "-":
             print(f"  {name} at V={size:.0e}: {r}")
-    ms = {k: r["ms"] for k, r in results.items() if isinstance(r, dict)}
+
+
+def growth(ms: dict, name: str, sizes: list[int]) -> str | None:
     small, large = min(sizes), max(sizes)
+    if (name, small) in ms and (name, large) in ms:
+        return f"V={large:.0e} / V={small:.0e} = {ms[name, large] / ms[name, small]:.2f}x"
+    return None
+
+
+def print_targets(ms: dict, sizes: list[int]) -> None:
     print("\nTargets:")
     for name in ZOO:
-        if (name, small) in ms and (name, large) in ms:
-            ratio = ms[name, large] / ms[name, small]
-            print(f"  zoo {name}: V={large:.0e} / V={small:.0e} = {ratio:.2f}x (target <= 1.5)")
+        if ratio := growth(ms, name, sizes):
+            print(f"  zoo {name}: {ratio} (target <= 1.5)")
     for name, torch_name in TORCH.items():
         target = "<= 1.0" if name == "sgd" else "<= 0.5"
         for size in sizes:
@@ -155,6 +250,22 @@ def report(results: dict, sizes: list[int]) -> None:
             if (name, size) in ms and ("dense_adam", size) in ms:
                 speedup = ms["dense_adam", size] / ms[name, size]
                 print(f"  dense Adam / zoo {name} at V={size:.0e}: {speedup:.0f}x (>= 200 at 1e6)")
+
+
+def print_floor(ms: dict, sizes: list[int]) -> None:
+    """The same ratios for the floor: what no JAX step of this model can beat here."""
+    print(f"\nThe floor ({FLOOR}: one gather, one scatter-add) and PyTorch's own growth:")
+    for name in (FLOOR, *(f"torch_{t}" for t in TORCH.values())):
+        if ratio := growth(ms, name, sizes):
+            print(f"  {name}: {ratio}")
+    pairs = [("dense_adam", FLOOR), (FLOOR, "torch_sgd"), *((name, FLOOR) for name in ZOO)]
+    for size in sizes:
+        for a, b in pairs:
+            if (a, size) in ms and (b, size) in ms:
+                print(f"  {a} / {b} at V={size:.0e}: {ms[a, size] / ms[b, size]:.2f}x")
+
+
+def print_memory(results: dict) -> None:
     print("\nPeak RSS / (table + optimizer state) bytes (target <= 1.1 at V=1e7):")
     for (name, size), r in results.items():
         if isinstance(r, dict) and "table_and_state" in r:
@@ -170,6 +281,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1e4,1e6,1e7", help="table sizes V, comma-separated")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per configuration")
     parser.add_argument("--plot", type=pathlib.Path, help="also draw ms/step against V to a PNG")
     parser.add_argument(
         "--huge-pages",
@@ -184,8 +296,8 @@ def main() -> None:
         return
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     env = HUGE_PAGES if args.huge_pages else {}
-    print(f"{os.cpu_count()} CPUs; {args.steps} timed steps per configuration; env {env}")
-    results = measure(sizes, args.steps, env)
+    print(f"{os.cpu_count()} CPUs; {args.rounds} rounds of {args.steps} timed steps; env {env}")
+    results = measure(sizes, args.steps, args.rounds, env)
     report(results, sizes)
     if args.plot:
         plot(results, sizes, args.plot)
@@ -199,13 +311,14 @@ def plot(results: dict, sizes: list[int], path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.2))
-    for name in ["dense_adam", *ZOO, *(f"torch_{t}" for t in TORCH.values())]:
+    for name in NAMES:
         points = [
             (v, results[name, v]["ms"]) for v in sizes if isinstance(results.get((name, v)), dict)
         ]
         if points:
-            style = "--" if name.startswith("torch") else "-"
-            axis.plot(*zip(*points, strict=True), style, marker="o", label=name)
+            style = ":" if name == FLOOR else "--" if name.startswith("torch") else "-"
+            label = name if name.startswith(("torch", "dense", FLOOR)) else f"zoo_{name}"
+            axis.plot(*zip(*points, strict=True), style, marker="o", label=label)
     axis.set(
         xscale="log",
         yscale="log",
