@@ -46,6 +46,9 @@ def scrambled(tree, seed: int = 0):
             return jax.random.wrap_key_data(bits, impl=jax.random.key_impl(leaf))
         if np.issubdtype(leaf.dtype, np.integer):
             values = rng.integers(0, 100, leaf.shape).astype(leaf.dtype)
+        elif np.issubdtype(leaf.dtype, np.complexfloating):
+            pair = rng.standard_normal((2, *leaf.shape))
+            values = (pair[0] + 1j * pair[1]).astype(leaf.dtype)
         else:
             values = rng.standard_normal(leaf.shape).astype(leaf.dtype)
         return values if isinstance(leaf, np.ndarray) else jnp.asarray(values)

@@ -119,10 +119,11 @@ def test_a_train_state_with_adam_round_trips(tmp_path, getkey):
     assert jnp.array_equal(jax.random.key_data(loaded.key), jax.random.key_data(state.key))
 
 
-def test_a_train_state_with_a_sparse_partition_round_trips(tmp_path, getkey):
+@pytest.mark.parametrize("embeddings", ["rowwise_adagrad", "lazy_adam"])  # lazy Adam's is complex
+def test_a_train_state_with_a_sparse_partition_round_trips(tmp_path, getkey, embeddings):
     model = _UserModel(6, key=getkey())
     optimizer = zoo.sparse.partition(
-        dense=optax.adam(1e-3), embeddings=zoo.sparse.rowwise_adagrad(0.1)
+        dense=optax.adam(1e-3), embeddings=getattr(zoo.sparse, embeddings)(0.1)
     )
     counters = [jnp.array(n, jnp.int32) for n in (5, 1, 2)]
     state = zoo.TrainState(model, optimizer.init(model), *counters, getkey())

@@ -226,6 +226,31 @@ def test_lazy_adam_equals_a_numpy_reference(getkey):
     assert int(state.count) == 5
 
 
+def test_lazy_adam_keeps_float32_moments_for_a_bfloat16_table(getkey):
+    # In bfloat16, 0.999 * v rounds back to v: bfloat16 moments would never decay.
+    table16 = zoo.Embedding(NUM_ITEMS, DIM, combiner="sum", dtype=jnp.bfloat16, key=getkey())
+    table32 = eqx.tree_at(lambda e: e.weight, table16, table16.weight.astype(jnp.float32))
+    target = jax.random.normal(getkey(), (6, DIM))
+    batches = [jax.random.randint(getkey(), (6, 3), 0, NUM_ITEMS) for _ in range(4)]
+
+    def loss_fn(emb, ids):
+        return jnp.sum((jax.vmap(emb)(ids).astype(jnp.float32) - target) ** 2)
+
+    opt = zoo.sparse.lazy_adam(0.01)
+    step = sparse_step(opt, loss_fn)
+    trained = []
+    for emb in (table16, table32):
+        state = opt.init(emb)
+        for ids in batches:
+            emb, state, _ = step(emb, state, ids)
+        trained.append((emb, state))
+    (emb16, state16), (emb32, state32) = trained
+    assert emb16.weight.dtype == jnp.bfloat16
+    assert state16.mu.weight.dtype == state16.nu.weight.dtype == jnp.float32
+    np.testing.assert_allclose(state16.nu.weight, state32.nu.weight, rtol=0.05, atol=1e-4)
+    np.testing.assert_allclose(emb16.weight.astype(jnp.float32), emb32.weight, atol=0.02)
+
+
 def test_schedule_learning_rate(getkey):
     emb = zoo.Embedding(5, 2, key=getkey())
     opt = zoo.sparse.sgd(optax.linear_schedule(1.0, 0.0, transition_steps=2))
