@@ -59,9 +59,9 @@ class LazyAdamState(NamedTuple):
     (complex128 for a float64 table). Read them as `state.mu` and `state.nu`.
 
     Why complex: a step gathers and scatters the moments of random rows, which is most of its
-    time, and XLA's CPU gather and scatter move a row one element at a time. An 8-byte element
-    carrying both moments moves a row's moments 2-4x faster than two float32s side by side,
-    and in one access instead of two separate arrays' two.
+    time, and XLA's CPU gather and scatter move a row one element at a time. A row of 8-byte
+    elements, each carrying both moments, moves 2-4x faster than the same bytes as float32s,
+    and one array costs one access per row where separate `m` and `v` would cost two.
     """
 
     count: Int[Array, ""]
