@@ -196,6 +196,25 @@ def test_lookup_inside_while_loop_is_a_clear_error(getkey):
         zoo.sparse.value_and_grad(loss_fn)(emb, jnp.array([1, 2]))
 
 
+@pytest.mark.parametrize("embeddings", ["sgd", "rowwise_adagrad"])
+@pytest.mark.parametrize("read", ["matmul", "shape"])
+def test_reading_a_table_directly_names_the_table_and_the_fix(getkey, embeddings, read):
+    model = Recommender(getkey())
+    opt = zoo.sparse.partition(
+        dense=optax.sgd(0.1), embeddings=getattr(zoo.sparse, embeddings)(0.1)
+    )
+
+    def tied_loss(model, batch):
+        h = model.head(model.users(batch["user"][0]))
+        if read == "shape":
+            return jnp.sum(h) * model.items.weight.shape[0]
+        return jnp.sum(h @ model.items.weight.T)  # weight tying: a dense read of the table
+
+    step = jax.jit(zoo.sparse.value_and_update(tied_loss, opt))
+    with pytest.raises((TypeError, AttributeError), match=r"model\.items.* read directly.*dense"):
+        step(model, opt.init(model), make_batch(getkey()))
+
+
 def test_a_model_holding_a_ref_is_refused_with_the_fix(getkey):
     model = Recommender(getkey())
     opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=zoo.sparse.sgd(0.1))

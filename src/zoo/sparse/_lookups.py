@@ -15,6 +15,7 @@ Two passes, both inside the caller's trace:
 Under `jax.jit` XLA keeps of the recording pass only what computes the ids.
 """
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -99,15 +100,17 @@ def tables(model) -> list[Embedding]:
     return [x for x in jax.tree.leaves(model, is_leaf=is_embedding) if is_embedding(x)]
 
 
-def swap_tables(view: Callable[..., Any], model, *others):
-    """`model` with each `Embedding.weight` replaced by `view(embedding, *matching_others)`."""
+def swap_tables(view: Callable[..., TableView], model, *others):
+    """`model` with each `Embedding.weight` replaced by `view(embedding, *matching_others)`,
+    told where in `model` its table is (for error messages)."""
 
-    def swap(node, *rest):
+    def swap(path, node, *rest):
         if not is_embedding(node):
             return node
-        return eqx.tree_at(lambda e: e.weight, node, view(node, *rest))
+        named = dataclasses.replace(view(node, *rest), where=f"model{jax.tree_util.keystr(path)}")
+        return eqx.tree_at(lambda e: e.weight, node, named)
 
-    return jax.tree.map(swap, model, *others, is_leaf=is_embedding)
+    return jax.tree_util.tree_map_with_path(swap, model, *others, is_leaf=is_embedding)
 
 
 def _with_markers(model, make_marker: Callable[[Embedding], _Marker]):
