@@ -1,11 +1,11 @@
-"""Training curves as a PNG, with matplotlib's file-only backend (no display needed)."""
+"""Training curves as a PNG, drawn with matplotlib's object API.
+
+matplotlib is imported on the first plot, not with zoo, and `matplotlib.figure.Figure` draws
+straight to a file: no global backend is chosen and no pyplot state is touched, so a notebook
+user's own plots keep showing.
+"""
 
 import pathlib
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 
 def plot_history(history: dict, path: str | pathlib.Path) -> pathlib.Path:
@@ -24,12 +24,15 @@ def plot_history(history: dict, path: str | pathlib.Path) -> pathlib.Path:
 
     The path written.
     """
+    from matplotlib.figure import Figure
+
     path = pathlib.Path(path)
     epochs = history["epoch"]
     panels = {"train loss": history["train"]["loss"]} | {
         f"eval {name}": values for name, values in history["eval"].items()
     }
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    figure = Figure(figsize=(4 * len(panels), 3.2))
+    axes = figure.subplots(1, len(panels), squeeze=False)
     for axis, (title, values) in zip(axes[0], panels.items(), strict=True):
         axis.plot(epochs, values, marker="o", label="model")
         _draw_baselines(axis, history.get("baselines", {}), title.removeprefix("eval "))
@@ -38,7 +41,6 @@ def plot_history(history: dict, path: str | pathlib.Path) -> pathlib.Path:
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 
