@@ -28,3 +28,14 @@ def test_plot_history_leaves_pyplot_alone(tmp_path):
     path = zoo.plot_history(history, tmp_path / "curve.png")
     assert path.stat().st_size > 0
     assert (matplotlib.get_backend(), plt.get_fignums()) == (backend, figures)
+
+
+def test_the_distribution_equinox_zoo_provides_zoo_at_its_version():
+    from importlib import metadata
+
+    import zoo
+
+    assert metadata.version("equinox-zoo") == zoo.__version__
+    assert "zoo = zoo._cli:main" in metadata.distribution("equinox-zoo").read_text(
+        "entry_points.txt"
+    )
