@@ -20,6 +20,7 @@ from ._per_example import (
     per_example_grads as per_example_grads,
 )
 from ._plots import plot_history as plot_history
+from ._rebuild import Rebuildable as Rebuildable
 from ._serialization import load as load, save as save
 from ._training._state import TrainState as TrainState
 from ._training._train import train as train

@@ -18,6 +18,13 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+def activation_argument(
+    function: Callable[[jax.Array], jax.Array],
+) -> str | Callable[[jax.Array], jax.Array]:
+    """The name `function` goes by in `ACTIVATIONS`, or `function` itself if it has none."""
+    return next((name for name, f in ACTIVATIONS.items() if f is function), function)
+
+
 def resolve_activation(
     activation: str | Callable[[jax.Array], jax.Array], *, argument: str
 ) -> Callable[[jax.Array], jax.Array]:

@@ -73,7 +73,7 @@ def default_init(key: PRNGKeyArray, shape: tuple[int, int], dtype) -> Array:
     return jax.lax.fori_loop(0, -(-rows // block), fill, jnp.zeros(shape, dtype))
 
 
-class Embedding(Rebuildable, saved_as="zoo.Embedding", ignore=("init",)):
+class Embedding(Rebuildable, saved_as="zoo.Embedding"):
     """A table of `num_embeddings` vectors of size `embedding_dim`, looked up by integer ids.
 
     Lookups of any integer shape return `(*ids.shape, embedding_dim)`. With a `combiner`, the last
@@ -149,6 +149,10 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding", ignore=("init",)):
         self.embedding_dim = embedding_dim
         self.padding_idx = padding_idx
         self.combiner = combiner
+
+    def rebuild_arguments(self) -> dict:
+        """The constructor arguments of this table, for `zoo.save` (see `zoo.Rebuildable`)."""
+        return super().rebuild_arguments() | {"dtype": self.weight.dtype}
 
     def __call__(self, ids: Int[Array, "..."], *, key: PRNGKeyArray | None = None) -> Array:
         """**Arguments:**

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._activations import resolve_activation
+from ._activations import activation_argument, resolve_activation
 from ._custom_types import DTypeLike
 from ._rebuild import Rebuildable
 
@@ -113,6 +113,16 @@ class MLP(Rebuildable, saved_as="zoo.MLP"):
         self.activation = resolve_activation(activation, argument="activation")
         self.final_activation = resolve_activation(final_activation, argument="final_activation")
         self.dropout = float(dropout)
+
+    def rebuild_arguments(self) -> dict:
+        """The constructor arguments of this MLP, for `zoo.save` (see `zoo.Rebuildable`)."""
+        first = self.layers[0]
+        return super().rebuild_arguments() | {
+            "activation": activation_argument(self.activation),
+            "final_activation": activation_argument(self.final_activation),
+            "use_bias": first.use_bias,
+            "dtype": first.weight.dtype,
+        }
 
     def __call__(
         self, x: Float[Array, " in_size"], *, key: PRNGKeyArray | None = None

@@ -1,26 +1,26 @@
-"""How zoo models record their constructor arguments, so that a saved model loads with no template.
+"""How a model is rebuilt from its own hyperparameters: saved models load with no template.
 
-A model class opts in with one line, by subclassing `Rebuildable` with a stable name:
+A model class opts in by subclassing `zoo.Rebuildable` with a stable name:
 
 ```python
-class TwoTower(Rebuildable, saved_as="zoo.TwoTower"):
+class TwoTower(zoo.Rebuildable, saved_as="zoo.TwoTower"):
     ...
 ```
 
-Each instance then carries a `Recipe` (its class's name and its constructor arguments as
-canonical JSON) in a static field: the model's array leaves do not change, and the recipe
-survives `jax.tree.map`, `eqx.tree_at`, `jax.jit` and training, which rebuild modules without
-calling `__init__`. `zoo.load` rebuilds the skeleton with `eqx.filter_eval_shape(cls, **arguments)`
-(no memory for the weights) and fills it with the saved arrays.
+Nothing is added to the model's pytree: two models of one architecture are one pytree
+structure however they were built. When `zoo.save` writes a model it asks the model for its
+constructor arguments, `model.rebuild_arguments()`, derived from its fields (its
+hyperparameters, and the shapes and dtypes of its arrays), and records them as JSON.
+`zoo.load` rebuilds the skeleton with `eqx.filter_eval_shape(cls, **arguments)` (no memory for
+the weights) and fills it with the saved arrays.
 """
 
 import dataclasses
-import functools
 import inspect
 import json
 import reprlib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import equinox as eqx
@@ -42,8 +42,8 @@ _NAMES: dict[type, str] = {}
 class Recipe:
     """How to rebuild a module: its class's registered name and constructor arguments.
 
-    Hashable and compared by value, as a static field must be. `arguments` is canonical JSON, or
-    `None` when an argument cannot be recorded; `problem` then says which.
+    `arguments` is canonical JSON, or `None` when an argument cannot be recorded; `problem`
+    then says which.
     """
 
     name: str
@@ -52,34 +52,60 @@ class Recipe:
 
 
 class Rebuildable(eqx.Module):
-    """Mixin for zoo models that `zoo.load` can rebuild from their constructor arguments.
+    """Subclass this for models that `zoo.load` rebuilds with no template.
 
     **Class arguments:**
 
     - `saved_as`: the name saves record for the class (default `module.qualname`): keep it
       stable across refactors, or old saves stop loading without a template.
-    - `ignore`: constructor arguments that do not affect the model's structure and cannot be
-      recorded, such as an initialiser function; they take their defaults when rebuilt.
 
-    `key` is never recorded. Arguments are recorded when they are JSON values (numbers,
-    strings, `None`, sequences and string-keyed mappings of them) or dtypes; any other argument
-    (a callable activation, say) makes that instance loadable only with `zoo.load(..., like=)`.
+    A save records `model.rebuild_arguments()`: by default, every argument of the class's
+    `__init__` (but `key`) that is also a field of the model, under the same name, such as its
+    static hyperparameters. Arguments that leave no field take their defaults when the model is
+    rebuilt, which is right for those that shape no array (an initialiser, say); override
+    `rebuild_arguments` for the others (a dtype read off an array, a flag that decides whether a
+    layer exists). `zoo.save` rebuilds the model's skeleton from the arguments and compares it
+    with the model's arrays, so arguments that do not rebuild it are caught at save time: the
+    save then records why, and `zoo.load` needs `like=`.
+
+    Arguments are recorded when they are JSON values (numbers, strings, `None`, sequences and
+    string-keyed mappings of them) or dtypes.
+
+    Nothing is stored in the model: `Rebuildable` adds no field, so the model's pytree holds
+    its arrays and hyperparameters only.
+
+    !!! example
+
+        ```python
+        class Scorer(zoo.Rebuildable, saved_as="mylab.Scorer"):
+            embedding: zoo.Embedding
+            size: int = eqx.field(static=True)
+
+            def __init__(self, size: int, *, key):
+                self.embedding = zoo.Embedding(size, 8, key=key)
+                self.size = size
+
+        zoo.save("runs/scorer", Scorer(100, key=jax.random.key(0)))
+        zoo.load("runs/scorer")  # rebuilt as Scorer(size=100, key=...)
+        ```
     """
 
-    zoo_recipe: Recipe | None = eqx.field(default=None, static=True, repr=False, kw_only=True)
-
-    def __init_subclass__(
-        cls, *, saved_as: str | None = None, ignore: tuple[str, ...] = (), **kwargs
-    ):
+    def __init_subclass__(cls, *, saved_as: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
         # (Not `name=`: Equinox's metaclass takes that for the class's own name.)
         name = f"{cls.__module__}.{cls.__qualname__}" if saved_as is None else saved_as
         _register(cls, name)
-        init = cls.__dict__.get("__init__")
-        if init is not None:  # else it inherits a recording __init__, which records type(self)
-            signature = inspect.signature(init)
-            _check_ignorable(cls, signature, ignore)
-            cls.__init__ = _recording(init, signature, frozenset(ignore) | {_KEY_ARGUMENT})
+
+    def rebuild_arguments(self) -> dict[str, Any]:
+        """The constructor arguments, all but `key`, that build a model of this one's
+        structure: each argument of `__init__` that is also a field of the model."""
+        fields = {field.name for field in dataclasses.fields(self)}
+        parameters = inspect.signature(type(self).__init__).parameters
+        return {
+            name: getattr(self, name)
+            for name in parameters
+            if name in fields and name not in ("self", _KEY_ARGUMENT)
+        }
 
 
 def _register(cls: type, name: str) -> None:
@@ -93,31 +119,6 @@ def _register(cls: type, name: str) -> None:
 
 def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _check_ignorable(cls: type, signature: inspect.Signature, ignore: tuple[str, ...]) -> None:
-    for argument in ignore:
-        parameter = signature.parameters.get(argument)
-        if parameter is None or parameter.default is inspect.Parameter.empty:
-            raise TypeError(
-                f"{cls.__qualname__}: ignore={ignore!r} names {argument!r}, which is not an "
-                "argument of __init__ with a default; an ignored argument takes its default when "
-                "the model is rebuilt."
-            )
-
-
-def _recording(init: Callable, signature: inspect.Signature, ignore: frozenset[str]) -> Callable:
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        # The outermost __init__ finishes last, so a subclass's recipe wins over its parent's.
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()  # recorded, so a later change of a default cannot alter a rebuild
-        _, *arguments = bound.arguments.items()  # all but `self`
-        arguments = {k: v for k, v in arguments if k not in ignore}
-        self.zoo_recipe = _recipe(name_of(type(self)), arguments)
-
-    return __init__
 
 
 def _recipe(name: str, arguments: dict[str, Any]) -> Recipe:
@@ -190,8 +191,16 @@ def name_of(cls: type) -> str:
 
 
 def recipe_of(module: Any) -> Recipe | None:
-    """The recipe of a rebuildable module, else `None`."""
-    return module.zoo_recipe if isinstance(module, Rebuildable) else None
+    """How to rebuild a `Rebuildable` module from its constructor arguments, else `None`."""
+    if not isinstance(module, Rebuildable):
+        return None
+    # A subclass whose __init__ takes fewer arguments than its parent's gets only its own.
+    parameters = inspect.signature(type(module).__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    arguments = module.rebuild_arguments()
+    if not takes_any:
+        arguments = {name: value for name, value in arguments.items() if name in parameters}
+    return _recipe(name_of(type(module)), arguments)
 
 
 def rebuild_skeleton(name: str, arguments: str) -> Any:
