@@ -163,9 +163,6 @@ class ArrayFileHandler(ocp.type_handlers.NumpyHandler):
     host before `serialize` returns, so training can go on.
     """
 
-    # Orbax keeps a store of per-array metadata for sharded arrays; a `.npy` header has it all.
-    _array_metadata_store = None
-
     def __init__(self):
         super().__init__(deepcopy_host_arrays=False)
 
