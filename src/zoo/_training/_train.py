@@ -22,13 +22,18 @@ from .._losses import resolve_loss
 from .._metrics import Metric, resolve_metrics
 from ..distributed._routing import routing_for
 from ..distributed._trainer import Placement, shard_training, training_mesh
+from ._accumulation import accumulating, check_accumulate
 from ._checkpointing import Saver
 from ._dataset import checked_dataset, gather, host_rows, nbytes, num_examples
+from ._early_stopping import EarlyStopping
 from ._history import current_learning_rate, new_history, record_epoch
+from ._logs import EpochLogs, check_logging
+from ._precision import check_precision, with_precision
 from ._programs import Programs, StepTotals, make_train_step
 from ._progress import progress_bar
-from ._rules import rule_for
-from ._state import TrainState, initial_state
+from ._rules import DENSE, rule_for
+from ._state import TrainState, initial_state, validation_key
+from ._validation import check_validation_split, split_validation
 
 LastBatch = Literal["keep", "drop"]
 
@@ -68,6 +73,13 @@ def train(
     resume: bool = False,
     mesh: Mesh | None = None,
     eval_fn: Callable[[eqx.Module], Mapping[str, float]] | None = None,
+    validation_split: float | None = None,
+    stratify: bool = False,
+    early_stopping: EarlyStopping | None = None,
+    precision: str = "float32",
+    accumulate: int = 1,
+    log_dir: str | os.PathLike | None = None,
+    tensorboard: bool = False,
 ) -> tuple[eqx.Module, dict]:
     """Trains `model` on `data` and returns the trained model and its history.
 
@@ -154,17 +166,34 @@ def train(
     _check_checkpointing(checkpoint_dir, checkpoint_every, resume)
     if on_nonfinite not in ("raise", "skip"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'skip'; got {on_nonfinite!r}.")
-    loss_fn = resolve_loss(loss)
+    check_validation_split(validation_split, stratify, data, eval_data)
+    check_precision(precision)
+    check_logging(log_dir, tensorboard)
+    _check_early_stopping(early_stopping)
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     _check_optimizer(optimizer)
+    rule = rule_for(optimizer)
+    check_accumulate(accumulate, batch_size, rule)
+    _check_precision_for(rule, precision)
+    loss_fn = with_precision(resolve_loss(loss), precision)
     if metrics is None:
         metrics = _DEFAULT_METRICS.get(loss, ()) if isinstance(loss, str) else ()
-    resolve_metrics(metrics)  # fail on a bad name before any training, not after an epoch
-    eval_arrays = None if eval_data is None else checked_dataset(eval_data, argument="eval_data")
+    # Fail on a bad name before any training, not after an epoch.
+    metric_names = list(resolve_metrics(metrics))
     key = jax.random.key(0) if key is None else key
+    if validation_split is not None:
+        arrays = checked_dataset(data, argument="data")
+        data, eval_data = split_validation(
+            arrays, validation_split, stratify=stratify, key=validation_key(key)
+        )
+    eval_arrays = None if eval_data is None else checked_dataset(eval_data, argument="eval_data")
+    if early_stopping is not None:
+        early_stopping.check_monitor(
+            _eval_names(model, eval_arrays, metric_names, eval_fn, early_stopping.monitor)
+        )
     mesh = None if mesh is None else training_mesh(mesh, batch_size)
 
-    rule = rule_for(optimizer)
+    rule = accumulating(rule, accumulate)
     make_step = functools.partial(
         make_train_step, loss_fn, optimizer, skip_nonfinite=on_nonfinite == "skip"
     )
@@ -190,6 +219,9 @@ def train(
             _check_class_labels(model, arrays, argument)
 
     saver = Saver(checkpoint_dir, checkpoint_every, keep)
+    keep_best = early_stopping is not None and early_stopping.restore_best
+    if keep_best:
+        saver.best_model = _copied(dynamic.model)  # the start, until an epoch improves on it
     totals, history = StepTotals.zeros(), new_history()
     if resume:
         restored = saver.restore(dynamic, totals)
@@ -198,6 +230,8 @@ def train(
     if runner.skipped_per_epoch:
         history["skipped_examples_per_epoch"] = runner.skipped_per_epoch
     saver.history = history
+    logs = EpochLogs(log_dir, tensorboard)
+    logs.start(history)
 
     first_epoch = int(dynamic.epoch)
     remaining = (
@@ -208,6 +242,8 @@ def train(
     try:
         with progress_bar(remaining, progress, epochs) as bar:
             for epoch in range(first_epoch, epochs):
+                if early_stopping is not None and _decision(early_stopping, history).stop:
+                    break  # a resumed run that had already stopped
                 bar.set_description(f"epoch {epoch + 1}/{epochs}")
                 start = time.perf_counter()
                 dynamic, totals = runner.run(dynamic, totals, bar, saver)
@@ -233,14 +269,64 @@ def train(
                     opt_state=state.opt_state,
                     eval_metrics=eval_metrics,
                 )
+                if keep_best and _decision(early_stopping, history).best_epoch == epoch + 1:
+                    saver.best_model = _copied(dynamic.model)
                 saver.after_epoch(int(state.step), dynamic)
+                logs.after_epoch(history)
                 totals = StepTotals.zeros()
                 bar.set_postfix(_postfix(history))
                 if on_epoch is not None:
                     on_epoch(history)
+                if early_stopping is not None and _decision(early_stopping, history).stop:
+                    break
     finally:
         saver.close()  # waits for background saves: a returned or raised train has saved
+        logs.close()
+    if early_stopping is None:
+        return programs.combine(dynamic).model, history
+    decision = _decision(early_stopping, history)
+    history["best_epoch"] = decision.best_epoch
+    history["stop_reason"] = "early_stopping" if decision.stop else "epochs"
+    if keep_best and decision.best_epoch > 0:
+        dynamic = eqx.tree_at(lambda s: s.model, dynamic, saver.best_model)
     return programs.combine(dynamic).model, history
+
+
+def _decision(early_stopping: EarlyStopping, history: dict):
+    return early_stopping.decide(history["eval"].get(early_stopping.monitor, []))
+
+
+def _copied(tree):
+    """A copy of the arrays of `tree`, whose own buffers the next compiled run donates."""
+    return jax.tree.map(jnp.copy, tree)
+
+
+def _eval_names(model, eval_arrays, metric_names, eval_fn, monitor) -> list[str]:
+    """The names the per-epoch evaluation records, known before training.
+
+    `eval_fn`'s names are known only by calling it: it runs once on the untrained model, and
+    only when the monitored name is not among the metrics.
+    """
+    names = metric_names if eval_arrays is not None else []
+    if monitor not in names and eval_fn is not None:
+        names = [*names, *eval_fn(model)]
+    return names
+
+
+def _check_early_stopping(early_stopping) -> None:
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise TypeError(
+            "early_stopping must be a zoo.EarlyStopping, such as "
+            f"zoo.EarlyStopping(monitor='accuracy', patience=3); got {early_stopping!r}."
+        )
+
+
+def _check_precision_for(rule, precision: str) -> None:
+    if precision != "float32" and rule is not DENSE:
+        raise ValueError(
+            f"precision={precision!r} does not work with zoo.sparse optimizers yet (their "
+            "embedding lookups read the float32 tables); use precision='float32' with them."
+        )
 
 
 def _next_epoch(dynamic: TrainState) -> TrainState:
