@@ -142,6 +142,34 @@ def train(
       of the dict it returns are recorded in `history["eval"]` beside the metrics. For
       evaluations that are not averages over examples, such as ranking metrics
       (`lambda model: zoo.recsys.evaluate_ranking(model, train, test)["model"]`).
+    - `validation_split`: a fraction in (0, 1) of `data` (a mapping of arrays) held out as the
+      eval set, in place of `eval_data`. The rows are drawn by `key` (its own stream, apart
+      from the shuffles), so the same key holds out the same rows; both sides are disjoint.
+    - `stratify`: with `validation_split`, hold out that fraction of each class of `data["y"]`
+      (integer labels), so both sides keep the class proportions.
+    - `early_stopping`: a [`zoo.EarlyStopping`][]: stop once the monitored eval figure has not
+      improved for `patience` epochs, and return the best epoch's model, bit-identical to a run
+      of exactly that many epochs. The monitored name is checked before any training.
+      `history["best_epoch"]` and `history["stop_reason"]` (`"early_stopping"` or
+      `"epochs"`) say what happened. Checkpoints hold the best model too, so a resumed run
+      stops at the same epoch with the same model.
+    - `precision`: `"float32"`, or `"bfloat16"` for mixed precision: parameters and optimizer
+      state stay float32; at the start of the loss the model's floating leaves and the batch's
+      floating arrays are cast to bfloat16, so the forward and backward passes compute in
+      bfloat16, and the gradients arrive in float32 (bfloat16 has float32's range, so no loss
+      scaling is needed). Not with `zoo.sparse` optimizers.
+    - `accumulate`: micro-batches per optimizer step. Each batch of `batch_size` examples
+      (which `accumulate` must divide) is taken as `accumulate` slices one after another, and
+      the step uses the mean of their gradients: the same step, to float rounding, with the
+      activations of only `batch_size / accumulate` examples in memory at a time. An epoch's
+      last, smaller batch is taken whole when `accumulate` does not divide it. Not with
+      `zoo.sparse` optimizers.
+    - `log_dir`: a folder for logs: each epoch's figures are appended to
+      `log_dir/history.jsonl`, one JSON object a line (`{"epoch": 1, "step": ..., "time": ...,
+      "train/loss": ..., "eval/accuracy": ...}`). A resumed run rewrites it from its
+      checkpoint's history first, so each epoch appears once.
+    - `tensorboard`: also write TensorBoard event files into `log_dir` (the same figures,
+      by epoch), with `tensorboardX` (`pip install 'zoo[tensorboard]'`).
 
     **Returns:**
 
@@ -149,7 +177,8 @@ def train(
     `history["train"]["grad_norm"]` (mean global gradient norm),
     `history["train"]["learning_rate"]` (that of the epoch's last step, when recorded),
     `history["eval"][metric]`, `history["time"]` (seconds of training per epoch),
-    `history["epoch"]` and `history["step"]`.
+    `history["epoch"]` and `history["step"]`; with `early_stopping`, also
+    `history["best_epoch"]` and `history["stop_reason"]`.
 
     **Example:**
 
@@ -160,6 +189,17 @@ def train(
                                epochs=10, batch_size=64, eval_data=zoo.data.digits("test"),
                                key=jax.random.key(1))
     print(history["eval"]["accuracy"][-1])
+    ```
+
+    Fit-style: hold out a tenth of the data, compute in bfloat16, stop when the held-out
+    accuracy has not improved for 3 epochs, keep the best model, and log for TensorBoard:
+
+    ```python
+    model, history = zoo.train(model, zoo.data.digits("train"), epochs=100, batch_size=64,
+                               validation_split=0.1, stratify=True, precision="bfloat16",
+                               early_stopping=zoo.EarlyStopping("accuracy", patience=3),
+                               log_dir="runs/digits", tensorboard=True)
+    print(history["best_epoch"], history["stop_reason"])
     ```
     """
     _check_hyperparameters(epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk)
