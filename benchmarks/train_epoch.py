@@ -18,11 +18,12 @@ floor is the epoch's FLOPs over a matmul peak measured in the same run.
     uv run python benchmarks/train_epoch.py                      # batch 32, 128, 1024
     uv run python benchmarks/train_epoch.py --batch-sizes 128 --rounds 1
 
-With `--precision`, instead: `zoo.train` in float32 and with `precision="bfloat16"` side by side
-(rounds interleaved), each trained `--epochs` epochs from the same key: median s/epoch (first
-epoch excluded) and the final MNIST test accuracy of each.
+With `--precision`, instead: `zoo.train` in float32 and with `precision="bfloat16"` (and any
+other of `--precisions`) side by side, rounds interleaved, each trained `--epochs` epochs from
+the same key: median s/epoch (first epoch excluded) and the final MNIST test accuracy of each.
 
     uv run python benchmarks/train_epoch.py --precision --batch-sizes 128 --epochs 5
+    uv run python benchmarks/train_epoch.py --precision --precisions float32,bfloat16,float16
 """
 
 import argparse
@@ -115,11 +116,11 @@ def run_zoo_precision(data, test, batch_size, epochs, precision):
     return history["time"], history["eval"]["accuracy"][-1]
 
 
-def compare_precisions(data, test, batch_sizes, epochs, rounds) -> None:
-    print(f"\nzoo.train, float32 against bfloat16: {epochs} epochs per run, {rounds} round(s)")
+def compare_precisions(data, test, batch_sizes, precisions, epochs, rounds) -> None:
+    print(f"\nzoo.train in {', '.join(precisions)}: {epochs} epochs per run, {rounds} round(s)")
     print(f"  device: {jax.devices()[0].device_kind}")
     for batch_size in batch_sizes:
-        times = {"float32": [], "bfloat16": []}
+        times = {precision: [] for precision in ("float32", *precisions)}
         accuracy = {}
         for _ in range(rounds):
             for precision in times:
@@ -135,8 +136,9 @@ def compare_precisions(data, test, batch_sizes, epochs, rounds) -> None:
                 f"  {precision:9s} {seconds:7.3f} s   {seconds / base:5.2f}x   "
                 f"accuracy {accuracy[precision]:.4f}"
             )
-        gap = 100 * (accuracy["float32"] - accuracy["bfloat16"])
-        print(f"  float32 - bfloat16 accuracy = {gap:+.2f} points (target <= 0.3)")
+        for precision in list(times)[1:]:
+            gap = 100 * (accuracy["float32"] - accuracy[precision])
+            print(f"  float32 - {precision} accuracy = {gap:+.2f} points (target <= 0.3)")
 
 
 def run_hand_fused(data, batch_size, epochs):
@@ -267,15 +269,17 @@ def main() -> None:
         "--data-dir", type=pathlib.Path, default=HERE.parent.parent / "shared" / "data" / "mnist"
     )
     parser.add_argument(
-        "--precision", action="store_true", help="compare float32 and bfloat16 instead"
+        "--precision", action="store_true", help="compare float32 and --precisions instead"
     )
+    parser.add_argument("--precisions", default="bfloat16", help="compared with float32")
     args = parser.parse_args()
 
     data = load_mnist(args.data_dir)
     if args.precision:
         test = load_mnist(args.data_dir, "test")
         batch_sizes = list(map(int, args.batch_sizes.split(",")))
-        compare_precisions(data, test, batch_sizes, args.epochs, args.rounds)
+        precisions = [p for p in args.precisions.split(",") if p != "float32"]
+        compare_precisions(data, test, batch_sizes, precisions, args.epochs, args.rounds)
         return
     floor = epoch_flops(len(data["y"])) / matmul_peak_flops()
     print(

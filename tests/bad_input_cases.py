@@ -407,7 +407,7 @@ CASES: list[Case] = [
         "an unknown precision",
         _train(precision="float8"),
         ValueError,
-        "precision must be one of 'float32', 'bfloat16'; got 'float8'",
+        "precision must be one of 'float32', 'bfloat16', 'float16'; got 'float8'",
         "Use `precision='bfloat16'` for mixed precision.",
     ),
     Case(

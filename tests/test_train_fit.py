@@ -13,6 +13,7 @@ import pytest
 
 import zoo
 from zoo._training._early_stopping import EarlyStopping
+from zoo._training._precision import dynamic_loss_scaling
 from zoo._training._validation import split_validation
 
 from .helpers import tree_allclose, tree_equal
@@ -209,24 +210,58 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters():
     assert not tree_allclose(trained, model)
 
 
-def test_bfloat16_trains_digits_as_well_as_float32():
+def test_bfloat16_and_float16_train_digits_as_well_as_float32():
     train, test = zoo.data.digits("train"), zoo.data.digits("test")
     model = zoo.MLP(64, 10, (128,), key=jax.random.key(0))
     accuracies = {}
-    for precision in ("float32", "bfloat16"):
+    for precision in ("float32", "bfloat16", "float16"):
         _, history = _fit(
             model,
             train,
-            optimizer=optax.adam(1e-3),
-            epochs=15,
+            optimizer=optax.adam(2e-3),
+            epochs=8,
             batch_size=32,
             eval_data=test,
+            metrics=("accuracy",),
             precision=precision,
         )
         accuracies[precision] = history["eval"]["accuracy"][-1]
     assert accuracies["float32"] >= 0.95
     # 450 test digits: one digit is 0.22 points; allow two.
-    assert accuracies["bfloat16"] >= accuracies["float32"] - 0.0045, accuracies
+    for low in ("bfloat16", "float16"):
+        assert accuracies[low] >= accuracies["float32"] - 0.0045, accuracies
+
+
+@jax.numpy_dtype_promotion("standard")  # as zoo.train runs optax (Adam mixes int and float)
+def test_dynamic_loss_scaling_skips_overflowing_steps_and_adapts_the_scale():
+    params = {"w": jnp.ones(3)}
+    scaling = dynamic_loss_scaling(optax.adam(0.1), initial_scale=8.0, growth_interval=2)
+    state = scaling.init(params)
+    updates, skipped = scaling.update({"w": jnp.array([1.0, jnp.inf, 0.0])}, state, params)
+    assert tree_equal(updates, {"w": jnp.zeros(3)}) and tree_equal(skipped.inner, state.inner)
+    assert (float(skipped.scale), int(skipped.overflows)) == (4.0, 1)
+    grads = {"w": jnp.ones(3)}
+    once, first = scaling.update(grads, skipped, params)
+    _, second = scaling.update(grads, first, params)
+    expected, _ = optax.adam(0.1).update(grads, state.inner, params)
+    assert tree_equal(once, expected)  # the skipped step left no trace in Adam's moments
+    assert [float(first.scale), float(second.scale)] == [4.0, 8.0]  # doubles after 2 finite
+
+
+def test_float16_scales_the_loss_and_survives_overflow():
+    cross_entropy = zoo.losses.LOSSES["cross_entropy"]
+
+    def large_loss(model, batch, key):  # times 32768 (the first scale), the backward overflows
+        return cross_entropy(model, batch, key) * 1000.0
+
+    model = zoo.MLP(6, 3, (16,), key=jax.random.key(0))
+    trained, history = _fit(model, _blobs(), loss=large_loss, precision="float16", epochs=2)
+    assert history["train"]["loss_scale_overflows"][0] >= 1
+    assert history["train"]["loss_scale"][0] < 2.0**15
+    assert history["train"]["loss"][1] < history["train"]["loss"][0]
+    floating = jax.tree.leaves(eqx.filter(trained, eqx.is_inexact_array))
+    assert {leaf.dtype for leaf in floating} == {jnp.dtype(jnp.float32)}
+    assert all(bool(jnp.isfinite(leaf).all()) for leaf in floating)
 
 
 # -- logs ----------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from ._dataset import checked_dataset, gather, host_rows, nbytes, num_examples
 from ._early_stopping import EarlyStopping
 from ._history import current_learning_rate, new_history, record_epoch
 from ._logs import EpochLogs, check_logging
-from ._precision import check_precision, with_precision
+from ._precision import check_precision, dynamic_loss_scaling, with_precision
 from ._programs import Programs, StepTotals, make_train_step
 from ._progress import progress_bar
 from ._rules import DENSE, rule_for
@@ -153,11 +153,14 @@ def train(
       `history["best_epoch"]` and `history["stop_reason"]` (`"early_stopping"` or
       `"epochs"`) say what happened. Checkpoints hold the best model too, so a resumed run
       stops at the same epoch with the same model.
-    - `precision`: `"float32"`, or `"bfloat16"` for mixed precision: parameters and optimizer
-      state stay float32; at the start of the loss the model's floating leaves and the batch's
-      floating arrays are cast to bfloat16, so the forward and backward passes compute in
-      bfloat16, and the gradients arrive in float32 (bfloat16 has float32's range, so no loss
-      scaling is needed). Not with `zoo.sparse` optimizers.
+    - `precision`: `"float32"`, or `"bfloat16"` / `"float16"` for mixed precision: parameters
+      and optimizer state stay float32; at the start of the loss the model's floating leaves
+      and the batch's floating arrays are cast to the lower precision, so the forward and
+      backward passes compute in it, and the gradients arrive in float32. bfloat16 has
+      float32's range and needs nothing more; float16 gets dynamic loss scaling (the scale is
+      in the optimizer state; a step whose gradients overflow is skipped and halves it;
+      `history["train"]["loss_scale"]` and `["loss_scale_overflows"]` record it). Not with
+      `zoo.sparse` optimizers.
     - `accumulate`: micro-batches per optimizer step. Each batch of `batch_size` examples
       (which `accumulate` must divide) is taken as `accumulate` slices one after another, and
       the step uses the mean of their gradients: the same step, to float rounding, with the
@@ -216,6 +219,8 @@ def train(
     check_accumulate(accumulate, batch_size, rule)
     _check_precision_for(rule, precision)
     loss_fn = with_precision(resolve_loss(loss), precision)
+    if precision == "float16":
+        optimizer = dynamic_loss_scaling(optimizer)
     if metrics is None:
         metrics = _DEFAULT_METRICS.get(loss, ()) if isinstance(loss, str) else ()
     # Fail on a bad name before any training, not after an epoch.
