@@ -84,7 +84,8 @@ def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def run_zoo_train(data, batch_size, epochs):
+def zoo_history(data, batch_size, epochs, **options):
+    """The history of `zoo.train` on the workload, with any further `options`."""
     model = zoo.MLP(784, 10, SIZES[1:-1], key=jax.random.key(0))
     _, history = zoo.train(
         model,
@@ -94,24 +95,19 @@ def run_zoo_train(data, batch_size, epochs):
         batch_size=batch_size,
         key=jax.random.key(1),
         progress=False,
+        **options,
     )
-    return history["time"]
+    return history
+
+
+def run_zoo_train(data, batch_size, epochs):
+    return zoo_history(data, batch_size, epochs)["time"]
 
 
 def run_zoo_precision(data, test, batch_size, epochs, precision):
     """`zoo.train` in `precision`: (seconds of each epoch, final test accuracy)."""
-    model = zoo.MLP(784, 10, SIZES[1:-1], key=jax.random.key(0))
-    _, history = zoo.train(
-        model,
-        data,
-        optimizer=optax.adam(1e-3),
-        epochs=epochs,
-        batch_size=batch_size,
-        key=jax.random.key(1),
-        eval_data=test,
-        metrics=("accuracy",),
-        precision=precision,
-        progress=False,
+    history = zoo_history(
+        data, batch_size, epochs, eval_data=test, metrics=("accuracy",), precision=precision
     )
     return history["time"], history["eval"]["accuracy"][-1]
 

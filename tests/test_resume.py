@@ -206,3 +206,17 @@ def test_a_resumed_run_stops_early_at_the_same_epoch_with_the_same_model(tmp_pat
     # Resuming a run that has stopped takes no step and returns the same best model.
     again, _ = _run(tmp_path / "stopped", resume=True, **options)
     assert tree_equal(again, expected_model)
+
+
+def test_float16_with_accumulation_resumes_bit_for_bit(tmp_path, monkeypatch):
+    # The loss scale lives in the optimizer state, so the checkpoint carries it.
+    options = dict(precision="float16", accumulate=2)
+    expected_model, expected_history = _run(tmp_path / "whole", **options)
+    with monkeypatch.context() as patch:
+        _crash_after(patch, 9)
+        with pytest.raises(Crash):
+            _run(tmp_path / "stopped", **options)
+    model, history = _run(tmp_path / "stopped", resume=True, **options)
+    assert tree_equal(model, expected_model)
+    assert _without_time(history) == _without_time(expected_history)
+    assert "loss_scale" in history["train"]
