@@ -17,6 +17,13 @@ floor is the epoch's FLOPs over a matmul peak measured in the same run.
 
     uv run python benchmarks/train_epoch.py                      # batch 32, 128, 1024
     uv run python benchmarks/train_epoch.py --batch-sizes 128 --rounds 1
+
+With `--precision`, instead: `zoo.train` in float32 and with `precision="bfloat16"` (and any
+other of `--precisions`) side by side, rounds interleaved, each trained `--epochs` epochs from
+the same key: median s/epoch (first epoch excluded) and the final MNIST test accuracy of each.
+
+    uv run python benchmarks/train_epoch.py --precision --batch-sizes 128 --epochs 5
+    uv run python benchmarks/train_epoch.py --precision --precisions float32,bfloat16,float16
 """
 
 import argparse
@@ -42,15 +49,16 @@ TORCH_PYTHON = HERE.parent / ".bench-venv" / "bin" / "python"
 SIZES = (784, 256, 128, 10)
 
 
-def load_mnist(root: pathlib.Path | None) -> dict:
+def load_mnist(root: pathlib.Path | None, split: str = "train") -> dict:
     try:
-        return zoo.data.mnist("train", root=root, download=False)
+        return zoo.data.mnist(split, root=root, download=False)
     except zoo.data.DatasetNotFoundError:
-        print("MNIST files not found: timing on random data of the same shape instead")
+        print(f"MNIST {split} files not found: timing on random data of the same shape instead")
         rng = np.random.default_rng(0)
+        count = 60_000 if split == "train" else 10_000
         return {
-            "x": rng.random((60_000, 784), np.float32),
-            "y": rng.integers(0, 10, 60_000).astype(np.int32),
+            "x": rng.random((count, 784), np.float32),
+            "y": rng.integers(0, 10, count).astype(np.int32),
         }
 
 
@@ -76,7 +84,8 @@ def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def run_zoo_train(data, batch_size, epochs):
+def zoo_history(data, batch_size, epochs, **options):
+    """The history of `zoo.train` on the workload, with any further `options`."""
     model = zoo.MLP(784, 10, SIZES[1:-1], key=jax.random.key(0))
     _, history = zoo.train(
         model,
@@ -86,8 +95,46 @@ def run_zoo_train(data, batch_size, epochs):
         batch_size=batch_size,
         key=jax.random.key(1),
         progress=False,
+        **options,
     )
-    return history["time"]
+    return history
+
+
+def run_zoo_train(data, batch_size, epochs):
+    return zoo_history(data, batch_size, epochs)["time"]
+
+
+def run_zoo_precision(data, test, batch_size, epochs, precision):
+    """`zoo.train` in `precision`: (seconds of each epoch, final test accuracy)."""
+    history = zoo_history(
+        data, batch_size, epochs, eval_data=test, metrics=("accuracy",), precision=precision
+    )
+    return history["time"], history["eval"]["accuracy"][-1]
+
+
+def compare_precisions(data, test, batch_sizes, precisions, epochs, rounds) -> None:
+    print(f"\nzoo.train in {', '.join(precisions)}: {epochs} epochs per run, {rounds} round(s)")
+    print(f"  device: {jax.devices()[0].device_kind}")
+    for batch_size in batch_sizes:
+        times = {precision: [] for precision in ("float32", *precisions)}
+        accuracy = {}
+        for _ in range(rounds):
+            for precision in times:
+                seconds, accuracy[precision] = run_zoo_precision(
+                    data, test, batch_size, epochs, precision
+                )
+                times[precision] += seconds[1:]
+        base = statistics.median(times["float32"])
+        print(f"\nbatch {batch_size}: median s/epoch, ratio to float32, final test accuracy")
+        for precision, samples in times.items():
+            seconds = statistics.median(samples)
+            print(
+                f"  {precision:9s} {seconds:7.3f} s   {seconds / base:5.2f}x   "
+                f"accuracy {accuracy[precision]:.4f}"
+            )
+        for precision in list(times)[1:]:
+            gap = 100 * (accuracy["float32"] - accuracy[precision])
+            print(f"  float32 - {precision} accuracy = {gap:+.2f} points (target <= 0.3)")
 
 
 def run_hand_fused(data, batch_size, epochs):
@@ -217,9 +264,19 @@ def main() -> None:
     parser.add_argument(
         "--data-dir", type=pathlib.Path, default=HERE.parent.parent / "shared" / "data" / "mnist"
     )
+    parser.add_argument(
+        "--precision", action="store_true", help="compare float32 and --precisions instead"
+    )
+    parser.add_argument("--precisions", default="bfloat16", help="compared with float32")
     args = parser.parse_args()
 
     data = load_mnist(args.data_dir)
+    if args.precision:
+        test = load_mnist(args.data_dir, "test")
+        batch_sizes = list(map(int, args.batch_sizes.split(",")))
+        precisions = [p for p in args.precisions.split(",") if p != "float32"]
+        compare_precisions(data, test, batch_sizes, precisions, args.epochs, args.rounds)
+        return
     floor = epoch_flops(len(data["y"])) / matmul_peak_flops()
     print(
         f"FLOP floor: {epoch_flops(len(data['y'])) / 1e9:.1f} GFLOP per epoch at a measured "

@@ -26,6 +26,9 @@ def test_train_mlp_on_digits_writes_history_and_plot(tmp_path):
     assert history["epoch"] == [1, 2, 3]
     assert history["eval"]["accuracy"][-1] > 0.8
     assert (tmp_path / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (tmp_path / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["eval/accuracy"] for line in lines] == history["eval"]["accuracy"]
+    assert list(tmp_path.glob("events.out.tfevents.*"))  # TensorBoard's
 
 
 @pytest.mark.parametrize(

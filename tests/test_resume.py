@@ -1,6 +1,7 @@
 """zoo.train with checkpoints: a run stopped at any point and resumed equals an uninterrupted
 one, bit for bit."""
 
+import json
 import os
 import signal
 import subprocess
@@ -185,3 +186,37 @@ def test_a_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
     )
     assert tree_equal(resumed, one_epoch)
     assert history["epoch"] == [1]
+
+
+def test_a_resumed_run_stops_early_at_the_same_epoch_with_the_same_model(tmp_path, monkeypatch):
+    options = dict(epochs=8, early_stopping=zoo.EarlyStopping("cross_entropy", patience=1))
+    expected_model, expected_history = _run(tmp_path / "whole", **options)
+    assert expected_history["stop_reason"] == "early_stopping"
+    assert expected_history["best_epoch"] < expected_history["epoch"][-1] < 8
+    logs = tmp_path / "stopped" / "logs"
+    with monkeypatch.context() as patch:
+        _crash_after(patch, 38)  # a compiled run per step: in epoch 6, after the best (5th)
+        with pytest.raises(Crash):
+            _run(tmp_path / "stopped", log_dir=logs, **options)
+    model, history = _run(tmp_path / "stopped", resume=True, log_dir=logs, **options)
+    assert tree_equal(model, expected_model)
+    assert _without_time(history) == _without_time(expected_history)
+    lines = (logs / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == history["epoch"]  # each once
+    # Resuming a run that has stopped takes no step and returns the same best model.
+    again, _ = _run(tmp_path / "stopped", resume=True, **options)
+    assert tree_equal(again, expected_model)
+
+
+def test_float16_with_accumulation_resumes_bit_for_bit(tmp_path, monkeypatch):
+    # The loss scale lives in the optimizer state, so the checkpoint carries it.
+    options = dict(precision="float16", accumulate=2)
+    expected_model, expected_history = _run(tmp_path / "whole", **options)
+    with monkeypatch.context() as patch:
+        _crash_after(patch, 9)
+        with pytest.raises(Crash):
+            _run(tmp_path / "stopped", **options)
+    model, history = _run(tmp_path / "stopped", resume=True, **options)
+    assert tree_equal(model, expected_model)
+    assert _without_time(history) == _without_time(expected_history)
+    assert "loss_scale" in history["train"]

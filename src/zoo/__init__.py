@@ -22,6 +22,7 @@ from ._per_example import (
 from ._plots import plot_history as plot_history
 from ._rebuild import Rebuildable as Rebuildable
 from ._serialization import load as load, save as save
+from ._training._early_stopping import EarlyStopping as EarlyStopping
 from ._training._state import TrainState as TrainState
 from ._training._train import train as train
 from .recsys import (

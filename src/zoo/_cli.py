@@ -20,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoo",
         description="Train zoo models from the shell. Results go to a run folder: "
-        "history.json and a training-curve PNG.",
+        "history.json, history.jsonl (a line per epoch), TensorBoard event files (with "
+        "tensorboardX installed) and a training-curve PNG.",
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     train = commands.add_parser("train", help="train a model", description="Train a model.")
@@ -116,6 +117,8 @@ def _train_mlp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         key=train_key,
         progress=None if not args.quiet else False,
         on_epoch=report,
+        log_dir=out,
+        tensorboard=_tensorboard(args),
     )
     (out / "history.json").write_text(json.dumps(history, indent=2))
     zoo.plot_history(history, out / "training_curve.png")
@@ -253,6 +256,8 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
         progress=None if not args.quiet else False,
         eval_fn=lambda m: zoo.recsys.evaluate_ranking(m, train, test, baselines=False)["model"],
         on_epoch=report,
+        log_dir=out,
+        tensorboard=_tensorboard(args),
     )
     history["baselines"] = baselines
     (out / "history.json").write_text(json.dumps(history, indent=2))
@@ -267,6 +272,18 @@ def _run_folder(args) -> pathlib.Path:
     out = args.out or pathlib.Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _tensorboard(args) -> bool:
+    """TensorBoard event files go into the run folder when tensorboardX is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboardX") is not None:
+        return True
+    _say(
+        args, "zoo: no TensorBoard event files: install them with `pip install 'zoo[tensorboard]'`"
+    )
+    return False
 
 
 def _load(args):

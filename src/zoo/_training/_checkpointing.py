@@ -3,6 +3,7 @@
 import os
 
 from .._checkpoints import Checkpoints
+from .._custom_types import PyTree
 from ._programs import StepTotals
 from ._state import TrainState
 
@@ -10,13 +11,15 @@ from ._state import TrainState
 class Saver:
     """Saves the training state every `every` steps and at each epoch's end; a no-op without a
     directory. A save holds the state, the current epoch's running sums and the history of the
-    epochs before, so a resumed run records exactly what an uninterrupted one would."""
+    epochs before, so a resumed run records exactly what an uninterrupted one would. With early
+    stopping it also holds the best epoch's model, so a resumed run returns the same one."""
 
     def __init__(self, directory: str | os.PathLike | None, every: int | None, keep: int | None):
         self._checkpoints = None if directory is None else Checkpoints(directory, keep=keep)
         self._every = every
         self._last = None
         self.history: dict | None = None  # the history being built, saved with each checkpoint
+        self.best_model: PyTree | None = None  # the arrays of the best epoch's model, if tracked
 
     @property
     def enabled(self) -> bool:
@@ -40,19 +43,29 @@ class Saver:
     def _save(self, step: int, dynamic: TrainState, totals: StepTotals) -> None:
         if step == self._last:
             return  # the step's checkpoint exists, taken a moment earlier in the same state
-        snapshot = {"state": dynamic, "epoch_totals": totals}
+        snapshot = self._snapshot(dynamic, totals, self.best_model)
         self._checkpoints.save(step, snapshot, {"history": self.history}, force=True)
         self._last = step
+
+    @staticmethod
+    def _snapshot(dynamic: TrainState, totals: StepTotals, best_model: PyTree | None) -> dict:
+        snapshot = {"state": dynamic, "epoch_totals": totals}
+        return snapshot if best_model is None else snapshot | {"best_model": best_model}
 
     def restore(
         self, dynamic: TrainState, totals: StepTotals
     ) -> tuple[TrainState, StepTotals, dict] | None:
-        """The latest checkpoint as `(state, epoch totals, history)`, or None when there is none."""
+        """The latest checkpoint as `(state, epoch totals, history)`, or None when there is none.
+
+        With a `best_model` being tracked, it is restored too (in place of the attribute).
+        """
         step = self._checkpoints.latest_step()
         if step is None:
             return None
-        snapshot, extra = self._checkpoints.restore({"state": dynamic, "epoch_totals": totals})
+        target = self._snapshot(dynamic, totals, self.best_model)
+        snapshot, extra = self._checkpoints.restore(target)
         self._last = step
+        self.best_model = snapshot.get("best_model")
         return snapshot["state"], snapshot["epoch_totals"], extra["history"]
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 import jax
 
 from .._custom_types import PyTree
+from ._precision import loss_scale
 from ._programs import StepTotals
 
 
@@ -32,6 +33,10 @@ def record_epoch(
     learning_rate = current_learning_rate(opt_state)
     if learning_rate is not None:
         train["learning_rate"] = learning_rate
+    scale = loss_scale(opt_state)
+    if scale is not None:  # float16: the scale at the epoch's end, and the steps it skipped
+        train["loss_scale"] = float(scale)
+        train["loss_scale_overflows"] = int(opt_state.overflows)
     for name, value in train.items():
         history["train"].setdefault(name, []).append(value)
     for name, value in eval_metrics.items():

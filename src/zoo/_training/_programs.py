@@ -16,6 +16,7 @@ from jaxtyping import Array, Float, Int
 
 from .._custom_types import Batch, LossFn, Optimizer
 from ._dataset import gather
+from ._precision import loss_scale, scaled_value_and_grad
 from ._rules import UpdateRule
 from ._state import TrainState
 
@@ -81,9 +82,15 @@ def make_train_step(
         return model, opt_state
 
     def train_step(state: TrainState, batch: Batch):
-        gradients = rule.gradients(loss_fn, optimizer)
+        scale = loss_scale(state.opt_state)  # None unless float16's dynamic loss scaling
+        value_and_grad = scaled_value_and_grad(rule.value_and_grad, loss_fn, scale)
+        gradients = rule.gradients(value_and_grad, loss_fn, optimizer)
         loss, grads, model = gradients(state.model, state.opt_state, batch, state.step_key())
         grad_norm = rule.grad_norm(grads)
+        if scale is not None:
+            # Overflowing gradients are the loss scaler's to handle: it skips the update and
+            # lowers the scale. Only a non-finite loss is a failure.
+            grad_norm = jnp.where(jnp.isfinite(grad_norm), grad_norm, 0.0)
         operands = (model, state.opt_state, grads)
         if skip_nonfinite:
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -13,18 +13,42 @@ from ..sparse import _in_place as sparse_in_place
 class UpdateRule(NamedTuple):
     """The functions a training step needs from its optimizer family.
 
-    - `gradients(loss_fn, optimizer)(model, opt_state, batch, key) -> (loss, grads, model)`:
-        the returned model is `model`, except where the rule applies part of the update during
-        the backward pass (`IN_PLACE`); `grads` holds what is left to update.
+    - `value_and_grad(loss_fn)(model, batch, key) -> (loss, grads)`
     - `params(model)`: what the optimizer's `update(grads, state, params)` receives.
     - `apply_updates(model, updates) -> model`
     - `grad_norm(grads) -> scalar`: the global norm of the gradients.
+    - `in_place`: the tables' update is added into them during the backward pass (see
+        `gradients`), for an optimizer with an `in_place_scale` (`zoo.sparse.sgd`).
     """
 
-    gradients: Callable[[Callable, Any], Callable]
+    value_and_grad: Callable[[Callable], Callable]
     params: Callable[[eqx.Module], Any]
     apply_updates: Callable[[eqx.Module, Any], eqx.Module]
     grad_norm: Callable[[Any], Any]
+    in_place: bool = False
+
+    def gradients(self, value_and_grad: Callable, loss_fn: Callable, optimizer) -> Callable:
+        """`f(model, opt_state, batch, key) -> (loss, grads, model)`.
+
+        `value_and_grad` is `self.value_and_grad(loss_fn)`, possibly wrapped (loss scaling,
+        accumulation). With `in_place`, the returned model has the tables' update already
+        added and `grads` holds the other parameters' gradients; otherwise the model is the
+        one given.
+        """
+        if self.in_place:
+
+            def in_place(model, opt_state, batch, key):
+                scale = optimizer.in_place_scale(opt_state)
+                return sparse_in_place.value_and_grad_in_place(loss_fn)(model, scale, batch, key)
+
+            return in_place
+
+        def unchanged(model, opt_state, batch, key):
+            del opt_state
+            loss, grads = value_and_grad(model, batch, key)
+            return loss, grads, model
+
+        return unchanged
 
 
 def global_norm(grads) -> Any:
@@ -32,34 +56,8 @@ def global_norm(grads) -> Any:
     return optax.tree.norm(eqx.filter(grads, eqx.is_inexact_array))
 
 
-def model_unchanged(value_and_grad: Callable[[Callable], Callable]) -> Callable:
-    """`UpdateRule.gradients` from a `value_and_grad(loss_fn)(model, batch, key)`."""
-
-    def gradients(loss_fn, optimizer):
-        del optimizer
-
-        def run(model, opt_state, batch, key):
-            del opt_state
-            loss, grads = value_and_grad(loss_fn)(model, batch, key)
-            return loss, grads, model
-
-        return run
-
-    return gradients
-
-
-def in_place_gradients(loss_fn, optimizer):
-    """The tables' update added in place by the backward pass; gradients of the rest."""
-
-    def run(model, opt_state, batch, key):
-        scale = optimizer.in_place_scale(opt_state)
-        return sparse_in_place.value_and_grad_in_place(loss_fn)(model, scale, batch, key)
-
-    return run
-
-
 DENSE = UpdateRule(
-    gradients=model_unchanged(eqx.filter_value_and_grad),
+    value_and_grad=eqx.filter_value_and_grad,
     # The optimizer sees what is differentiated: floating arrays. Integer arrays in a model
     # (lookup tables, counts) get no gradient, and optax would turn their state leaves into None
     # after the first update, changing the state's structure between steps.
@@ -72,7 +70,7 @@ DENSE = UpdateRule(
 # Sparse-embedding optimizers see the whole model and take gradients whose tables are
 # `SparseRows` (only the looked-up rows), so a step costs O(batch) rather than O(table).
 SPARSE = UpdateRule(
-    gradients=model_unchanged(sparse.value_and_grad),
+    value_and_grad=sparse.value_and_grad,
     params=lambda model: model,
     apply_updates=sparse.apply_updates,
     grad_norm=global_norm,
@@ -81,7 +79,7 @@ SPARSE = UpdateRule(
 # Tables whose optimizer is linear in the gradient (`zoo.sparse.sgd`) receive their update in
 # their own `jax.Ref` during the backward pass. Their gradients are never materialised, so the
 # recorded gradient norm covers the other parameters.
-IN_PLACE = SPARSE._replace(gradients=in_place_gradients)
+IN_PLACE = SPARSE._replace(in_place=True)
 
 
 def rule_for(optimizer, *, in_place: bool = True) -> UpdateRule:

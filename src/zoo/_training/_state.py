@@ -11,6 +11,7 @@ from .._custom_types import PyTree
 # (key, counter) and a resumed run draws exactly what an uninterrupted one would.
 _SHUFFLE_STREAM = 0
 _STEP_STREAM = 1
+_VALIDATION_STREAM = 2
 
 
 class TrainState(eqx.Module):
@@ -41,6 +42,11 @@ class TrainState(eqx.Module):
         """The order in which this epoch visits the examples: a permutation drawn by key."""
         shuffle_key = jax.random.fold_in(jax.random.fold_in(self.key, _SHUFFLE_STREAM), self.epoch)
         return jax.random.permutation(shuffle_key, num_examples)
+
+
+def validation_key(key: PRNGKeyArray) -> PRNGKeyArray:
+    """The key that draws the rows `validation_split` holds out, from the training key."""
+    return jax.random.fold_in(key, _VALIDATION_STREAM)
 
 
 def initial_state(model: eqx.Module, opt_state: PyTree, key: PRNGKeyArray) -> TrainState:

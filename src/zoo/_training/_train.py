@@ -22,13 +22,18 @@ from .._losses import resolve_loss
 from .._metrics import Metric, resolve_metrics
 from ..distributed._routing import routing_for
 from ..distributed._trainer import Placement, shard_training, training_mesh
+from ._accumulation import accumulating, check_accumulate
 from ._checkpointing import Saver
 from ._dataset import checked_dataset, gather, host_rows, nbytes, num_examples
+from ._early_stopping import EarlyStopping
 from ._history import current_learning_rate, new_history, record_epoch
+from ._logs import EpochLogs, check_logging
+from ._precision import check_precision, dynamic_loss_scaling, with_precision
 from ._programs import Programs, StepTotals, make_train_step
 from ._progress import progress_bar
-from ._rules import rule_for
-from ._state import TrainState, initial_state
+from ._rules import DENSE, rule_for
+from ._state import TrainState, initial_state, validation_key
+from ._validation import check_validation_split, split_validation
 
 LastBatch = Literal["keep", "drop"]
 
@@ -68,6 +73,13 @@ def train(
     resume: bool = False,
     mesh: Mesh | None = None,
     eval_fn: Callable[[eqx.Module], Mapping[str, float]] | None = None,
+    validation_split: float | None = None,
+    stratify: bool = False,
+    early_stopping: EarlyStopping | None = None,
+    precision: str = "float32",
+    accumulate: int = 1,
+    log_dir: str | os.PathLike | None = None,
+    tensorboard: bool = False,
 ) -> tuple[eqx.Module, dict]:
     """Trains `model` on `data` and returns the trained model and its history.
 
@@ -133,6 +145,37 @@ def train(
       of the dict it returns are recorded in `history["eval"]` beside the metrics. For
       evaluations that are not averages over examples, such as ranking metrics
       (`lambda model: zoo.recsys.evaluate_ranking(model, train, test)["model"]`).
+    - `validation_split`: a fraction in (0, 1) of `data` (a mapping of arrays) held out as the
+      eval set, in place of `eval_data`. The rows are drawn by `key` (its own stream, apart
+      from the shuffles), so the same key holds out the same rows; both sides are disjoint.
+    - `stratify`: with `validation_split`, hold out that fraction of each class of `data["y"]`
+      (integer labels), so both sides keep the class proportions.
+    - `early_stopping`: a [`zoo.EarlyStopping`][]: stop once the monitored eval figure has not
+      improved for `patience` epochs, and return the best epoch's model, bit-identical to a run
+      of exactly that many epochs. The monitored name is checked before any training.
+      `history["best_epoch"]` and `history["stop_reason"]` (`"early_stopping"` or
+      `"epochs"`) say what happened. Checkpoints hold the best model too, so a resumed run
+      stops at the same epoch with the same model.
+    - `precision`: `"float32"`, or `"bfloat16"` / `"float16"` for mixed precision: parameters
+      and optimizer state stay float32; at the start of the loss the model's floating leaves
+      and the batch's floating arrays are cast to the lower precision, so the forward and
+      backward passes compute in it, and the gradients arrive in float32. bfloat16 has
+      float32's range and needs nothing more; float16 gets dynamic loss scaling (the scale is
+      in the optimizer state; a step whose gradients overflow is skipped and halves it;
+      `history["train"]["loss_scale"]` and `["loss_scale_overflows"]` record it). Not with
+      `zoo.sparse` optimizers.
+    - `accumulate`: micro-batches per optimizer step. Each batch of `batch_size` examples
+      (which `accumulate` must divide) is taken as `accumulate` slices one after another, and
+      the step uses the mean of their gradients: the same step, to float rounding, with the
+      activations of only `batch_size / accumulate` examples in memory at a time. An epoch's
+      last, smaller batch is taken whole when `accumulate` does not divide it. Not with
+      `zoo.sparse` optimizers.
+    - `log_dir`: a folder for logs: each epoch's figures are appended to
+      `log_dir/history.jsonl`, one JSON object a line (`{"epoch": 1, "step": ..., "time": ...,
+      "train/loss": ..., "eval/accuracy": ...}`). A resumed run rewrites it from its
+      checkpoint's history first, so each epoch appears once.
+    - `tensorboard`: also write TensorBoard event files into `log_dir` (the same figures,
+      by epoch), with `tensorboardX` (`pip install 'zoo[tensorboard]'`).
 
     **Returns:**
 
@@ -140,7 +183,8 @@ def train(
     `history["train"]["grad_norm"]` (mean global gradient norm),
     `history["train"]["learning_rate"]` (that of the epoch's last step, when recorded),
     `history["eval"][metric]`, `history["time"]` (seconds of training per epoch),
-    `history["epoch"]` and `history["step"]`.
+    `history["epoch"]` and `history["step"]`; with `early_stopping`, also
+    `history["best_epoch"]` and `history["stop_reason"]`.
 
     **Example:**
 
@@ -152,22 +196,52 @@ def train(
                                key=jax.random.key(1))
     print(history["eval"]["accuracy"][-1])
     ```
+
+    Fit-style: hold out a tenth of the data, compute in bfloat16, stop when the held-out
+    accuracy has not improved for 3 epochs, keep the best model, and log for TensorBoard:
+
+    ```python
+    model, history = zoo.train(model, zoo.data.digits("train"), epochs=100, batch_size=64,
+                               validation_split=0.1, stratify=True, precision="bfloat16",
+                               early_stopping=zoo.EarlyStopping("accuracy", patience=3),
+                               log_dir="runs/digits", tensorboard=True)
+    print(history["best_epoch"], history["stop_reason"])
+    ```
     """
     _check_hyperparameters(epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk)
     _check_checkpointing(checkpoint_dir, checkpoint_every, resume)
     if on_nonfinite not in ("raise", "skip"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'skip'; got {on_nonfinite!r}.")
-    loss_fn = resolve_loss(loss)
+    check_validation_split(validation_split, stratify, data, eval_data)
+    check_precision(precision)
+    check_logging(log_dir, tensorboard)
+    _check_early_stopping(early_stopping)
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     _check_optimizer(optimizer)
+    rule = rule_for(optimizer, in_place=on_nonfinite == "raise" and mesh is None)
+    check_accumulate(accumulate, batch_size, rule)
+    _check_precision_for(rule, precision)
+    loss_fn = with_precision(resolve_loss(loss), precision)
+    if precision == "float16":
+        optimizer = dynamic_loss_scaling(optimizer)
     if metrics is None:
         metrics = _DEFAULT_METRICS.get(loss, ()) if isinstance(loss, str) else ()
-    resolve_metrics(metrics)  # fail on a bad name before any training, not after an epoch
-    eval_arrays = None if eval_data is None else checked_dataset(eval_data, argument="eval_data")
+    # Fail on a bad name before any training, not after an epoch.
+    metric_names = list(resolve_metrics(metrics))
     key = jax.random.key(0) if key is None else key
+    if validation_split is not None:
+        arrays = checked_dataset(data, argument="data")
+        data, eval_data = split_validation(
+            arrays, validation_split, stratify=stratify, key=validation_key(key)
+        )
+    eval_arrays = None if eval_data is None else checked_dataset(eval_data, argument="eval_data")
+    if early_stopping is not None:
+        early_stopping.check_monitor(
+            _eval_names(model, eval_arrays, metric_names, eval_fn, early_stopping.monitor)
+        )
     mesh = None if mesh is None else training_mesh(mesh, batch_size)
 
-    rule = rule_for(optimizer, in_place=on_nonfinite == "raise" and mesh is None)
+    rule = accumulating(rule, accumulate)
     make_step = functools.partial(
         make_train_step, loss_fn, optimizer, skip_nonfinite=on_nonfinite == "skip"
     )
@@ -193,6 +267,9 @@ def train(
             _check_class_labels(model, arrays, argument)
 
     saver = Saver(checkpoint_dir, checkpoint_every, keep)
+    keep_best = early_stopping is not None and early_stopping.restore_best
+    if keep_best:
+        saver.best_model = _copied(dynamic.model)  # the start, until an epoch improves on it
     totals, history = StepTotals.zeros(), new_history()
     if resume:
         restored = saver.restore(dynamic, totals)
@@ -201,6 +278,8 @@ def train(
     if runner.skipped_per_epoch:
         history["skipped_examples_per_epoch"] = runner.skipped_per_epoch
     saver.history = history
+    logs = EpochLogs(log_dir, tensorboard)
+    logs.start(history)
 
     first_epoch = int(dynamic.epoch)
     remaining = (
@@ -211,6 +290,8 @@ def train(
     try:
         with progress_bar(remaining, progress, epochs) as bar:
             for epoch in range(first_epoch, epochs):
+                if early_stopping is not None and _decision(early_stopping, history).stop:
+                    break  # a resumed run that had already stopped
                 bar.set_description(f"epoch {epoch + 1}/{epochs}")
                 start = time.perf_counter()
                 dynamic, totals = runner.run(dynamic, totals, bar, saver)
@@ -236,14 +317,64 @@ def train(
                     opt_state=state.opt_state,
                     eval_metrics=eval_metrics,
                 )
+                if keep_best and _decision(early_stopping, history).best_epoch == epoch + 1:
+                    saver.best_model = _copied(dynamic.model)
                 saver.after_epoch(int(state.step), dynamic)
+                logs.after_epoch(history)
                 totals = StepTotals.zeros()
                 bar.set_postfix(_postfix(history))
                 if on_epoch is not None:
                     on_epoch(history)
+                if early_stopping is not None and _decision(early_stopping, history).stop:
+                    break
     finally:
         saver.close()  # waits for background saves: a returned or raised train has saved
+        logs.close()
+    if early_stopping is None:
+        return programs.combine(dynamic).model, history
+    decision = _decision(early_stopping, history)
+    history["best_epoch"] = decision.best_epoch
+    history["stop_reason"] = "early_stopping" if decision.stop else "epochs"
+    if keep_best and decision.best_epoch > 0:
+        dynamic = eqx.tree_at(lambda s: s.model, dynamic, saver.best_model)
     return programs.combine(dynamic).model, history
+
+
+def _decision(early_stopping: EarlyStopping, history: dict):
+    return early_stopping.decide(history["eval"].get(early_stopping.monitor, []))
+
+
+def _copied(tree):
+    """A copy of the arrays of `tree`, whose own buffers the next compiled run donates."""
+    return jax.tree.map(jnp.copy, tree)
+
+
+def _eval_names(model, eval_arrays, metric_names, eval_fn, monitor) -> list[str]:
+    """The names the per-epoch evaluation records, known before training.
+
+    `eval_fn`'s names are known only by calling it: it runs once on the untrained model, and
+    only when the monitored name is not among the metrics.
+    """
+    names = metric_names if eval_arrays is not None else []
+    if monitor not in names and eval_fn is not None:
+        names = [*names, *eval_fn(model)]
+    return names
+
+
+def _check_early_stopping(early_stopping) -> None:
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise TypeError(
+            "early_stopping must be a zoo.EarlyStopping, such as "
+            f"zoo.EarlyStopping(monitor='accuracy', patience=3); got {early_stopping!r}."
+        )
+
+
+def _check_precision_for(rule, precision: str) -> None:
+    if precision != "float32" and rule is not DENSE:
+        raise ValueError(
+            f"precision={precision!r} does not work with zoo.sparse optimizers yet (their "
+            "embedding lookups read the float32 tables); use precision='float32' with them."
+        )
 
 
 def _next_epoch(dynamic: TrainState) -> TrainState:
