@@ -353,6 +353,18 @@ def test_in_place_sgd_is_bit_identical_to_the_floor(getkey):
     np.testing.assert_array_equal(emb.weight, floor(table))
 
 
+@pytest.mark.parametrize("bad_id", [-1, NUM_ITEMS])
+def test_in_place_sgd_refuses_out_of_range_ids(getkey, bad_id):
+    """The in-place gather trusts the Embedding's id check: that check must still fire."""
+    model = Recommender(getkey())
+    opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=zoo.sparse.sgd(0.1))
+    batch = make_batch(getkey())
+    batch["negative"] = batch["negative"].at[2, 1].set(bad_id)
+    step = jax.jit(zoo.sparse.value_and_update(vmapped_loss, opt))
+    with pytest.raises(Exception, match=r"ids must lie in \[0, num_embeddings\)"):
+        jax.block_until_ready(step(model, opt.init(model), batch))
+
+
 def test_in_place_sgd_with_a_schedule_and_aux(getkey):
     emb = zoo.Embedding(5, 2, key=getkey())
     opt = zoo.sparse.sgd(optax.linear_schedule(1.0, 0.0, transition_steps=2))
@@ -566,9 +578,11 @@ HARMLESS_HLO = (
     "while",
     "conditional",
 )
-# A scatter into the table, and the table's ref made and frozen again: none copies the table
-# when it is donated (a copy would show in the HLO and in the temporary memory, checked below).
-IN_PLACE_JAXPR = ("scatter", "scatter-add", "new_ref", "freeze")
+# A scatter into the table, the table's ref made and frozen again, and the ref read whole and
+# written back around a scatter-add (the transpose of a batched gather into a ref): none copies
+# the table when it is donated (a copy would show in the HLO and in the temporary memory,
+# both checked below).
+IN_PLACE_JAXPR = ("scatter", "scatter-add", "new_ref", "freeze", "get", "swap")
 HLO_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%[\w.\-]+ = (?P<shape>.*?) (?P<op>[\w\-]+)\(")
 
 
