@@ -45,6 +45,7 @@ ZOO = ("sgd", "rowwise_adagrad", "lazy_adam")
 # The same optimizers through value_and_grad + update + apply_updates (coalesced, SparseRows).
 COALESCED = tuple(f"{name}_coalesced" for name in ZOO)
 FLOOR = "jax_floor"
+SORTED_FLOOR = "jax_floor_sorted"  # the floor, with the ids sorted: see `floor_step`
 # zoo SGD in place with a loss that looks the whole id array up at once, outside `vmap`.
 UNBATCHED = "sgd_unbatched_loss"
 TORCH = {"sgd": "sgd", "rowwise_adagrad": "adagrad", "lazy_adam": "sparse_adam"}
@@ -55,11 +56,15 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def floor_step(opt):
+def floor_step(opt, *, sorted_ids: bool = False):
     """The least a JAX step of this model does: one gather, one scatter-add, no coalescing.
 
     Plain SGD on the table (duplicate ids add up in the scatter, which is exact for SGD) and
     `opt` on the head. `init` takes the model and gives `opt`'s state for the head.
+
+    With `sorted_ids`, the ids are sorted first and the scatter told so: the least an exact
+    step of an optimizer with per-row state adds to the floor, since it must sum each row's
+    duplicate gradients before its non-linear update (a sort, or work of the table's size).
     """
     import equinox as eqx
     import jax
@@ -74,7 +79,12 @@ def floor_step(opt):
         grad_fn = jax.value_and_grad(loss_of_rows, argnums=(0, 1))
         loss, (rows_grad, head_grad) = grad_fn(table[ids], model.head)
         updates, opt_state = opt.update(head_grad, opt_state, model.head)
-        new = (table.at[ids].add(-0.1 * rows_grad), eqx.apply_updates(model.head, updates))
+        if sorted_ids:
+            order = jnp.argsort(ids)
+            update = table.at[ids[order]].add(-0.1 * rows_grad[order], indices_are_sorted=True)
+        else:
+            update = table.at[ids].add(-0.1 * rows_grad)
+        new = (update, eqx.apply_updates(model.head, updates))
         return eqx.tree_at(lambda m: (m.table.weight, m.head), model, new), opt_state, loss
 
     return step, lambda model: opt.init(model.head)
@@ -100,8 +110,8 @@ def optimizer_step(optimizer: str):
 
         optimizer = "sgd"
 
-    if optimizer == FLOOR:
-        return floor_step(optax.adam(1e-3))
+    if optimizer in (FLOOR, SORTED_FLOOR):
+        return floor_step(optax.adam(1e-3), sorted_ids=optimizer == SORTED_FLOOR)
     if optimizer == "dense_adam":
         opt = optax.adam(1e-3)
         grad_fn, apply = eqx.filter_value_and_grad, eqx.apply_updates
@@ -183,7 +193,7 @@ def run(args: list[str], python: str = sys.executable, env: dict | None = None) 
 def commands(size: int, steps: int, torch_python) -> dict[str, list[str] | str]:
     """Every configuration at one size: its command line, or why it is skipped."""
     configs = {}
-    for name in ("dense_adam", FLOOR, *ZOO, UNBATCHED, *COALESCED):
+    for name in ("dense_adam", FLOOR, SORTED_FLOOR, *ZOO, UNBATCHED, *COALESCED):
         if name == "dense_adam" and size > DENSE_LIMIT:
             configs[name] = f"skipped (V > {DENSE_LIMIT:.0e}: too big and slow)"
         else:
@@ -228,7 +238,8 @@ def measure(sizes: list[int], steps: int, rounds: int, env: dict) -> dict:
     return results
 
 
-NAMES = ["dense_adam", FLOOR, *ZOO, UNBATCHED, *COALESCED, *(f"torch_{t}" for t in TORCH.values())]
+TORCH_NAMES = [f"torch_{t}" for t in TORCH.values()]
+NAMES = ["dense_adam", FLOOR, SORTED_FLOOR, *ZOO, UNBATCHED, *COALESCED, *TORCH_NAMES]
 
 
 def report(results: dict, sizes: list[int]) -> None:
@@ -275,6 +286,9 @@ def print_targets(ms: dict, sizes: list[int]) -> None:
                 ratio = ms[name, size] / ms[FLOOR, size]
                 verdict = "met" if ratio <= target else "missed"
                 print(f"  zoo {name} / floor at V={size:.0e}: {ratio:.2f}x (<={target}: {verdict})")
+        if (SORTED_FLOOR, size) in ms and (FLOOR, size) in ms:
+            ratio = ms[SORTED_FLOOR, size] / ms[FLOOR, size]
+            print(f"  {SORTED_FLOOR} / floor at V={size:.0e}: {ratio:.2f}x (what sorting costs)")
     print("\nTargets:")
     for name in ZOO:
         if ratio := growth(ms, name, sizes):
@@ -298,7 +312,12 @@ def print_floor(ms: dict, sizes: list[int]) -> None:
     for name in (FLOOR, *(f"torch_{t}" for t in TORCH.values())):
         if ratio := growth(ms, name, sizes):
             print(f"  {name}: {ratio}")
-    pairs = [("dense_adam", FLOOR), (FLOOR, "torch_sgd"), *((name, FLOOR) for name in ZOO)]
+    pairs = [
+        ("dense_adam", FLOOR),
+        (FLOOR, "torch_sgd"),
+        *((name, FLOOR) for name in ZOO),
+        *((name, SORTED_FLOOR) for name in ZOO[1:]),
+    ]
     for size in sizes:
         for a, b in pairs:
             if (a, size) in ms and (b, size) in ms:
@@ -356,8 +375,9 @@ def plot(results: dict, sizes: list[int], path: pathlib.Path) -> None:
             (v, results[name, v]["ms"]) for v in sizes if isinstance(results.get((name, v)), dict)
         ]
         if points:
-            style = ":" if name == FLOOR else "--" if name.startswith("torch") else "-"
-            label = name if name.startswith(("torch", "dense", FLOOR)) else f"zoo_{name}"
+            style = "--" if name.startswith("torch") else "-"
+            style = ":" if name in (FLOOR, SORTED_FLOOR) else style
+            label = name if name.startswith(("torch", "dense", "jax")) else f"zoo_{name}"
             axis.plot(*zip(*points, strict=True), style, marker="o", label=label)
     axis.set(
         xscale="log",
