@@ -24,6 +24,7 @@ from ..distributed._routing import routing_for
 from ..distributed._trainer import Placement, shard_training, training_mesh
 from ._checkpointing import Saver
 from ._dataset import checked_dataset, gather, host_rows, nbytes, num_examples
+from ._fused import fits_on_devices
 from ._history import current_learning_rate, new_history, record_epoch
 from ._programs import Programs, StepTotals, make_train_step
 from ._progress import progress_bar
@@ -38,8 +39,6 @@ _DEFAULT_METRICS = {
     "bce": ("bce", "accuracy"),
     "mse": ("mse", "mae"),
 }
-# Datasets up to this size run fused on device when the device does not report its memory.
-_FUSED_BYTES_WITHOUT_STATS = 4 * 2**30
 _PROGRESS_UPDATES_PER_EPOCH = 10
 _ITERABLE_STEPS_PER_REPORT = 50
 
@@ -470,15 +469,9 @@ def _epoch_runner(
             "last_batch='drop' would skip them all; lower batch_size or use last_batch='keep'."
         )
     if fused is None:
-        fused = nbytes(arrays) <= _device_budget_bytes()
+        fused = fits_on_devices(nbytes(arrays), placement.mesh)
     layout = _EpochLayout.of(num_examples(arrays), batch_size, last_batch, steps_per_chunk)
     return (_FusedEpochs if fused else _HostEpochs)(arrays, programs, layout, placement)
-
-
-def _device_budget_bytes() -> int:
-    stats = jax.devices()[0].memory_stats() or {}
-    # Leave room for the model, the optimizer state and activations beside the dataset.
-    return stats["bytes_limit"] // 4 if "bytes_limit" in stats else _FUSED_BYTES_WITHOUT_STATS
 
 
 def _check_class_labels(model: eqx.Module, arrays: dict | None, argument: str) -> None:
