@@ -20,7 +20,8 @@ def per_example_grads(
     **Arguments:**
 
     - `loss`: a loss name (`"cross_entropy"`, `"mse"`, `"bce"`) or a callable
-      `loss(model, batch, key) -> scalar`.
+      `loss(model, batch, key) -> scalar` or `loss(model, batch) -> scalar` (see
+      [Write your own loss](../training.md#write-your-own-loss)).
     - `model`: the model.
     - `batch`: a mapping of arrays whose leading axis indexes the examples.
     - `key`: passed to the loss for every example (e.g. dropout); `None` for none.

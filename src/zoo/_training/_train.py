@@ -84,7 +84,8 @@ def train(
     - `data`: a mapping of equal-length arrays (`{"x": inputs, "y": targets}` for the built-in
       losses), or an iterable of such batches, iterated once per epoch.
     - `loss`: `"cross_entropy"` (integer labels), `"mse"`, `"bce"`, or any callable
-      `loss(model, batch, key) -> scalar`.
+      `loss(model, batch, key) -> scalar` or `loss(model, batch) -> scalar` (see
+      [Write your own loss](../training.md#write-your-own-loss)).
     - `optimizer`: an optax optimizer (default `optax.adam(1e-3)`), or a sparse-embedding
       optimizer from `zoo.sparse`. Clipping and schedules come from optax as usual; wrap in
       `optax.inject_hyperparams` to have the learning rate recorded.
