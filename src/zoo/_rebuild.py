@@ -2,7 +2,7 @@
 
 A model class opts in with one line, by subclassing `Rebuildable` with a stable name:
 
-```python
+```{.python notest}
 class TwoTower(Rebuildable, saved_as="zoo.TwoTower"):
     ...
 ```
