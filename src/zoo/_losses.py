@@ -80,8 +80,11 @@ def supervised(per_example: PerExample) -> LossFn:
     **Example:**
 
     ```python
+    train = zoo.data.digits("train")
+    data = {"x": train["x"], "y": np.eye(10, dtype=np.float32)[train["y"]]}  # one-hot targets
+    model = zoo.MLP(in_size=64, out_size=10, hidden=(32,), key=jax.random.key(0))
     huber = zoo.losses.supervised(lambda p, t: optax.huber_loss(p, t).mean(-1))
-    model, history = zoo.train(model, data, loss=huber)
+    model, history = zoo.train(model, data, loss=huber, epochs=2)
     ```
     """
 
