@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 from ._custom_types import LossFn
 
-ACCEPTED_FORMS = (
-    "loss(model, batch, key) -> scalar, loss(model, batch, *, key) -> scalar or "
-    "loss(model, batch) -> scalar, for example\n"
+ACCEPTED_FORMS = "loss(model, batch, key), loss(model, batch, *, key) or loss(model, batch)"
+EXAMPLE = (
+    "For example:\n"
     "    def loss(model, batch):\n"
     "        return zoo.losses.cross_entropy(jax.vmap(model)(batch['x']), batch['y']).mean()"
 )
@@ -33,7 +33,8 @@ def keyed_loss(loss: Callable) -> LossFn:
     if _accepts(signature, "model", "batch"):
         return _without_key(loss)
     raise TypeError(
-        f"loss must be callable as {ACCEPTED_FORMS}\ngot {_name(loss)} with signature {signature}."
+        f"loss must be callable as {ACCEPTED_FORMS}, returning a scalar; got {_name(loss)} "
+        f"with signature {signature}.\n{EXAMPLE}"
     )
 
 
