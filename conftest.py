@@ -1,10 +1,10 @@
 """Collection of the Python blocks of README.md, docs/ and the docstrings (pytest-markdown-docs).
 
 Tests proper live in tests/ (with their own conftest.py). A block runs in a fresh namespace
-holding the imports the API reference assumes (see docs/api/index.md's note), in a temporary
-working directory, so that the files a block writes land there and not in the repository. A
-`{.python continuation}` block runs after its page's earlier blocks; a `{.python notest}` block
-is a fragment and is not run.
+holding the imports the API pages assume (see their opening note), with JAX's default
+promotion rules, in a temporary working directory, so that the files a block writes land there
+and not in the repository. A `{.python continuation}` block runs after its page's earlier
+blocks; a `{.python notest}` block is a fragment and is not run.
 """
 
 import equinox
@@ -29,6 +29,12 @@ def pytest_markdown_docs_globals() -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _blocks_run_in_a_temporary_directory(request, tmp_path, monkeypatch):
-    if request.node.get_closest_marker("markdown-docs") is not None:
-        monkeypatch.chdir(tmp_path)
+def _blocks_run_as_a_user_runs_them(request, tmp_path, monkeypatch):
+    if request.node.get_closest_marker("markdown-docs") is None:
+        yield
+        return
+    monkeypatch.chdir(tmp_path)
+    # With JAX's default promotion rules, not the strict ones tests/conftest.py sets for zoo's
+    # own tests (under which optax's schedules, for one, fail).
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        yield
