@@ -1,6 +1,7 @@
 """Matrix factorisation on MovieLens: BPR, sparse row-wise Adagrad, full and sampled ranking.
 
     uv run python examples/movielens.py PATH [--epochs 20] [--dim 64]
+    uv run python examples/movielens.py --smoke   # seconds, on small synthetic interactions
 
 PATH is an unzipped MovieLens release (ml-100k, ml-1m, ml-latest-small, ...): zoo does not
 download MovieLens, whose licence does not allow redistribution. Ratings of 4 and 5 are the
@@ -19,8 +20,10 @@ import optax
 import zoo
 
 
-def load(path: pathlib.Path | None, key):
-    if path is None:
+def load(path: pathlib.Path | None, key, *, smoke: bool = False):
+    if smoke:
+        data = zoo.data.synthetic_interactions(200, 100, key=key)
+    elif path is None:
         print("no PATH given: using zoo.data.synthetic_interactions(2000, 1000)")
         data = zoo.data.synthetic_interactions(2000, 1000, key=key)
     else:
@@ -33,10 +36,17 @@ def main() -> None:
     parser.add_argument("path", type=pathlib.Path, nargs="?", default=None)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="1 epoch on synthetic interactions of 200 users and 100 items: a quick check",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.epochs = 1
 
     data_key, init_key, train_key, eval_key = jax.random.split(jax.random.key(0), 4)
-    train, test = load(args.path, data_key)
+    train, test = load(args.path, data_key, smoke=args.smoke)
     print(f"{train.num_users} users, {train.num_items} items, {len(train['user'])} training and "
           f"{len(test['user'])} held-out interactions")  # fmt: skip
 

@@ -311,6 +311,15 @@ CASES: list[Case] = [
         "Use a listed name, or any callable `loss(model, batch, key)`.",
     ),
     Case(
+        "train-loss-signature",
+        "zoo.train",
+        "a loss that takes only the model",
+        _train(loss=lambda model: 0.0),
+        TypeError,
+        r"loss must be callable as loss\(model, batch, key\), .* got <lambda> with signature",
+        "Take `(model, batch)`, or `(model, batch, key)` for dropout or sampling.",
+    ),
+    Case(
         "train-unknown-metric",
         "zoo.train",
         "an unknown metric name",

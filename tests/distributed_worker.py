@@ -253,17 +253,19 @@ def mesh_run(out: pathlib.Path) -> None:
 def process_run(out: pathlib.Path, port: int, rank: int) -> None:
     zoo.distributed.initialize(f"127.0.0.1:{port}", 2, rank, cpu_devices=2, timeout=60)
     mesh = jax.make_mesh((2, 2), ("data", "model"))
-    # Host-side batches this time: each process places its devices' share of every batch.
-    model = cases.train_recommender(mesh, fused=False)
-    gathered = multihost_utils.process_allgather(eqx.filter(model, eqx.is_array), tiled=True)
+    # zoo.train's defaults (every process decides to run fused), then host-side batches, where
+    # each process places its devices' share of every batch.
     report = {
         "process_count": jax.process_count(),
         "devices": jax.device_count(),
         "local_devices": jax.local_device_count(),
-        "user_shards": _shards(model.users.weight, gathered.users.weight),
     }
-    if rank == 0:
-        _save(out, "recommender", gathered)
+    for name, kwargs in (("recommender", {}), ("recommender_host", {"fused": False})):
+        model = cases.train_recommender(mesh, **kwargs)
+        gathered = multihost_utils.process_allgather(eqx.filter(model, eqx.is_array), tiled=True)
+        report[f"{name}_shards"] = _shards(model.users.weight, gathered.users.weight)
+        if rank == 0:
+            _save(out, name, gathered)
     (out / f"report_{rank}.json").write_text(json.dumps(report))
 
 

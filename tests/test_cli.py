@@ -75,3 +75,17 @@ def test_help_is_useful(capsys):
     text = capsys.readouterr().out
     for option in ("--dataset", "--epochs", "--batch-size", "--lr", "--hidden", "--seed", "--out"):
         assert option in text
+
+
+@pytest.mark.parametrize("model", ["mlp", "recommender"])
+def test_help_states_each_default_once(model, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", model, "--help"])
+    # Join argparse's wrapped lines back into one line per option.
+    text = " ".join(capsys.readouterr().out.split())
+    options = text.split(" --")[1:]
+    assert options
+    for option in options:
+        assert option.count("(default") <= 1, option
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: 0)" in text  # --seed's default is still shown

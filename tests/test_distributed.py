@@ -261,7 +261,12 @@ def test_two_processes_train_as_one_device(tmp_path, recommender):
     for rank in (0, 1):
         report = json.loads((tmp_path / f"report_{rank}.json").read_text())
         assert (report["process_count"], report["devices"], report["local_devices"]) == (2, 4, 2)
-        # Mesh (data=2, model=2): each process holds both row halves of the table, once.
-        assert sorted(shard["rows"] for shard in report["user_shards"]) == [[0, 32], [32, 64]]
-        assert all(shard["matches"] for shard in report["user_shards"])
+        for run in ("recommender", "recommender_host"):
+            # Mesh (data=2, model=2): each process holds both row halves of the table, once.
+            shards = report[f"{run}_shards"]
+            assert sorted(shard["rows"] for shard in shards) == [[0, 32], [32, 64]]
+            assert all(shard["matches"] for shard in shards)
+    # With zoo.train's defaults (fused epochs, decided alike by both processes) and with
+    # host-side batches.
     _assert_same_arrays(tmp_path / "recommender.npz", recommender)
+    _assert_same_arrays(tmp_path / "recommender_host.npz", recommender)

@@ -47,13 +47,17 @@ class Checkpoints:
     **Example:**
 
     ```python
-    checkpoints = zoo.Checkpoints("runs/x", every_steps=1000, keep=3)
+    def step(state, batch):  # your training step
+        return {"w": state["w"] - 0.1 * batch, "step": state["step"] + 1}
+
+    state, history = {"w": jnp.zeros(3), "step": jnp.array(0)}, []
+    checkpoints = zoo.Checkpoints("runs/x", every_steps=2, keep=3)
     if checkpoints.latest_step() is not None:  # resume
         state, extra = checkpoints.restore(like=state)
-    for ...:  # training
+    for batch in jnp.ones((5, 3)):  # training
         state = step(state, batch)
-        checkpoints.save(int(state.step), state, {"history": history})  # when due
-    checkpoints.save(int(state.step), state, {"history": history}, force=True)
+        checkpoints.save(int(state["step"]), state, {"history": history})  # when due
+    checkpoints.save(int(state["step"]), state, {"history": history}, force=True)
     checkpoints.close()
     ```
     """

@@ -16,6 +16,16 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args, parser)
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds each option's default to its help, except a default of None or False: those
+    options say in their help what happens without them ("default: 20 for digits, ...")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoo",
@@ -36,7 +46,7 @@ def _add_mlp(models) -> None:
         "mlp",
         help="a multilayer perceptron classifier on digits (shipped, offline) or MNIST",
         description="Train a zoo.MLP classifier with Adam and report test accuracy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
     mlp.add_argument(
         "--dataset",
@@ -138,7 +148,7 @@ def _add_recommender(models) -> None:
         description="Train a recommender on implicit feedback, split leave-last-out, and "
         "report HR@10 and NDCG@10 over the whole catalogue beside the popularity and random "
         "baselines.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
     recommender.add_argument("--model", choices=recipes.MODELS, required=True, help="the model")
     recommender.add_argument(

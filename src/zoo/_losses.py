@@ -13,6 +13,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from ._custom_types import Batch, LossFn
+from ._loss_signature import keyed_loss
 
 PerExample = Callable[[Array, Array], Array]
 
@@ -79,8 +80,11 @@ def supervised(per_example: PerExample) -> LossFn:
     **Example:**
 
     ```python
+    train = zoo.data.digits("train")
+    data = {"x": train["x"], "y": np.eye(10, dtype=np.float32)[train["y"]]}  # one-hot targets
+    model = zoo.MLP(in_size=64, out_size=10, hidden=(32,), key=jax.random.key(0))
     huber = zoo.losses.supervised(lambda p, t: optax.huber_loss(p, t).mean(-1))
-    model, history = zoo.train(model, data, loss=huber)
+    model, history = zoo.train(model, data, loss=huber, epochs=2)
     ```
     """
 
@@ -102,13 +106,13 @@ LOSSES: dict[str, LossFn] = {
 def resolve_loss(loss: str | LossFn) -> LossFn:
     """The loss named `loss` in the registry, or `loss` itself when it is a callable."""
     if callable(loss):
-        return loss
+        return keyed_loss(loss)
     if isinstance(loss, str) and loss in LOSSES:
         return LOSSES[loss]
     known = ", ".join(repr(name) for name in LOSSES)
     raise ValueError(
-        f"loss must be a callable loss(model, batch, key) -> scalar or one of {known}; "
-        f"got {loss!r}."
+        f"loss must be a callable loss(model, batch, key) -> scalar (or loss(model, batch)) "
+        f"or one of {known}; got {loss!r}."
     )
 
 
@@ -116,4 +120,4 @@ def register_loss(name: str, loss: LossFn) -> None:
     """Adds `loss` to the registry under `name`, so `zoo.train(..., loss=name)` finds it."""
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(model, batch, key); got {loss!r}.")
-    LOSSES[name] = loss
+    LOSSES[name] = keyed_loss(loss)

@@ -54,7 +54,8 @@ class MLP(Rebuildable, saved_as="zoo.MLP"):
     **Example:**
 
     ```python
-    import jax, zoo
+    import jax, jax.numpy as jnp, zoo
+    images, key = jnp.ones((4, 784)), jax.random.key(1)
     model = zoo.MLP(in_size=784, out_size=10, hidden=(256, 128), dropout=0.1,
                     key=jax.random.key(0))
     logits = jax.vmap(model)(images)                       # inference: no key, no dropout

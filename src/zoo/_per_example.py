@@ -20,7 +20,8 @@ def per_example_grads(
     **Arguments:**
 
     - `loss`: a loss name (`"cross_entropy"`, `"mse"`, `"bce"`) or a callable
-      `loss(model, batch, key) -> scalar`.
+      `loss(model, batch, key) -> scalar` or `loss(model, batch) -> scalar` (see
+      [Write your own loss](../training.md#write-your-own-loss)).
     - `model`: the model.
     - `batch`: a mapping of arrays whose leading axis indexes the examples.
     - `key`: passed to the loss for every example (e.g. dropout); `None` for none.
@@ -32,8 +33,10 @@ def per_example_grads(
     **Example:**
 
     ```python
+    model = zoo.MLP(in_size=784, out_size=10, hidden=(256,), key=jax.random.key(0))
+    x, y = jnp.ones((64, 784)), jnp.zeros(64, "int32")
     grads = zoo.per_example_grads("cross_entropy", model, {"x": x[:32], "y": y[:32]})
-    grads.layers[0].weight.shape  # (32, 256, 784)
+    assert grads.layers[0].weight.shape == (32, 256, 784)
     ```
     """
     loss_fn = resolve_loss(loss)
@@ -59,6 +62,8 @@ def per_example_grad_norms(
     **Example:**
 
     ```python
+    model = zoo.MLP(in_size=64, out_size=10, hidden=(32,), key=jax.random.key(0))
+    batch = {"x": jnp.ones((16, 64)), "y": jnp.zeros(16, "int32")}
     norms = zoo.per_example_grad_norms("cross_entropy", model, batch)  # shape (batch,)
     ```
     """

@@ -2,7 +2,7 @@
 
 A model class opts in by subclassing `zoo.Rebuildable` with a stable name:
 
-```python
+```{.python notest}
 class TwoTower(zoo.Rebuildable, saved_as="zoo.TwoTower"):
     ...
 ```

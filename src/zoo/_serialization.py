@@ -117,7 +117,8 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
 
     **Example:**
 
-    ```python
+    ```{.python notest}
+    # a fragment: MyModel and key are yours
     mlp = zoo.load("models/mnist-mlp")
     model = zoo.load("models/my-model", like=eqx.filter_eval_shape(MyModel, 64, key=key))
     ```

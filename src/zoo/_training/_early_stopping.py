@@ -37,8 +37,9 @@ class EarlyStopping:
     !!! example
 
         ```python
+        model = zoo.MLP(in_size=64, out_size=10, hidden=(32,), key=jax.random.key(0))
         model, history = zoo.train(
-            model, data, epochs=100, validation_split=0.1,
+            model, zoo.data.digits("train"), epochs=30, validation_split=0.1,
             early_stopping=zoo.EarlyStopping("accuracy", mode="max", patience=3),
         )
         ```

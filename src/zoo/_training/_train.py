@@ -26,6 +26,7 @@ from ._accumulation import accumulating, check_accumulate
 from ._checkpointing import Saver
 from ._dataset import checked_dataset, gather, host_rows, nbytes, num_examples
 from ._early_stopping import EarlyStopping
+from ._fused import fits_on_devices
 from ._history import current_learning_rate, new_history, record_epoch
 from ._logs import EpochLogs, check_logging
 from ._precision import check_precision, dynamic_loss_scaling, with_precision
@@ -43,8 +44,6 @@ _DEFAULT_METRICS = {
     "bce": ("bce", "accuracy"),
     "mse": ("mse", "mae"),
 }
-# Datasets up to this size run fused on device when the device does not report its memory.
-_FUSED_BYTES_WITHOUT_STATS = 4 * 2**30
 _PROGRESS_UPDATES_PER_EPOCH = 10
 _ITERABLE_STEPS_PER_REPORT = 50
 
@@ -97,7 +96,8 @@ def train(
     - `data`: a mapping of equal-length arrays (`{"x": inputs, "y": targets}` for the built-in
       losses), or an iterable of such batches, iterated once per epoch.
     - `loss`: `"cross_entropy"` (integer labels), `"mse"`, `"bce"`, or any callable
-      `loss(model, batch, key) -> scalar`.
+      `loss(model, batch, key) -> scalar` or `loss(model, batch) -> scalar` (see
+      [Write your own loss](../training.md#write-your-own-loss)).
     - `optimizer`: an optax optimizer (default `optax.adam(1e-3)`), or a sparse-embedding
       optimizer from `zoo.sparse`. Clipping and schedules come from optax as usual; wrap in
       `optax.inject_hyperparams` to have the learning rate recorded. With `zoo.sparse.sgd` on
@@ -200,8 +200,8 @@ def train(
     Fit-style: hold out a tenth of the data, compute in bfloat16, stop when the held-out
     accuracy has not improved for 3 epochs, keep the best model, and log for TensorBoard:
 
-    ```python
-    model, history = zoo.train(model, zoo.data.digits("train"), epochs=100, batch_size=64,
+    ```{.python continuation}
+    model, history = zoo.train(model, zoo.data.digits("train"), epochs=20, batch_size=64,
                                validation_split=0.1, stratify=True, precision="bfloat16",
                                early_stopping=zoo.EarlyStopping("accuracy", patience=3),
                                log_dir="runs/digits", tensorboard=True)
@@ -604,15 +604,9 @@ def _epoch_runner(
             "last_batch='drop' would skip them all; lower batch_size or use last_batch='keep'."
         )
     if fused is None:
-        fused = nbytes(arrays) <= _device_budget_bytes()
+        fused = fits_on_devices(nbytes(arrays), placement.mesh)
     layout = _EpochLayout.of(num_examples(arrays), batch_size, last_batch, steps_per_chunk)
     return (_FusedEpochs if fused else _HostEpochs)(arrays, programs, layout, placement)
-
-
-def _device_budget_bytes() -> int:
-    stats = jax.devices()[0].memory_stats() or {}
-    # Leave room for the model, the optimizer state and activations beside the dataset.
-    return stats["bytes_limit"] // 4 if "bytes_limit" in stats else _FUSED_BYTES_WITHOUT_STATS
 
 
 def _check_class_labels(model: eqx.Module, arrays: dict | None, argument: str) -> None:

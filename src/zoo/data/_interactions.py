@@ -23,7 +23,8 @@ class Interactions(dict):
 
     **Example:**
 
-    ```python
+    ```{.python notest}
+    # needs the MovieLens files
     ratings = zoo.data.movielens("~/data/ml-100k")
     ratings["user"][:3], ratings.num_users  # indices, and 943 users
     ratings.item_ids[ratings["item"][0]]  # the raw MovieLens id of the first rated movie

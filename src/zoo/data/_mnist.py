@@ -84,7 +84,8 @@ def mnist(
 
     **Example:**
 
-    ```python
+    ```{.python notest}
+    # needs the MNIST files (or the network)
     import zoo
 
     train = zoo.data.mnist("train")  # downloads to ~/.cache/zoo/mnist on first use

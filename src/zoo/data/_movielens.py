@@ -80,7 +80,8 @@ def movielens(root: str | os.PathLike[str]) -> Interactions:
 
     **Example:**
 
-    ```python
+    ```{.python notest}
+    # needs the MovieLens files
     ratings = zoo.data.movielens("~/data/ml-1m")
     liked = zoo.data.implicit(ratings, threshold=4.0)
     train, test = zoo.data.leave_last_out(liked)

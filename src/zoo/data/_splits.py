@@ -23,7 +23,8 @@ def implicit(data: Interactions, threshold: float = 4.0) -> Interactions:
 
     **Example:**
 
-    ```python
+    ```{.python notest}
+    # needs MovieLens files
     liked = zoo.data.implicit(zoo.data.movielens("~/data/ml-100k"), threshold=4.0)
     ```
     """
@@ -53,8 +54,9 @@ def leave_last_out(data: Interactions) -> tuple[Interactions, Interactions]:
     **Example:**
 
     ```python
+    key = jax.random.key(0)
     train, test = zoo.data.leave_last_out(zoo.data.synthetic_interactions(key=key))
-    len(test["user"]) == train.num_users  # one held-out event per user
+    assert len(test["user"]) == train.num_users  # one held-out event per user
     ```
     """
     if "timestamp" not in data:
@@ -94,6 +96,7 @@ def random_holdout(
     **Example:**
 
     ```python
+    liked = zoo.data.synthetic_interactions(200, 100, key=jax.random.key(0))
     train, test = zoo.data.random_holdout(liked, fraction=0.2, seed=0)
     ```
     """

@@ -51,7 +51,8 @@ def initialize(
 
     **Example:**
 
-    ```python
+    ```{.python notest}
+    # a fragment: one process of two (docs/scaling.md)
     # started as `python train.py RANK` for RANK in 0, 1
     zoo.distributed.initialize("127.0.0.1:12345", num_processes=2, process_id=int(sys.argv[1]))
     mesh = jax.make_mesh((jax.device_count(),), ("data",))

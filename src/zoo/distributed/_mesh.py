@@ -59,7 +59,8 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
     **Example:**
 
     ```python
-    mesh = jax.make_mesh((8,), ("data",))
+    batch = {"x": jnp.ones((8, 3))}
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))  # 8 devices, say
     batch = jax.device_put(batch, zoo.distributed.data_sharding(mesh))
     ```
     """

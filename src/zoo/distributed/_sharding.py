@@ -81,9 +81,10 @@ def state_shardings(state: PyTree, mesh: Mesh) -> PyTree:
     **Example:**
 
     ```python
-    mesh = jax.make_mesh((2, 4), ("data", "model"))
+    model = zoo.MatrixFactorization(64, 32, dim=8, key=jax.random.key(0))
+    mesh = jax.make_mesh((1, jax.device_count()), ("data", "model"))  # (1, 8), say
     shardings = zoo.distributed.state_shardings(model, mesh)
-    shardings.users.weight  # NamedSharding(mesh, P("model"))
+    shardings.user_embedding.weight  # NamedSharding(mesh, P("model"))
     ```
     """
     mesh = checked_mesh(mesh)
@@ -124,9 +125,10 @@ def shard_state(state: PyTree, mesh: Mesh) -> PyTree:
     **Example:**
 
     ```python
-    mesh = jax.make_mesh((1, 8), ("data", "model"))
+    model = zoo.MatrixFactorization(64, 32, dim=8, key=jax.random.key(0))
+    mesh = jax.make_mesh((1, jax.device_count()), ("data", "model"))  # (1, 8), say
     model = zoo.distributed.shard_state(model, mesh)
-    [s.data.shape for s in model.users.weight.addressable_shards]  # 8 x (rows // 8, dim)
+    [s.data.shape for s in model.user_embedding.weight.addressable_shards]  # 8 x (rows // 8, dim)
     ```
     """
     dynamic, static = eqx.partition(state, eqx.is_array)
@@ -154,7 +156,8 @@ def abstract_state(state: PyTree, mesh: Mesh) -> PyTree:
 
     **Example:**
 
-    ```python
+    ```{.python notest}
+    # a fragment: docs/scaling.md has it whole
     import orbax.checkpoint as ocp
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(path, eqx.filter(state, eqx.is_array))      # on the old mesh

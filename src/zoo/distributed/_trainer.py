@@ -103,6 +103,10 @@ class Placement:
     def __init__(self, mesh: Mesh | None):
         self._mesh = mesh
 
+    @property
+    def mesh(self) -> Mesh | None:
+        return self._mesh
+
     def dataset(self, arrays: Mapping[str, np.ndarray | jax.Array]) -> dict[str, jax.Array]:
         """A whole dataset for on-device epochs: replicated, so that every device can gather
         its examples of any batch of a shuffled order without communication."""

@@ -21,6 +21,8 @@ class Popularity(Factorized):
     **Example:**
 
     ```python
+    data = zoo.data.synthetic_interactions(200, 100, key=jax.random.key(0))
+    train, test = zoo.data.leave_last_out(data)
     baseline = zoo.recsys.Popularity(train, train.num_items)
     zoo.recsys.evaluate_ranking(baseline, train, test, baselines=False)
     ```

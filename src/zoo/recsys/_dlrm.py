@@ -30,6 +30,9 @@ class DLRM(Rebuildable, saved_as="zoo.DLRM"):
     **Example:**
 
     ```python
+    key = jax.random.key(0)
+    dense_features, categorical_ids = jnp.ones(13), jnp.array([3, 7, 1])
+    dense_batch, ids_batch = jnp.ones((8, 13)), jnp.zeros((8, 3), "int32")
     model = zoo.DLRM(num_dense=13, vocab_sizes=(1000, 500, 20), dim=16, key=key)
     logit = model(dense_features, categorical_ids)  # (13,) floats and (3,) ids
     logits = jax.vmap(model)(dense_batch, ids_batch)  # train with loss="bce"-style losses
@@ -129,6 +132,9 @@ class DLRMRecommender(Rebuildable, saved_as="zoo.recsys.DLRMRecommender"):
     **Example:**
 
     ```python
+    data = zoo.data.synthetic_interactions(200, 100, key=jax.random.key(0))
+    train, test = zoo.data.leave_last_out(data)
+    key, users, items = jax.random.key(1), jnp.arange(4), jnp.arange(4)
     counts = zoo.recsys.item_counts(train, train.num_items)
     model = zoo.recsys.DLRMRecommender(train.num_users, train.num_items, counts, key=key)
     jax.vmap(model)(users, items)  # logits

@@ -231,6 +231,8 @@ def evaluate_ranking(
     **Example:**
 
     ```python
+    data = zoo.data.synthetic_interactions(200, 100, key=jax.random.key(0))
+    model = zoo.MatrixFactorization(data.num_users, data.num_items, key=jax.random.key(1))
     train, test = zoo.data.leave_last_out(data)
     report = zoo.recsys.evaluate_ranking(model, train, test, k=10)
     print(zoo.recsys.format_report(report))
@@ -286,6 +288,9 @@ def evaluate_sampled(
     **Example:**
 
     ```python
+    data = zoo.data.synthetic_interactions(200, 100, key=jax.random.key(0))
+    train, test = zoo.data.leave_last_out(data)
+    model = zoo.MatrixFactorization(train.num_users, train.num_items, key=jax.random.key(1))
     zoo.recsys.evaluate_sampled(model, train, test, num_negatives=100, key=jax.random.key(0))
     ```
     """
@@ -313,10 +318,12 @@ def format_report(report: Report) -> str:
     **Example:**
 
     ```python
+    data = zoo.data.synthetic_interactions(200, 100, key=jax.random.key(0))
+    train, test = zoo.data.leave_last_out(data)
+    model = zoo.MatrixFactorization(train.num_users, train.num_items, key=jax.random.key(1))
     print(zoo.recsys.format_report(zoo.recsys.evaluate_ranking(model, train, test)))
-    # |            | hr@10           | ndcg@10         | ...
-    # | model      | 0.3120 (x2.41)  | 0.1702 (x2.65)  | ...
-    # | popularity | 0.1295          | 0.0642          | ...
+    # A Markdown table: a row for the model and each baseline, a column for each metric, and
+    # beside each of the model's figures its lift over popularity, "(x2.41)" say.
     ```
     """
     names = list(next(iter(report.values())))

@@ -98,9 +98,13 @@ def bpr_loss(sampler: NegativeSampler, *, num_negatives: int = 1) -> LossFn:
     **Example:**
 
     ```python
+    data = zoo.data.synthetic_interactions(200, 100, key=jax.random.key(0))
+    train, test = zoo.data.leave_last_out(data)
+    model = zoo.MatrixFactorization(train.num_users, train.num_items, key=jax.random.key(1))
+    key = jax.random.key(2)
     sampler = zoo.recsys.NegativeSampler(train.num_items, interactions=train,
                                          exclude_positives=True)
-    model, history = zoo.train(model, train, loss=zoo.recsys.bpr_loss(sampler), key=key)
+    model, history = zoo.train(model, train, loss=zoo.recsys.bpr_loss(sampler), epochs=2, key=key)
     ```
     """
     _check_sampler(sampler, num_negatives, "bpr_loss")
@@ -132,6 +136,8 @@ def bce_loss(sampler: NegativeSampler, *, num_negatives: int = 4) -> LossFn:
     **Example:**
 
     ```python
+    data = zoo.data.synthetic_interactions(200, 100, key=jax.random.key(0))
+    train, test = zoo.data.leave_last_out(data)
     loss = zoo.recsys.bce_loss(zoo.recsys.NegativeSampler(train.num_items), num_negatives=4)
     ```
     """
@@ -170,9 +176,13 @@ def in_batch_softmax_loss(*, item_counts: ArrayLike | None = None) -> LossFn:
     **Example:**
 
     ```python
+    data = zoo.data.synthetic_interactions(200, 100, key=jax.random.key(0))
+    train, test = zoo.data.leave_last_out(data)
+    two_tower = zoo.TwoTower(train.num_users, train.num_items, key=jax.random.key(1))
+    key = jax.random.key(2)
     counts = zoo.recsys.item_counts(train, train.num_items)
     loss = zoo.recsys.in_batch_softmax_loss(item_counts=counts)
-    model, history = zoo.train(two_tower, train, loss=loss, batch_size=512, key=key)
+    model, history = zoo.train(two_tower, train, loss=loss, batch_size=512, epochs=2, key=key)
     ```
     """
     log_q = None

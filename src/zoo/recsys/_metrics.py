@@ -60,7 +60,8 @@ def ranking_metrics(
 
     **Example:**
 
-    ```python
+    ```{.python notest}
+    # a fragment: model, users, rows, train_items and held_out are yours
     scores = model.embed_users(users) @ model.embed_items(jnp.arange(n)).T
     scores = scores.at[rows, train_items].set(-jnp.inf)  # exclude training positives
     zoo.recsys.ranking_metrics(scores, held_out, k=(10, 20))["ndcg@10"].mean()
@@ -138,7 +139,8 @@ def auc(
 
     **Example:**
 
-    ```python
+    ```{.python notest}
+    # a fragment: a pointwise model and test data with clicks
     logits = jax.vmap(model)(test["user"], test["item"])
     zoo.recsys.auc(logits, test["clicked"])
     ```

@@ -31,6 +31,7 @@ class MatrixFactorization(Factorized, Rebuildable, saved_as="zoo.MatrixFactoriza
     **Example:**
 
     ```python
+    key, users, items = jax.random.key(0), jnp.arange(4), jnp.arange(4)
     model = zoo.MatrixFactorization(num_users=943, num_items=1682, dim=32, key=key)
     model(jnp.array(3), jnp.array(7))  # one score
     jax.vmap(model)(users, items)  # a batch of pairs

@@ -80,6 +80,9 @@ class NegativeSampler(eqx.Module):
     **Example:**
 
     ```python
+    data = zoo.data.synthetic_interactions(200, 100, key=jax.random.key(0))
+    train, test = zoo.data.leave_last_out(data)
+    key, users = jax.random.key(1), jnp.arange(8)
     sampler = zoo.recsys.NegativeSampler(
         train.num_items, distribution="popularity", interactions=train, exclude_positives=True
     )

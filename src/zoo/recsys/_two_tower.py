@@ -88,6 +88,8 @@ class TwoTower(Factorized, Rebuildable, saved_as="zoo.TwoTower"):
     **Example:**
 
     ```python
+    key, users = jax.random.key(0), jnp.arange(4)
+    genres = np.arange(1682) % 19  # one genre per item, say
     model = zoo.TwoTower(
         num_users=943, num_items=1682, dim=32, hidden=(64,),
         item_features=genres[:, None], similarity="cosine", temperature=0.1, key=key,

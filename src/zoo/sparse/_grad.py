@@ -125,7 +125,8 @@ def value_and_grad(fn: Callable[..., Any], *, has_aux: bool = False) -> Callable
 
     !!! example
 
-        ```python
+        ```{.python notest}
+        # a fragment: model and batch are yours (docs/sparse.md has the whole example)
         def loss_fn(model, batch):
             scores = jax.vmap(model)(batch["user"], batch["item"])
             return jnp.mean((scores - batch["rating"]) ** 2)

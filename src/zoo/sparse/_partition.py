@@ -69,7 +69,8 @@ def partition(
 
     !!! example
 
-        ```python
+        ```{.python notest}
+        # a fragment: model and loss_fn are yours (docs/sparse.md has the whole example)
         opt = zoo.sparse.partition(
             dense=optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)),
             embeddings=zoo.sparse.rowwise_adagrad(0.05),

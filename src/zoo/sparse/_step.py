@@ -48,6 +48,14 @@ def value_and_update(
     !!! example
 
         ```python
+        model = zoo.MatrixFactorization(num_users=50, num_items=40, dim=8, key=jax.random.key(0))
+        batch = {"user": jnp.array([0, 1, 1]), "item": jnp.array([3, 3, 7]),
+                 "rating": jnp.array([4.0, 3.0, 5.0])}
+
+        def loss_fn(model, batch):
+            scores = jax.vmap(model)(batch["user"], batch["item"])
+            return jnp.mean((scores - batch["rating"]) ** 2)
+
         opt = zoo.sparse.partition(dense=optax.adam(1e-3), embeddings=zoo.sparse.sgd(0.1))
 
         @eqx.filter_jit(donate="all")
