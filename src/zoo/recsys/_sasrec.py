@@ -138,9 +138,13 @@ class SASRec(Rebuildable, saved_as="zoo.SASRec"):
         - `key`: a `jax.random.key` for the initialisation.
         """
         check_counts(
-            _EXAMPLE, num_items=num_items, dim=dim, num_blocks=num_blocks, num_heads=num_heads,
+            _EXAMPLE,
+            num_items=num_items,
+            dim=dim,
+            num_blocks=num_blocks,
+            num_heads=num_heads,
             max_len=max_len,
-        )  # fmt: skip
+        )
         if dim % num_heads:
             raise ValueError(
                 f"num_heads must divide dim; got num_heads={num_heads}, dim={dim}. Example: "
@@ -150,7 +154,7 @@ class SASRec(Rebuildable, saved_as="zoo.SASRec"):
             raise ValueError(f"dropout must be a probability in [0, 1); got {dropout!r}.")
         item_key, position_key, block_key = jax.random.split(key, 3)
         self.item_embedding = Embedding(num_items + 1, dim, padding_idx=num_items, key=item_key)
-        self.positions = jax.random.normal(position_key, (max_len, dim)) / np.sqrt(dim)
+        self.positions = jax.random.normal(position_key, (max_len, dim)) * (1 / dim**0.5)
         self.blocks = tuple(
             _Block(dim, num_heads, dropout, key=k) for k in jax.random.split(block_key, num_blocks)
         )

@@ -1,7 +1,5 @@
 """Next-item losses for sequential recommenders: `sequence_loss(kind)` for `zoo.train`."""
 
-from typing import Literal
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -10,14 +8,13 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Scalar
 from .._custom_types import Batch, LossFn
 from ._sampling import NegativeSampler
 
-SequenceLoss = Literal["bce", "softmax", "sampled_softmax"]
 _KINDS = ("bce", "softmax", "sampled_softmax")
 _DEFAULT_NEGATIVES = {"bce": 1, "softmax": 0, "sampled_softmax": 128}
 _EXAMPLE = 'zoo.recsys.sequence_loss("sampled_softmax", num_negatives=128)'
 
 
 def sequence_loss(
-    kind: SequenceLoss = "softmax",
+    kind: str = "softmax",  # checked below, with a clearer message than a type error's
     *,
     num_negatives: int | None = None,
     sampler: NegativeSampler | None = None,
@@ -92,7 +89,8 @@ def sequence_loss(
                 log_q = _log_q(model.num_items, sampler)
                 per_position = _sampled_softmax(model, hidden, targets, draw, num_negatives, log_q)
         real = targets != model.num_items
-        return jnp.sum(jnp.where(real, per_position, 0.0)) / jnp.maximum(jnp.sum(real), 1)
+        count = jnp.maximum(jnp.sum(real), 1).astype(per_position.dtype)
+        return jnp.sum(jnp.where(real, per_position, 0.0)) / count
 
     return loss
 
