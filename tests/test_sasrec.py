@@ -1,6 +1,8 @@
 """SASRec: sequence data, the model's causality and padding, its losses on both training paths,
 and its full-ranking lift over order-blind models on data with a planted order."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import optax
 import pytest
 
 import zoo
+from zoo._cli import main
 from zoo.data._sequences import histories
 
 from .helpers import tree_allclose
@@ -201,3 +204,34 @@ def test_sasrec_doubles_matrix_factorization_and_triples_popularity_on_ordered_d
     hr = report["model"]["hr@10"]
     assert hr >= 2 * mf_hr, (hr, mf_hr)
     assert hr >= 3 * report["popularity"]["hr@10"], report
+
+
+def test_cli_trains_sasrec_with_a_sampled_softmax(tmp_path, capsys):
+    args = [
+        "train",
+        "recommender",
+        "--model",
+        "sasrec",
+        "--data",
+        "synthetic:300x60",
+        "--loss",
+        "sampled-softmax",
+        "--epochs",
+        "3",
+        "--dim",
+        "16",
+        "--max-len",
+        "20",
+        "--batch-size",
+        "32",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["epoch"] == [1, 2, 3]
+    losses = history["train"]["loss"]
+    assert losses[-1] < losses[0]
+    assert history["eval"]["hr@10"][-1] > history["baselines"]["random"]["hr@10"]
+    assert "| model" in capsys.readouterr().out
