@@ -7,8 +7,13 @@ donated). Every configuration runs in its own subprocess, so that its peak RSS i
     uv run python benchmarks/embedding_step.py                    # V in 1e4, 1e6, 1e7
     uv run python benchmarks/embedding_step.py --sizes 1e4,1e5    # a quick run
 
-PyTorch (`nn.Embedding(sparse=True)`) runs from `.bench-venv/` when that exists (a Python 3.11
-venv with the CPU build of torch; see `_torch_embedding_step.py`), and is skipped otherwise.
+PyTorch (`nn.Embedding(sparse=True)`) runs from `.bench-venv/`, a Python 3.11 venv with the CPU
+build of torch that `_torch_env.py` makes on first use; where it cannot, the run says why and
+goes on without PyTorch.
+
+zoo's steps come two ways: `sgd`, `rowwise_adagrad`, `lazy_adam` through
+`zoo.sparse.value_and_update` (SGD in place: the table's own `jax.Ref` receives `-lr * grad` in
+the backward pass), and `*_coalesced` through `value_and_grad` + `update` + `apply_updates`.
 
 Beside them runs `jax_floor`: the least work any JAX step of this model can do, one gather of
 the looked-up rows and one scatter-add of `-lr * grad` into the table, duplicates uncoalesced
@@ -30,11 +35,18 @@ import subprocess
 import sys
 import time
 
+from _torch_env import torch_python
+
 HERE = pathlib.Path(__file__).resolve().parent
-TORCH_PYTHON = HERE.parent / ".bench-venv" / "bin" / "python"
 DIM, BATCH = 64, 4096
+# zoo's steps through `zoo.sparse.value_and_update`, the one call a user's step makes: SGD
+# lands in the table's own ref during the backward pass; the others coalesce the ids.
 ZOO = ("sgd", "rowwise_adagrad", "lazy_adam")
+# The same optimizers through value_and_grad + update + apply_updates (coalesced, SparseRows).
+COALESCED = tuple(f"{name}_coalesced" for name in ZOO)
 FLOOR = "jax_floor"
+# zoo SGD in place with a loss that looks the whole id array up at once, outside `vmap`.
+UNBATCHED = "sgd_unbatched_loss"
 TORCH = {"sgd": "sgd", "rowwise_adagrad": "adagrad", "lazy_adam": "sparse_adam"}
 DENSE_LIMIT = 1_000_000  # dense Adam at 1e7 needs three 2.5 GB tables and minutes per run
 
@@ -80,6 +92,14 @@ def optimizer_step(optimizer: str):
     def loss_fn(model, batch):
         return jnp.mean((jax.vmap(model)(batch["ids"]) - batch["y"]) ** 2)
 
+    if optimizer == UNBATCHED:  # the table called on the whole id array, outside vmap
+
+        def loss_fn(model, batch):
+            rows = model.table(batch["ids"])
+            return jnp.mean((jax.vmap(model.head)(rows)[:, 0] - batch["y"]) ** 2)
+
+        optimizer = "sgd"
+
     if optimizer == FLOOR:
         return floor_step(optax.adam(1e-3))
     if optimizer == "dense_adam":
@@ -91,9 +111,18 @@ def optimizer_step(optimizer: str):
             "sgd": zoo.sparse.sgd(0.1),
             "rowwise_adagrad": zoo.sparse.rowwise_adagrad(0.05),
             "lazy_adam": zoo.sparse.lazy_adam(1e-3),
-        }[optimizer]
+        }[optimizer.removesuffix("_coalesced")]
         opt = zoo.sparse.partition(dense=optax.adam(1e-3), embeddings=embeddings)
         grad_fn, apply, init = zoo.sparse.value_and_grad, zoo.sparse.apply_updates, opt.init
+        if optimizer in ZOO:
+
+            def whole_step(model, opt_state, batch):
+                loss, model, opt_state = zoo.sparse.value_and_update(loss_fn, opt)(
+                    model, opt_state, batch
+                )
+                return model, opt_state, loss
+
+            return whole_step, init
 
     def step(model, opt_state, batch):
         loss, grads = grad_fn(loss_fn)(model, batch)
@@ -151,15 +180,15 @@ def run(args: list[str], python: str = sys.executable, env: dict | None = None) 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def commands(size: int, steps: int) -> dict[str, list[str] | str]:
+def commands(size: int, steps: int, torch_python) -> dict[str, list[str] | str]:
     """Every configuration at one size: its command line, or why it is skipped."""
     configs = {}
-    for name in ("dense_adam", FLOOR, *ZOO):
+    for name in ("dense_adam", FLOOR, *ZOO, UNBATCHED, *COALESCED):
         if name == "dense_adam" and size > DENSE_LIMIT:
             configs[name] = f"skipped (V > {DENSE_LIMIT:.0e}: too big and slow)"
         else:
             configs[name] = [__file__, "--worker", name, "--size", str(size), "--steps", str(steps)]
-    if TORCH_PYTHON.exists():
+    if torch_python is not None:
         for torch_name in TORCH.values():
             script = str(HERE / "_torch_embedding_step.py")
             configs[f"torch_{torch_name}"] = [script, torch_name, str(size), str(steps)]
@@ -182,24 +211,24 @@ def combine(rounds: list[dict | str]) -> dict | str:
 
 def measure(sizes: list[int], steps: int, rounds: int, env: dict) -> dict:
     """`{(name, size): result}`, each size's configurations run in interleaved rounds."""
-    if not TORCH_PYTHON.exists():
-        print(f"PyTorch: skipped ({TORCH_PYTHON} not found; see _torch_embedding_step.py)")
+    torch, how = torch_python()
+    print(how)
     results = {}
     for size in sizes:
-        configs = commands(size, steps)
+        configs = commands(size, steps, torch)
         runs = {name: [] for name in configs}
         for _ in range(rounds):
             for name, command in configs.items():
                 if isinstance(command, str):
                     runs[name].append(command)
                 else:
-                    python = str(TORCH_PYTHON) if name.startswith("torch_") else sys.executable
+                    python = str(torch) if name.startswith("torch_") else sys.executable
                     runs[name].append(run(command, python, env))
         results |= {(name, size): combine(r) for name, r in runs.items()}
     return results
 
 
-NAMES = ["dense_adam", FLOOR, *ZOO, *(f"torch_{t}" for t in TORCH.values())]
+NAMES = ["dense_adam", FLOOR, *ZOO, UNBATCHED, *COALESCED, *(f"torch_{t}" for t in TORCH.values())]
 
 
 def report(results: dict, sizes: list[int]) -> None:
@@ -234,7 +263,18 @@ def growth(ms: dict, name: str, sizes: list[int]) -> str | None:
     return None
 
 
+FLOOR_TARGETS = {"sgd": 1.1, "sgd_unbatched_loss": 1.1, "rowwise_adagrad": 1.5, "lazy_adam": 1.5}
+
+
 def print_targets(ms: dict, sizes: list[int]) -> None:
+    print("\nTargets against the floor, same run:")
+    for size in sizes:
+        for name in (*ZOO, UNBATCHED, *COALESCED):
+            target = FLOOR_TARGETS[name.removesuffix("_coalesced")]
+            if (name, size) in ms and (FLOOR, size) in ms:
+                ratio = ms[name, size] / ms[FLOOR, size]
+                verdict = "met" if ratio <= target else "missed"
+                print(f"  zoo {name} / floor at V={size:.0e}: {ratio:.2f}x (<={target}: {verdict})")
     print("\nTargets:")
     for name in ZOO:
         if ratio := growth(ms, name, sizes):

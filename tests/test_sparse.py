@@ -123,14 +123,109 @@ def test_has_aux_and_a_table_nested_in_a_list(getkey):
     assert tree_allclose(densified(grads), expected)
 
 
-def test_lookup_inside_scan_is_a_clear_error(getkey):
+def scan_loss(model, batch):
+    """Per example, a `lax.scan` over the bag positions, each looking up one positive and one
+    negative item (a table looked up twice per scan step)."""
+
+    def per_example(user, positive, negative):
+        u = model.head(model.users(user))
+
+        def body(total, ids):
+            p, n = ids
+            return total + jnp.dot(u, model.items(p[None])) - jnp.dot(u, model.items(n[None])), None
+
+        return jax.lax.scan(body, 0.0, (positive, negative))[0]
+
+    scores = jax.vmap(per_example)(batch["user"], batch["positive"], batch["negative"])
+    return jnp.mean(jax.nn.softplus(-scores))
+
+
+def unbatched_scan_loss(model, batch):
+    """A scan over the batch's examples, no vmap: the lookups run inside the scan body."""
+
+    def body(total, example):
+        user, positive, negative = example
+        return total + jax.nn.softplus(-model(user, positive, negative)), None
+
+    examples = (batch["user"], batch["positive"], batch["negative"])
+    return jax.lax.scan(body, 0.0, examples)[0] / batch["user"].shape[0]
+
+
+def cond_loss(model, batch):
+    """A `lax.cond` whose branches look up different tables with ids of different shapes."""
+    extra = jax.lax.cond(
+        batch["user"][0] > 1,
+        lambda: jnp.sum(model.items(batch["negative"]) ** 2),
+        lambda: jnp.sum(model.users(batch["user"][:3]) ** 2),
+    )
+    return vmapped_loss(model, batch) + 0.1 * extra
+
+
+def checkpoint_loss(model, batch):
+    return jax.checkpoint(vmapped_loss)(model, batch)
+
+
+def nested_jit_loss(model, batch):
+    return eqx.filter_jit(batched_loss)(model, batch)
+
+
+ANYWHERE = [scan_loss, unbatched_scan_loss, cond_loss, checkpoint_loss, nested_jit_loss]
+
+
+@pytest.mark.parametrize("loss_fn", ANYWHERE)
+def test_gradients_of_lookups_anywhere_equal_jax_grad(getkey, loss_fn):
+    model, batch = Recommender(getkey()), make_batch(getkey())
+    loss, grads = eqx.filter_jit(zoo.sparse.value_and_grad(loss_fn))(model, batch)
+    expected_loss, expected = eqx.filter_value_and_grad(loss_fn)(model, batch)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+    assert isinstance(grads.items.weight, SparseRows)
+    assert tree_allclose(densified(grads), expected, atol=1e-7)
+
+
+def test_lookup_inside_while_loop_is_a_clear_error(getkey):
     emb = zoo.Embedding(5, 2, key=getkey())
 
     def loss_fn(emb, ids):
-        return jax.lax.scan(lambda c, i: (c + jnp.sum(emb(i)), None), 0.0, ids)[0]
+        def body(carry):
+            i, total = carry
+            return i + 1, total + jnp.sum(emb(ids[i]))
 
-    with pytest.raises(ValueError, match="Look the ids up before it"):
+        return jax.lax.while_loop(lambda c: c[0] < ids.shape[0], body, (0, 0.0))[1]
+
+    with pytest.raises(ValueError, match=r"while_loop .* jax.lax.scan"):
         zoo.sparse.value_and_grad(loss_fn)(emb, jnp.array([1, 2]))
+
+
+@pytest.mark.parametrize("embeddings", ["sgd", "rowwise_adagrad"])
+@pytest.mark.parametrize("read", ["matmul", "shape"])
+def test_reading_a_table_directly_names_the_table_and_the_fix(getkey, embeddings, read):
+    model = Recommender(getkey())
+    opt = zoo.sparse.partition(
+        dense=optax.sgd(0.1), embeddings=getattr(zoo.sparse, embeddings)(0.1)
+    )
+
+    def tied_loss(model, batch):
+        h = model.head(model.users(batch["user"][0]))
+        if read == "shape":
+            return jnp.sum(h) * model.items.weight.shape[0]
+        return jnp.sum(h @ model.items.weight.T)  # weight tying: a dense read of the table
+
+    step = jax.jit(zoo.sparse.value_and_update(tied_loss, opt))
+    with pytest.raises((TypeError, AttributeError), match=r"model\.items.* read directly.*dense"):
+        step(model, opt.init(model), make_batch(getkey()))
+
+
+def test_a_model_holding_a_ref_is_refused_with_the_fix(getkey):
+    model = Recommender(getkey())
+    opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=zoo.sparse.sgd(0.1))
+
+    @jax.jit
+    def step(model, opt_state, batch):
+        with_ref = eqx.tree_at(lambda m: m.items.weight, model, jax.new_ref(model.items.weight))
+        return zoo.sparse.value_and_update(vmapped_loss, opt)(with_ref, opt_state, batch)
+
+    with pytest.raises(TypeError, match=r"jax.Ref at .*\.items\.weight.*jax.freeze"):
+        step(model, opt.init(model), make_batch(getkey()))
 
 
 def dense_reference(name, lr, eps):
@@ -190,6 +285,118 @@ def test_exact_optimizers_equal_their_dense_formula(getkey, name):
         assert tree_allclose((state.users.weight, state.items.weight), accs, atol=1e-7)
 
 
+def copied(tree):
+    """A copy of every array: the steps donate their arguments."""
+    return jax.tree.map(lambda x: jnp.array(x, copy=True) if eqx.is_array(x) else x, tree)
+
+
+def dense_sgd_step(lr_tables, lr_rest, loss_fn):
+    @eqx.filter_jit
+    def step(model, batch):
+        grads = eqx.filter_grad(loss_fn)(model, batch)
+        tables = (grads.users.weight, grads.items.weight)
+        model = eqx.tree_at(
+            lambda m: (m.users.weight, m.items.weight),
+            model,
+            (
+                model.users.weight - lr_tables * tables[0],
+                model.items.weight - lr_tables * tables[1],
+            ),
+        )
+        head = jax.tree.map(lambda p, g: p - lr_rest * g, model.head, grads.head)
+        return eqx.tree_at(lambda m: m.head, model, head)
+
+    return step
+
+
+@pytest.mark.parametrize("loss_fn", [vmapped_loss, batched_loss, nested_vmap_loss, *ANYWHERE])
+def test_in_place_sgd_equals_dense_sgd(getkey, loss_fn):
+    """The table's own ref receives -lr * grad in the backward pass: duplicate ids, bags,
+    padding, a table looked up twice, lookups in scan/cond/checkpoint/jit."""
+    opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=zoo.sparse.sgd(0.3))
+
+    @eqx.filter_jit(donate="all")
+    def step(model, opt_state, batch):
+        return zoo.sparse.value_and_update(loss_fn, opt)(model, opt_state, batch)
+
+    reference = Recommender(getkey())
+    model, opt_state = copied(reference), opt.init(reference)
+    dense_step = dense_sgd_step(0.3, 0.1, loss_fn)
+    for _ in range(3):
+        batch = make_batch(getkey())
+        expected_loss = loss_fn(reference, batch)
+        loss, model, opt_state = step(model, opt_state, batch)
+        reference = dense_step(reference, batch)
+        np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+    assert tree_allclose(model, reference, rtol=1e-5, atol=1e-6)
+    assert int(opt_state.embeddings.count) == 3
+
+
+def test_in_place_sgd_is_bit_identical_to_the_floor(getkey):
+    """One gather, one scatter-add of -lr * grad (duplicates uncoalesced): the same numbers."""
+    table = jax.random.normal(getkey(), (50, 4))
+    ids = jnp.concatenate([jax.random.randint(getkey(), (30,), 0, 50), jnp.array([7, 7, 7])])
+    target = jax.random.normal(getkey(), (33, 4))
+    emb = eqx.tree_at(lambda e: e.weight, zoo.Embedding(50, 4, key=getkey()), table)
+
+    def loss_fn(emb, ids):
+        return jnp.sum((jax.vmap(emb)(ids) - target) ** 2)
+
+    @jax.jit
+    def floor(table):
+        rows_grad = jax.grad(lambda rows: jnp.sum((rows - target) ** 2))(table[ids])
+        return table.at[ids].add(jnp.float32(-0.1) * rows_grad)
+
+    opt = zoo.sparse.sgd(0.1)
+    step = jax.jit(lambda e, s: zoo.sparse.value_and_update(loss_fn, opt)(e, s, ids))
+    _, emb, _ = step(emb, opt.init(emb))
+    np.testing.assert_array_equal(emb.weight, floor(table))
+
+
+def test_in_place_sgd_with_a_schedule_and_aux(getkey):
+    emb = zoo.Embedding(5, 2, key=getkey())
+    opt = zoo.sparse.sgd(optax.linear_schedule(1.0, 0.0, transition_steps=2))
+
+    def loss_fn(e, ids):
+        total = jnp.sum(e(ids))
+        return total, {"total": total}
+
+    step = jax.jit(zoo.sparse.value_and_update(loss_fn, opt, has_aux=True))
+    state, before = opt.init(emb), np.asarray(emb.weight)
+    for _ in range(3):  # learning rates 1.0, 0.5, 0.0
+        (loss, aux), emb, state = step(emb, state, jnp.array([1, 1]))
+        assert loss == aux["total"]
+    np.testing.assert_allclose(emb.weight - before, np.array([[0, 0], [-3, -3], *[[0, 0]] * 3]))
+
+
+@pytest.mark.parametrize("name", ["rowwise_adagrad", "adagrad"])
+@pytest.mark.parametrize("loss_fn", ANYWHERE)
+def test_stateful_optimizers_with_lookups_anywhere_equal_their_dense_formula(getkey, name, loss_fn):
+    lr, eps = 0.3, 1e-6
+    opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=getattr(zoo.sparse, name)(lr, eps))
+
+    @eqx.filter_jit(donate="all")
+    def step(model, opt_state, batch):
+        return zoo.sparse.value_and_update(loss_fn, opt)(model, opt_state, batch)
+
+    reference = Recommender(getkey())
+    model, opt_state = copied(reference), opt.init(reference)
+    init, update = dense_reference(name, lr, eps)
+    accs = (init(reference.users.weight), init(reference.items.weight))
+    for _ in range(3):
+        batch = make_batch(getkey())
+        grads = eqx.filter_grad(loss_fn)(reference, batch)
+        users, acc_u = update(reference.users.weight, grads.users.weight, accs[0])
+        items, acc_i = update(reference.items.weight, grads.items.weight, accs[1])
+        head = jax.tree.map(lambda p, g: p - 0.1 * g, reference.head, grads.head)
+        reference = eqx.tree_at(
+            lambda m: (m.users.weight, m.items.weight, m.head), reference, (users, items, head)
+        )
+        accs = (acc_u, acc_i)
+        _, model, opt_state = step(model, opt_state, batch)
+    assert tree_allclose(model, reference, rtol=1e-5, atol=1e-6)
+
+
 def numpy_lazy_adam(table, grad, touched, m, v, t, lr, b1, b2, eps):
     """PyTorch SparseAdam in NumPy: only `touched` rows move; bias correction by global step."""
     m, v, table = m.copy(), v.copy(), table.copy()
@@ -200,13 +407,18 @@ def numpy_lazy_adam(table, grad, touched, m, v, t, lr, b1, b2, eps):
     return table, m, v
 
 
-def test_lazy_adam_equals_a_numpy_reference(getkey):
+@pytest.mark.parametrize("lookup", ["vmap", "scan"])
+def test_lazy_adam_equals_a_numpy_reference(getkey, lookup):
     lr, b1, b2, eps = 0.05, 0.8, 0.95, 1e-6
     emb = zoo.Embedding(NUM_ITEMS, DIM, padding_idx=0, combiner="sum", key=getkey())
     target = jax.random.normal(getkey(), (6, DIM))
 
     def loss_fn(emb, ids):
-        return jnp.sum((jax.vmap(emb)(ids) - target) ** 2)
+        if lookup == "vmap":
+            return jnp.sum((jax.vmap(emb)(ids) - target) ** 2)
+        # Each scan step looks the table up: the ids are collected from inside the scan.
+        body = lambda total, x: (total + jnp.sum((emb(x[0]) - x[1]) ** 2), None)  # noqa: E731
+        return jax.lax.scan(body, 0.0, (ids, target))[0]
 
     opt = zoo.sparse.lazy_adam(lr, b1=b1, b2=b2, eps=eps)
     step = sparse_step(opt, loss_fn)
@@ -313,8 +525,9 @@ def big_loss(model, batch):
     return jnp.mean((jax.vmap(model)(batch["ids"]) - batch["y"]) ** 2)
 
 
-def big_step(optimizer):
-    """The step a user writes, sparse or (for `optax` optimizers) dense, and its arguments."""
+def big_step(optimizer, *, whole_step: bool = False):
+    """The step a user writes, sparse or (for `optax` optimizers) dense, and its arguments;
+    with `whole_step`, `zoo.sparse.value_and_update` (in place for `zoo.sparse.sgd`)."""
     sparse = isinstance(optimizer, zoo.sparse.SparseGradientTransformation)
     grad_fn = zoo.sparse.value_and_grad if sparse else eqx.filter_value_and_grad
     apply = zoo.sparse.apply_updates if sparse else eqx.apply_updates
@@ -330,6 +543,11 @@ def big_step(optimizer):
     }
 
     def step(model, state, batch):
+        if whole_step:
+            loss, model, state = zoo.sparse.value_and_update(big_loss, optimizer)(
+                model, state, batch
+            )
+            return model, state, loss
         loss, grads = grad_fn(big_loss)(model, batch)
         updates, state = optimizer.update(grads, state, model)
         return apply(model, updates), state, loss
@@ -348,6 +566,9 @@ HARMLESS_HLO = (
     "while",
     "conditional",
 )
+# A scatter into the table, and the table's ref made and frozen again: none copies the table
+# when it is donated (a copy would show in the HLO and in the temporary memory, checked below).
+IN_PLACE_JAXPR = ("scatter", "scatter-add", "new_ref", "freeze")
 HLO_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%[\w.\-]+ = (?P<shape>.*?) (?P<op>[\w\-]+)\(")
 
 
@@ -364,7 +585,7 @@ def table_sized_ops(step, args) -> list[str]:
             for sub in subjaxprs:
                 walk(sub)
             big = any(BIG in getattr(v.aval, "shape", ()) for v in eqn.outvars)
-            if big and not subjaxprs and eqn.primitive.name not in ("scatter", "scatter-add"):
+            if big and not subjaxprs and eqn.primitive.name not in IN_PLACE_JAXPR:
                 found.append(f"jaxpr: {eqn.primitive.name}")
 
     walk(jax.make_jaxpr(step)(*args).jaxpr)
@@ -382,14 +603,15 @@ def table_sized_ops(step, args) -> list[str]:
     return found
 
 
+@pytest.mark.parametrize("whole_step", [False, True])
 @pytest.mark.parametrize("name", ["sgd", "rowwise_adagrad", "adagrad", "lazy_adam"])
-def test_sparse_step_does_no_table_sized_work(name):
+def test_sparse_step_does_no_table_sized_work(name, whole_step):
     with jax.numpy_dtype_promotion("standard"):  # optax.adam mixes int and float
         opt = zoo.sparse.partition(
             dense=optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)),
             embeddings=getattr(zoo.sparse, name)(0.1),
         )
-        step, args = big_step(opt)
+        step, args = big_step(opt, whole_step=whole_step)
         assert table_sized_ops(step, args) == []
 
 

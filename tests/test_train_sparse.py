@@ -86,14 +86,84 @@ def test_sparse_and_dense_sgd_train_to_the_same_model(getkey):
     assert tree_allclose(sparse_model, dense_model, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
-def test_the_trainers_fused_program_does_no_table_sized_work(on_nonfinite):
-    """The program zoo.train runs per chunk, with a sparse optimizer, is O(batch) too: the
-    skip mode's `lax.cond` keeps the in-place table update."""
+class _SequenceScorer(eqx.Module):
+    """Scores a sequence of items by running a recurrent cell over their embeddings in a
+    `lax.scan`: every step of the scan looks the item table up."""
+
+    items: zoo.Embedding
+    cell: eqx.nn.GRUCell
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.items = zoo.Embedding(30, 6, padding_idx=0, key=k1)
+        self.cell = eqx.nn.GRUCell(6, 5, key=k2)
+        self.head = eqx.nn.Linear(5, "scalar", key=k3)
+
+    def __call__(self, sequence):
+        step = lambda h, item: (self.cell(self.items(item), h), None)  # noqa: E731
+        hidden, _ = jax.lax.scan(step, jnp.zeros(5), sequence)
+        return self.head(hidden)
+
+
+def _sequence_mse(model, batch, key):
+    return jnp.mean((jax.vmap(model)(batch["sequence"]) - batch["y"]) ** 2)
+
+
+def _sequences(key, n=64, length=7):
+    k1, k2 = jax.random.split(key)
+    return {
+        "sequence": np.asarray(jax.random.randint(k1, (n, length), 0, 30)),  # with padding 0
+        "y": np.asarray(jax.random.normal(k2, (n,))),
+    }
+
+
+def test_sparse_sgd_trains_a_scanning_model_as_dense_sgd(getkey):
+    model, data, key = _SequenceScorer(getkey()), _sequences(getkey()), getkey()
+    sparse_opt = zoo.sparse.partition(dense=optax.sgd(0.05), embeddings=zoo.sparse.sgd(0.05))
+    kwargs = dict(loss=_sequence_mse, epochs=2, batch_size=16, key=key)
+    sparse_model, history = zoo.train(model, data, optimizer=sparse_opt, **kwargs)
+    dense_model, _ = zoo.train(model, data, optimizer=optax.sgd(0.05), **kwargs)
+    assert tree_allclose(sparse_model, dense_model, rtol=1e-5, atol=1e-6)
+    assert history["train"]["loss"][1] < history["train"]["loss"][0]
+
+
+def test_rowwise_adagrad_trains_a_scanning_model_as_a_hand_written_step(getkey):
+    model, data, key = _SequenceScorer(getkey()), _sequences(getkey()), getkey()
     optimizer = zoo.sparse.partition(
-        dense=optax.adam(1e-3), embeddings=zoo.sparse.rowwise_adagrad(0.1)
+        dense=optax.sgd(0.05), embeddings=zoo.sparse.rowwise_adagrad(0.1)
     )
-    rule = rule_for(optimizer)
+    trained, _ = zoo.train(
+        model, data, loss=_sequence_mse, optimizer=optimizer, epochs=1, batch_size=16, key=key
+    )
+    grads_of = jax.jit(lambda m, b: eqx.filter_grad(_sequence_mse)(m, b, None))
+    expected, acc = model, jnp.zeros(30)
+    state = zoo.TrainState(model, None, *(jnp.zeros((), jnp.int32) for _ in range(3)), key)
+    order = np.asarray(state.epoch_order(64))
+    for start in range(0, 64, 16):
+        batch = {k: jnp.asarray(v[order[start : start + 16]]) for k, v in data.items()}
+        grads = grads_of(expected, batch)
+        g = grads.items.weight
+        touched = jnp.any(g != 0, axis=1)  # the dense formula: untouched rows stay as they are
+        acc = acc + jnp.where(touched, jnp.mean(g**2, axis=1), 0.0)
+        table = expected.items.weight - 0.1 * g / (jnp.sqrt(acc)[:, None] + 1e-8)
+        rest = jax.tree.map(
+            lambda p, g: p - 0.05 * g, (expected.cell, expected.head), (grads.cell, grads.head)
+        )
+        expected = eqx.tree_at(lambda m: (m.items.weight, m.cell, m.head), expected, (table, *rest))
+    assert tree_allclose(trained, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("embeddings", ["rowwise_adagrad", "sgd"])
+@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
+def test_the_trainers_fused_program_does_no_table_sized_work(on_nonfinite, embeddings):
+    """The program zoo.train runs per chunk, with a sparse optimizer, is O(batch) too: the
+    skip mode's `lax.cond` keeps the in-place table update, and so does the in-place path
+    that SGD takes (its table's ref made and frozen inside the fused loop)."""
+    optimizer = zoo.sparse.partition(
+        dense=optax.adam(1e-3), embeddings=getattr(zoo.sparse, embeddings)(0.1)
+    )
+    rule = rule_for(optimizer, in_place=on_nonfinite == "raise")
 
     def init(key):
         model = BigModel(key)

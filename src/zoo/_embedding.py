@@ -20,12 +20,34 @@ class TableView(eqx.Module):
     """What an `Embedding` reads its rows from instead of its weight, inside `zoo.sparse` passes.
 
     `zoo.sparse.value_and_grad` swaps each table for a view that records or redirects lookups;
-    every other use of the module is unchanged.
+    every other use of the module is unchanged. Reading the view as an array (weight tying,
+    weight decay on the table) raises a `TypeError` that names the table (`where`).
     """
+
+    where: str = eqx.field(static=True, default="", kw_only=True)
 
     @abc.abstractmethod
     def lookup(self, ids: Int[Array, "*ids"]) -> Float[Array, "*ids dim"]:
         """The rows of `ids`, shape `(*ids.shape, embedding_dim)`."""
+
+    def _read_directly(self) -> str:
+        return (
+            f"zoo.sparse: the embedding table {self.where or ''} is read directly inside the "
+            "loss (as an array: weight tying such as `h @ embedding.weight.T`, weight decay, "
+            "`.shape`, ...). A sparse step sees only the rows the loss looks up, so a table is "
+            "readable only by calling its Embedding, e.g. `model.items(ids)`. Read the shape "
+            "from `embedding.num_embeddings` / `embedding.embedding_dim`, or train this model "
+            "with an optax optimizer (the dense path: eqx.filter_value_and_grad)."
+        )
+
+    def __jax_array__(self):
+        raise TypeError(self._read_directly())
+
+    def __getattr__(self, name: str):
+        # Only reached for attributes the view lacks; dunder probes stay plain AttributeErrors.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(self._read_directly())
 
 
 _INIT_BLOCK_ELEMENTS = 2**20  # rows drawn per block: about 4 MB of float32

@@ -81,9 +81,10 @@ def make_train_step(
         return model, opt_state
 
     def train_step(state: TrainState, batch: Batch):
-        loss, grads = rule.value_and_grad(loss_fn)(state.model, batch, state.step_key())
+        gradients = rule.gradients(loss_fn, optimizer)
+        loss, grads, model = gradients(state.model, state.opt_state, batch, state.step_key())
         grad_norm = rule.grad_norm(grads)
-        operands = (state.model, state.opt_state, grads)
+        operands = (model, state.opt_state, grads)
         if skip_nonfinite:
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             model, opt_state = lax.cond(finite, update, keep, operands)

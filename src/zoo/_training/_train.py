@@ -88,7 +88,10 @@ def train(
       `loss(model, batch, key) -> scalar`.
     - `optimizer`: an optax optimizer (default `optax.adam(1e-3)`), or a sparse-embedding
       optimizer from `zoo.sparse`. Clipping and schedules come from optax as usual; wrap in
-      `optax.inject_hyperparams` to have the learning rate recorded.
+      `optax.inject_hyperparams` to have the learning rate recorded. With `zoo.sparse.sgd` on
+      the tables (and `on_nonfinite="raise"`, no `mesh`), each step adds the tables' update
+      into them during the backward pass (see `zoo.sparse.value_and_update`): their gradients
+      are never materialised, so `history["train"]["grad_norm"]` covers the other parameters.
     - `epochs`: passes over `data`.
     - `batch_size`: examples per step.
     - `key`: the training key; shuffling and the loss's per-step keys (e.g. dropout) derive from
@@ -164,7 +167,7 @@ def train(
     key = jax.random.key(0) if key is None else key
     mesh = None if mesh is None else training_mesh(mesh, batch_size)
 
-    rule = rule_for(optimizer)
+    rule = rule_for(optimizer, in_place=on_nonfinite == "raise" and mesh is None)
     make_step = functools.partial(
         make_train_step, loss_fn, optimizer, skip_nonfinite=on_nonfinite == "skip"
     )

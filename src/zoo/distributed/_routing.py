@@ -36,7 +36,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._custom_types import Batch
 from .._embedding import Embedding
-from .._training._rules import SPARSE, UpdateRule
+from .._training._rules import SPARSE, UpdateRule, model_unchanged
 from .._training._state import TrainState
 from ..sparse import _grad
 from ..sparse._rows import SparseRows, is_sparse_rows
@@ -163,7 +163,7 @@ def _rule(routing: Routing) -> UpdateRule:
         )
         return jnp.sqrt(squares)
 
-    return SPARSE._replace(value_and_grad=value_and_grad, grad_norm=grad_norm)
+    return SPARSE._replace(gradients=model_unchanged(value_and_grad), grad_norm=grad_norm)
 
 
 def routing_for(

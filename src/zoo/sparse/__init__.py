@@ -1,8 +1,10 @@
 """`zoo.sparse`: training embedding tables in `O(batch)` per step.
 
-Take gradients with `value_and_grad` (tables get `SparseRows`, everything else dense arrays),
-turn them into updates with a `SparseGradientTransformation` (usually `partition`), and apply
-them with `apply_updates`. See `docs/sparse.md`.
+Take a whole step with `value_and_update` (with `sgd`, the update lands in the table's own
+`jax.Ref` during the backward pass), or take gradients with `value_and_grad` (tables get
+`SparseRows`, everything else dense arrays), turn them into updates with a
+`SparseGradientTransformation` (usually `partition`), and apply them with `apply_updates`.
+See `docs/sparse.md`.
 """
 
 from ._grad import value_and_grad as value_and_grad
@@ -22,3 +24,4 @@ from ._partition import (
     partition as partition,
 )
 from ._rows import SparseRows as SparseRows, is_sparse_rows as is_sparse_rows
+from ._step import value_and_update as value_and_update

@@ -30,10 +30,16 @@ class SparseGradientTransformation(NamedTuple):
     - `init`: `init(params) -> state`, a pytree of arrays.
     - `update`: `update(grads, state, params=None) -> (updates, state)`, where `grads` comes from
         `zoo.sparse.value_and_grad`. Apply the updates with `zoo.sparse.apply_updates`.
+    - `in_place_scale`: `None`, or `in_place_scale(state) -> scale` for an optimizer whose
+        update of every table is `scale * grad` (`zoo.sparse.sgd`: `-learning_rate`). Then
+        `zoo.sparse.value_and_update` and `zoo.train` add the update into the table during the
+        backward pass, and `update` takes `None` for the tables (their update is done) and
+        still advances the state.
     """
 
     init: Callable[[PyTree], PyTree]
     update: Callable[..., tuple[PyTree, PyTree]]
+    in_place_scale: Callable[[PyTree], Float[Array, ""]] | None = None
 
 
 class SGDState(NamedTuple):
@@ -150,6 +156,10 @@ def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
     """Stochastic gradient descent on the looked-up rows: `w[i] -= lr * g[i]`.
 
     Exactly the dense update restricted to the rows with a gradient (the others would not move).
+    Its update is linear in the gradient, so `zoo.sparse.value_and_update` and `zoo.train` add
+    it into the table during the backward pass (a `jax.Ref` of the table receives `-lr * grad`
+    at each looked-up row, duplicates adding up): no ids recorded, nothing sorted, and lookups
+    anywhere in the loss.
 
     **Arguments:**
 
@@ -182,7 +192,10 @@ def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
         (updates,) = _map_tables("sgd", 1, rows, grads)
         return updates, SGDState(optax.safe_int32_increment(state.count))
 
-    return SparseGradientTransformation(init, update)
+    def in_place_scale(state: SGDState) -> Float[Array, ""]:
+        return -jnp.asarray(_learning_rate(learning_rate, state.count), jnp.float32)
+
+    return SparseGradientTransformation(init, update, in_place_scale)
 
 
 def _adagrad(

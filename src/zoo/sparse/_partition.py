@@ -99,7 +99,11 @@ def partition(
         updates = eqx.combine(table_updates, rest_updates, is_leaf=is_sparse_rows)
         return updates, PartitionState(dense_state, table_state)
 
-    return SparseGradientTransformation(init, update)
+    in_place_scale = None
+    if embeddings.in_place_scale is not None:
+        in_place_scale = lambda state: embeddings.in_place_scale(state.embeddings)  # noqa: E731
+
+    return SparseGradientTransformation(init, update, in_place_scale)
 
 
 def _apply(update, param):
