@@ -10,8 +10,8 @@ process and one run, side by side:
 - `hand-written scan`: the same model, loss and optimizer, a whole epoch as one jitted
   `lax.scan` program written by hand (donated buffers, the per-step key folded from the step).
 - `pytorch eager`: the same model and loss in PyTorch, run from `.bench-venv/` (Python 3.11
-  with the CPU build of torch 2.13, see `_torch_embedding_step.py` for how to make it) as a
-  subprocess; skipped with a message when that is missing.
+  with the CPU build of torch 2.13, made on first use by `_torch_env.py`) as a subprocess;
+  skipped with the reason when it cannot be had.
 
 Each method runs `--epochs` epochs per round over `--rounds` rounds, the methods taking turns,
 and reports the median over epochs after each round's first (compilation).
@@ -35,9 +35,9 @@ import numpy as np
 import optax
 
 import zoo
+from _torch_env import torch_python
 
 HERE = pathlib.Path(__file__).resolve().parent
-TORCH_PYTHON = HERE.parent / ".bench-venv" / "bin" / "python"
 CONFIG = {
     "num_users": 2048,
     "num_items": 1000,
@@ -116,12 +116,12 @@ def run_hand_scan(rows, epochs):
     return times
 
 
-def run_torch(data_file: str, epochs: int):
-    if not TORCH_PYTHON.exists():
+def run_torch(python: pathlib.Path | None, data_file: str, epochs: int):
+    if python is None:
         return None
     result = subprocess.run(
         [
-            str(TORCH_PYTHON),
+            str(python),
             str(HERE / "_torch_sasrec.py"),
             data_file,
             json.dumps(CONFIG),
@@ -143,8 +143,8 @@ def main() -> None:
     rows = sequence_rows()
     sequences = (len(rows["input"]) // CONFIG["batch_size"]) * CONFIG["batch_size"]
     print(f"{sequences} sequences per epoch; {CONFIG}")
-    if not TORCH_PYTHON.exists():
-        print(f"pytorch eager: skipped ({TORCH_PYTHON} is missing; see the module docstring)")
+    python, how = torch_python()
+    print(how)
     methods = {"zoo.train": run_zoo_train, "hand-written scan": run_hand_scan}
     samples = {name: [] for name in [*methods, "pytorch eager"]}
     with tempfile.TemporaryDirectory() as scratch:
@@ -153,7 +153,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name, run in methods.items():
                 samples[name] += run(rows, args.epochs)[1:]
-            torch_times = run_torch(data_file, args.epochs)
+            torch_times = run_torch(python, data_file, args.epochs)
             if torch_times:
                 samples["pytorch eager"] += torch_times[1:]
             print(
