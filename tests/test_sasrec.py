@@ -235,3 +235,15 @@ def test_cli_trains_sasrec_with_a_sampled_softmax(tmp_path, capsys):
     assert losses[-1] < losses[0]
     assert history["eval"]["hr@10"][-1] > history["baselines"]["random"]["hr@10"]
     assert "| model" in capsys.readouterr().out
+
+
+def test_both_evaluations_rank_sasrec_by_each_users_history(getkey):
+    data = zoo.data.synthetic_sequences(30, 40, length=6, key=getkey())
+    train, test = zoo.data.leave_last_out(data)
+    model = _model(getkey(), num_items=40, max_len=8)
+    full = zoo.recsys.evaluate_ranking(model, train, test, baselines=False)["model"]
+    ranker = model.ranker(train)
+    assert full == zoo.recsys.evaluate_ranking(ranker, train, test, baselines=False)["model"]
+    sampled = zoo.recsys.evaluate_sampled(model, train, test, num_negatives=10, key=getkey())
+    assert set(sampled) == {"model", "popularity", "random"}
+    assert 0 <= sampled["model"]["auc"] <= 1
