@@ -112,6 +112,19 @@ def _nan_data():
     return data
 
 
+def _sasrec():
+    return zoo.SASRec(100, dim=8, num_blocks=1, max_len=50, key=jax.random.key(0))
+
+
+def _one_event_per_user():
+    arrays = {
+        "user": np.arange(3, dtype=np.int32),
+        "item": np.zeros(3, np.int32),
+        "timestamp": np.zeros(3, np.int64),
+    }
+    return zoo.data.Interactions(arrays, user_ids=np.arange(3), item_ids=np.arange(1))
+
+
 def _embedding(**kwargs):
     return zoo.Embedding(10, 4, key=jax.random.key(0), **kwargs)
 
@@ -625,6 +638,82 @@ CASES: list[Case] = [
         'similarity must be "dot" or "cosine"; got \'l2\'',
         "Use 'dot' or 'cosine'.",
     ),
+    Case(
+        "sasrec-heads",
+        "zoo.SASRec",
+        "num_heads that does not divide dim",
+        lambda tmp: zoo.SASRec(100, dim=64, num_heads=3, key=jax.random.key(0)),
+        ValueError,
+        "num_heads must divide dim; got num_heads=3, dim=64",
+        "Pick `num_heads` among the divisors of `dim` (1, 2, 4, ... for 64).",
+    ),
+    Case(
+        "sasrec-too-long",
+        "zoo.SASRec",
+        "a sequence longer than max_len",
+        lambda tmp: _sasrec()(jnp.arange(60)),
+        ValueError,
+        r"sequence must be one user's items, of shape \(length,\) with 1 <= length <= "
+        r"max_len=50; got shape \(60,\)",
+        "Keep the latest `max_len` items (`zoo.data.sequences` does), or build a longer model.",
+    ),
+    Case(
+        "sasrec-empty",
+        "zoo.SASRec",
+        "an empty sequence",
+        lambda tmp: _sasrec()(jnp.zeros(0, jnp.int32)),
+        ValueError,
+        r"sequence must be one user's items.*got shape \(0,\)",
+        "Score users with a history; `model.ranker(train)` gives users without one zero scores.",
+    ),
+    Case(
+        "sasrec-out-of-range",
+        "zoo.SASRec",
+        "an item id above num_items (the padding id)",
+        lambda tmp: _sasrec()(jnp.array([3, 101])),
+        ValueError,
+        r"sequence ids must lie in \[0, num_items\] = \[0, 100\] \(num_items is the padding "
+        r"id\); got ids from 3 to 101",
+        "Remap item ids to 0..num_items-1; pad with `num_items`.",
+    ),
+    Case(
+        "sequences-no-history",
+        "zoo.data.sequences",
+        "interactions where no user has two events",
+        lambda tmp: zoo.data.sequences(_one_event_per_user(), max_len=50),
+        ValueError,
+        "interactions must give some user at least two events",
+        "Sequences need histories: check the split (e.g. `leave_last_out` of the full data).",
+    ),
+    Case(
+        "sequences-max-len",
+        "zoo.data.sequences",
+        "max_len of 0",
+        lambda tmp: zoo.data.sequences(_one_event_per_user(), max_len=0),
+        ValueError,
+        "max_len must be a positive int; got 0",
+        "Use e.g. `max_len=50`.",
+    ),
+    Case(
+        "sequence-loss-kind",
+        "zoo.recsys.sequence_loss",
+        "an unknown kind",
+        lambda tmp: zoo.recsys.sequence_loss("bpr"),
+        ValueError,
+        "kind must be one of 'bce', 'softmax', 'sampled_softmax'; got 'bpr'",
+        "Use one of the listed kinds.",
+    ),
+    Case(
+        "sequence-loss-batch",
+        "zoo.recsys.sequence_loss",
+        "interactions instead of sequence rows",
+        lambda tmp: zoo.recsys.sequence_loss("softmax")(
+            _sasrec(), {"user": jnp.zeros(3, jnp.int32), "item": jnp.zeros(3, jnp.int32)}, None
+        ),
+        ValueError,
+        r"sequence_loss needs batches of zoo.data.sequences rows \{'input': ..., 'target': ...\}",
+        "Train on `zoo.data.sequences(train, max_len=50)`.",
+    ),
     # -- command line ---------------------------------------------------------------------------
     Case(
         "cli-epochs",
@@ -670,6 +759,15 @@ CASES: list[Case] = [
         SystemExit,
         "exit status 2: .*invalid choice: 'resnet'",
         "See `zoo train --help` for the models.",
+    ),
+    Case(
+        "cli-sasrec-loss",
+        "zoo train recommender",
+        "`--model sasrec --loss bpr`",
+        _cli("train", "recommender", "--model", "sasrec", "--loss", "bpr"),
+        SystemExit,
+        "exit status 2: .*--loss bpr is not a sasrec loss; use softmax, bce or sampled-softmax",
+        "Use `--loss softmax` (the default), `bce` or `sampled-softmax`.",
     ),
 ]
 

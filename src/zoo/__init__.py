@@ -28,6 +28,7 @@ from ._training._train import train as train
 from .recsys import (
     DLRM as DLRM,
     MatrixFactorization as MatrixFactorization,
+    SASRec as SASRec,
     TwoTower as TwoTower,
 )
 

@@ -144,7 +144,7 @@ def _add_recommender(models) -> None:
 
     recommender = models.add_parser(
         "recommender",
-        help="a recommender (matrix factorisation, two-tower, DLRM) on interaction data",
+        help="a recommender (matrix factorisation, two-tower, DLRM, SASRec) on interaction data",
         description="Train a recommender on implicit feedback, split leave-last-out, and "
         "report HR@10 and NDCG@10 over the whole catalogue beside the popularity and random "
         "baselines.",
@@ -155,7 +155,8 @@ def _add_recommender(models) -> None:
         "--data",
         type=_interaction_data,
         default="synthetic",
-        help="synthetic (2000 users x 1000 items, planted structure), synthetic:USERSxITEMS, "
+        help="synthetic (2000 users x 1000 items, planted structure; planted order for "
+        "sasrec), synthetic:USERSxITEMS, "
         "or movielens:PATH (a folder with u.data, ratings.dat or ratings.csv; ratings >= 4 "
         "are the positives)",
     )
@@ -164,7 +165,8 @@ def _add_recommender(models) -> None:
         choices=recipes.LOSSES,
         default=None,
         help="bpr, bce (sampled negatives) or softmax (in-batch, with log-q correction; not "
-        "for dlrm); default: bpr for mf, softmax for two-tower, bce for dlrm",
+        "for dlrm); for sasrec: softmax (full catalogue), bce or sampled-softmax; default: bpr "
+        "for mf, softmax for two-tower and sasrec, bce for dlrm",
     )
     recommender.add_argument(
         "--optimizer",
@@ -177,15 +179,22 @@ def _add_recommender(models) -> None:
         "--epochs", type=_positive_int, default=20, help="passes over the data"
     )
     recommender.add_argument(
-        "--batch-size", type=_positive_int, default=512, help="interactions per step"
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="interactions per step (default 512), or sequences for sasrec (default 128)",
     )
     recommender.add_argument(
         "--lr",
         type=_positive_float,
         default=None,
-        help="learning rate (default: 0.01 for adam, 0.1 for sparse-adagrad)",
+        help="learning rate (default: 0.01 for adam, 0.003 for adam on sasrec, 0.1 for "
+        "sparse-adagrad)",
     )
     recommender.add_argument("--dim", type=_positive_int, default=32, help="embedding size")
+    recommender.add_argument(
+        "--max-len", type=_positive_int, default=50, help="sasrec: the latest items it reads"
+    )
     recommender.add_argument(
         "--seed", type=int, default=0, help="seed of the data, init and training keys"
     )
@@ -221,15 +230,21 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
     loss_name = args.loss or recipes.DEFAULT_LOSS[args.model]
     if args.model == "dlrm" and loss_name == "softmax":
         parser.error("--loss softmax needs a factorised model (mf, two-tower); use bce or bpr")
-    learning_rate = args.lr or recipes.DEFAULT_LEARNING_RATE[args.optimizer]
+    sequential = args.model == "sasrec"
+    if sequential and loss_name == "bpr":
+        parser.error("--loss bpr is not a sasrec loss; use softmax, bce or sampled-softmax")
+    if not sequential and loss_name == "sampled-softmax":
+        parser.error("--loss sampled-softmax is for sasrec; use bpr, bce or softmax")
+    learning_rate = args.lr or recipes.learning_rate(args.model, args.optimizer)
+    batch_size = args.batch_size or recipes.DEFAULT_BATCH_SIZE.get(args.model, 512)
     out = _run_folder(args)
     data_key, init_key, train_key = recipes.split_keys(args.seed)
     try:
-        train, test = recipes.load(*args.data, data_key)
+        train, test = recipes.load(*args.data, data_key, sequential=sequential)
     except zoo.data.DatasetNotFoundError as error:
         print(f"zoo: error: {error}", file=sys.stderr)
         raise SystemExit(1) from error
-    model = recipes.build_model(args.model, train, args.dim, init_key)
+    model = recipes.build_model(args.model, train, args.dim, init_key, max_len=args.max_len)
     _say(
         args,
         f"zoo: {args.model} (dim {args.dim}, {loss_name} loss, {args.optimizer} {learning_rate:g}) "
@@ -255,11 +270,11 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
 
     model, history = zoo.train(
         model,
-        train,
-        loss=recipes.build_loss(loss_name, train),
+        recipes.training_data(args.model, train, args.max_len),
+        loss=recipes.build_loss(loss_name, train, model=args.model),
         optimizer=recipes.build_optimizer(args.optimizer, learning_rate),
         epochs=args.epochs,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         key=train_key,
         # A small last batch would be a weak in-batch softmax, and one more program to compile.
         last_batch="drop",

@@ -10,9 +10,13 @@ from ._download import DatasetNotFoundError as DatasetNotFoundError
 from ._interactions import Interactions as Interactions
 from ._mnist import mnist as mnist
 from ._movielens import movielens as movielens
+from ._sequences import sequences as sequences
 from ._splits import (
     implicit as implicit,
     leave_last_out as leave_last_out,
     random_holdout as random_holdout,
 )
-from ._synthetic import synthetic_interactions as synthetic_interactions
+from ._synthetic import (
+    synthetic_interactions as synthetic_interactions,
+    synthetic_sequences as synthetic_sequences,
+)

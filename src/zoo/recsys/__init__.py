@@ -25,4 +25,6 @@ from ._metrics import (
 )
 from ._mf import MatrixFactorization as MatrixFactorization
 from ._sampling import NegativeSampler as NegativeSampler, item_counts as item_counts
+from ._sasrec import SASRec as SASRec, SequentialRanker as SequentialRanker
+from ._sequence_losses import sequence_loss as sequence_loss
 from ._two_tower import TwoTower as TwoTower

@@ -166,7 +166,9 @@ def _batch_size(batch_size: int | None, num_items: int) -> int:
 
 
 def _models(model, train, num_items: int, baselines: bool, key: PRNGKeyArray) -> dict:
-    models = {"model": model}
+    # A sequential model (zoo.SASRec) scores a user from their history: bind it to `train`.
+    ranker = getattr(model, "ranker", None)
+    models = {"model": model if ranker is None else ranker(train)}
     if baselines:
         models["popularity"] = Popularity(train, num_items)
         models["random"] = RandomScores(num_items, key=jax.random.fold_in(key, 1))
@@ -213,7 +215,8 @@ def evaluate_ranking(
 
     **Arguments:**
 
-    - `model`: a recommender with a `num_items` attribute, scoring `model(user, item)`.
+    - `model`: a recommender with a `num_items` attribute, scoring `model(user, item)`, or a
+        sequential one (`zoo.SASRec`), scored from each user's history in `train`.
     - `train`: the training interactions (`"user"`, `"item"`), excluded from the candidates.
     - `test`: the held-out interactions; each user's held-out items are ranked together.
     - `k`: one cutoff or several, e.g. `(10, 20)`.
@@ -271,7 +274,8 @@ def evaluate_sampled(
 
     **Arguments:**
 
-    - `model`: a recommender with a `num_items` attribute, scoring `model(user, item)`.
+    - `model`: a recommender with a `num_items` attribute, scoring `model(user, item)`, or a
+        sequential one (`zoo.SASRec`), scored from each user's history in `train`.
     - `train`, `test`: the training and held-out interactions.
     - `num_negatives`: sampled negatives per case (100 in the paper).
     - `k`: one cutoff or several.

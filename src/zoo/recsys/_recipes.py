@@ -12,30 +12,44 @@ from ._dlrm import DLRMRecommender
 from ._losses import bce_loss, bpr_loss, in_batch_softmax_loss
 from ._mf import MatrixFactorization
 from ._sampling import NegativeSampler, item_counts
+from ._sasrec import SASRec
+from ._sequence_losses import sequence_loss
 from ._two_tower import TwoTower
 
-MODELS = ("mf", "two-tower", "dlrm")
-LOSSES = ("bpr", "bce", "softmax")
-DEFAULT_LOSS = {"mf": "bpr", "two-tower": "softmax", "dlrm": "bce"}
+MODELS = ("mf", "two-tower", "dlrm", "sasrec")
+LOSSES = ("bpr", "bce", "softmax", "sampled-softmax")
+DEFAULT_LOSS = {"mf": "bpr", "two-tower": "softmax", "dlrm": "bce", "sasrec": "softmax"}
 OPTIMIZERS = ("adam", "sparse-adagrad")
 DEFAULT_LEARNING_RATE = {"adam": 1e-2, "sparse-adagrad": 0.1}
+SASREC_ADAM_LEARNING_RATE = 3e-3  # a transformer diverges at Adam 1e-2
+DEFAULT_BATCH_SIZE = {"sasrec": 128}  # sequences per step; the others: interactions
 SYNTHETIC_SIZE = (2000, 1000)
 RATING_THRESHOLD = 4.0  # MovieLens ratings of 4 and 5 (of 5) are the positives
 
 
-def load(source: str, location: pathlib.Path | tuple[int, int], key: PRNGKeyArray):
-    """`(train, test)`: the data, as implicit feedback, split leave-last-out."""
+def load(
+    source: str,
+    location: pathlib.Path | tuple[int, int],
+    key: PRNGKeyArray,
+    *,
+    sequential: bool = False,
+):
+    """`(train, test)`: the data, as implicit feedback, split leave-last-out. Synthetic data
+    for a `sequential` model has a planted order (`synthetic_sequences`)."""
     if source == "synthetic":
         num_users, num_items = location
-        data = datasets.synthetic_interactions(num_users, num_items, key=key)
+        make = datasets.synthetic_sequences if sequential else datasets.synthetic_interactions
+        data = make(num_users, num_items, key=key)
     else:
         data = datasets.implicit(datasets.movielens(location), threshold=RATING_THRESHOLD)
     return datasets.leave_last_out(data)
 
 
-def build_model(name: str, train, dim: int, key: PRNGKeyArray):
+def build_model(name: str, train, dim: int, key: PRNGKeyArray, *, max_len: int = 50):
     """The model named `name` for the id spaces of `train`."""
     num_users, num_items = train.num_users, train.num_items
+    if name == "sasrec":
+        return SASRec(num_items, dim, num_blocks=2, num_heads=1, max_len=max_len, key=key)
     if name == "mf":
         return MatrixFactorization(num_users, num_items, dim, key=key)
     if name == "two-tower":
@@ -47,8 +61,25 @@ def build_model(name: str, train, dim: int, key: PRNGKeyArray):
     return DLRMRecommender(num_users, num_items, counts, dim=dim, key=key)
 
 
-def build_loss(name: str, train) -> LossFn:
+def training_data(model: str, train, max_len: int):
+    """What the model trains on: interactions, or a sequential model's next-item rows."""
+    return datasets.sequences(train, max_len) if model == "sasrec" else train
+
+
+def learning_rate(model: str, optimizer: str) -> float:
+    """The default learning rate of `optimizer` for `model`."""
+    if model == "sasrec" and optimizer == "adam":
+        return SASREC_ADAM_LEARNING_RATE
+    return DEFAULT_LEARNING_RATE[optimizer]
+
+
+def build_loss(name: str, train, *, model: str = "mf") -> LossFn:
     """The loss named `name`; sampled negatives skip each user's training positives."""
+    if model == "sasrec":
+        if name == "softmax":
+            return sequence_loss("softmax")
+        sampler = NegativeSampler(train.num_items, interactions=train, exclude_positives=True)
+        return sequence_loss(name.replace("-", "_"), sampler=sampler)
     if name == "softmax":
         return in_batch_softmax_loss(item_counts=item_counts(train, train.num_items))
     sampler = NegativeSampler(train.num_items, interactions=train, exclude_positives=True)

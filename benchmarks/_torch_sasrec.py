@@ -1,0 +1,99 @@
+"""PyTorch eager baseline for sasrec.py: run by the .bench-venv Python 3.11 interpreter.
+
+    python _torch_sasrec.py DATA.npz CONFIG_JSON EPOCHS  ->  prints {"epoch_seconds": [...]}
+
+The same model as `zoo.SASRec` (item embedding with a padding row, learned positions counted
+from the end, pre-norm blocks of causal self-attention that never attends to padding and a
+ReLU feed-forward layer, dropout on each output, a final layer norm, tied item scores), the
+same full-softmax next-item loss over real positions, Adam, a new shuffle each epoch and
+full batches only.
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.attention_norm, self.feedforward_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.query_key_value, self.attention_output = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.hidden, self.output = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.dropout, self.heads = nn.Dropout(dropout), heads
+
+    def forward(self, x, mask):
+        b, length, dim = x.shape
+        qkv = self.query_key_value(self.attention_norm(x))
+        q, k, v = qkv.view(b, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+        y = self.attention_output(y.transpose(1, 2).reshape(b, length, dim))
+        x = x + self.dropout(y)
+        y = self.dropout(torch.relu(self.hidden(self.feedforward_norm(x))))
+        return x + self.dropout(self.output(y))
+
+
+class SASRec(nn.Module):
+    def __init__(self, num_items, dim, blocks, heads, max_len, dropout):
+        super().__init__()
+        self.items = nn.Embedding(num_items + 1, dim, padding_idx=num_items)
+        self.positions = nn.Parameter(torch.randn(max_len, dim) / dim**0.5)
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(blocks))
+        self.final_norm, self.dropout, self.num_items = (
+            nn.LayerNorm(dim),
+            nn.Dropout(dropout),
+            num_items,
+        )
+
+    def forward(self, sequences):
+        length = sequences.shape[1]
+        real = sequences != self.num_items
+        x = self.dropout(self.items(sequences) + self.positions[-length:])
+        eye = torch.eye(length, dtype=torch.bool)
+        mask = torch.tril(torch.ones(length, length, dtype=torch.bool)) & (real[:, None, :] | eye)
+        for block in self.blocks:
+            x = block(x, mask) * real[..., None]
+        return self.final_norm(x) * real[..., None]
+
+
+def main() -> None:
+    path, config, epochs = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    arrays = np.load(path)
+    inputs, targets = (
+        torch.from_numpy(arrays["input"]).long(),
+        torch.from_numpy(arrays["target"]).long(),
+    )
+    torch.manual_seed(0)
+    model = SASRec(
+        config["num_items"],
+        config["dim"],
+        config["num_blocks"],
+        config["num_heads"],
+        config["max_len"],
+        config["dropout"],
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
+    loss_fn = nn.CrossEntropyLoss(ignore_index=config["num_items"])
+    batch_size = config["batch_size"]
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        order = torch.randperm(len(inputs))
+        for first in range(0, len(inputs) - batch_size + 1, batch_size):
+            indices = order[first : first + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            hidden = model(inputs[indices])
+            logits = hidden @ model.items.weight[: config["num_items"]].T
+            loss = loss_fn(logits.reshape(-1, config["num_items"]), targets[indices].reshape(-1))
+            loss.backward()
+            optimizer.step()
+        seconds.append(time.perf_counter() - start)
+    print(json.dumps({"epoch_seconds": seconds, "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""SASRec training throughput (sequences/s): zoo.train beside a hand-written JAX loop and PyTorch.
+
+Workload: `zoo.data.synthetic_sequences` (2048 users, 1000 items, 50 events each), split
+leave-last-out, as `zoo.data.sequences(train, max_len=50)` rows; `zoo.SASRec` with dim 64,
+2 blocks, 1 head, dropout 0.2; the full-softmax next-item loss (`sequence_loss("softmax")`);
+Adam 1e-3; batches of 128 sequences, reshuffled every epoch, full batches only. In one
+process and one run, side by side:
+
+- `zoo.train`: the library call, as a user makes it (by default each compiled program runs
+  a tenth of an epoch: here 2 of the epoch's 16 steps).
+- `zoo.train, 1 chunk/epoch`: the same with `steps_per_chunk` = the steps of an epoch.
+- `hand-written scan`: the same model, loss and optimizer, a whole epoch as one jitted
+  `lax.scan` program written by hand (donated buffers, the per-step key folded from the step).
+- `pytorch eager`: the same model and loss in PyTorch, run from `.bench-venv/` (Python 3.11
+  with the CPU build of torch 2.13, made on first use by `_torch_env.py`) as a subprocess;
+  skipped with the reason when it cannot be had.
+
+Each method runs `--epochs` epochs per round over `--rounds` rounds, the methods taking turns,
+and reports the median over epochs after each round's first (compilation).
+
+    flock /tmp/zoo-heavy.lock uv run python benchmarks/sasrec.py
+"""
+
+import argparse
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import zoo
+from _torch_env import torch_python
+
+HERE = pathlib.Path(__file__).resolve().parent
+CONFIG = {
+    "num_users": 2048,
+    "num_items": 1000,
+    "max_len": 50,
+    "dim": 64,
+    "num_blocks": 2,
+    "num_heads": 1,
+    "dropout": 0.2,
+    "learning_rate": 1e-3,
+    "batch_size": 128,
+}
+
+
+def sequence_rows() -> dict[str, np.ndarray]:
+    data = zoo.data.synthetic_sequences(
+        CONFIG["num_users"], CONFIG["num_items"], length=CONFIG["max_len"], key=jax.random.key(0)
+    )
+    train, _ = zoo.data.leave_last_out(data)
+    return zoo.data.sequences(train, max_len=CONFIG["max_len"])
+
+
+def new_model() -> zoo.SASRec:
+    sizes = ("num_items", "dim", "num_blocks", "num_heads", "max_len", "dropout")
+    return zoo.SASRec(**{name: CONFIG[name] for name in sizes}, key=jax.random.key(1))
+
+
+LOSS = zoo.recsys.sequence_loss("softmax")
+
+
+def run_zoo_train(rows, epochs, **options):
+    _, history = zoo.train(
+        new_model(),
+        rows,
+        loss=LOSS,
+        optimizer=optax.adam(CONFIG["learning_rate"]),
+        epochs=epochs,
+        batch_size=CONFIG["batch_size"],
+        last_batch="drop",
+        key=jax.random.key(2),
+        progress=False,
+        **options,
+    )
+    return history["time"]
+
+
+def run_zoo_train_one_chunk(rows, epochs):
+    return run_zoo_train(rows, epochs, steps_per_chunk=len(rows["input"]) // CONFIG["batch_size"])
+
+
+def run_hand_scan(rows, epochs):
+    """One epoch = one jitted program: shuffle, then a lax.scan of optimizer steps."""
+    params, static = eqx.partition(new_model(), eqx.is_array)
+    optimizer = optax.adam(CONFIG["learning_rate"])
+    opt_state = optimizer.init(params)
+    data = {name: jnp.asarray(column) for name, column in rows.items()}
+    n, batch_size = len(rows["input"]), CONFIG["batch_size"]
+    steps = n // batch_size
+
+    def step(carry, inputs):
+        params, opt_state = carry
+        indices, key = inputs
+        batch = {name: column[indices] for name, column in data.items()}
+        grads = jax.grad(lambda p: LOSS(eqx.combine(p, static), batch, key))(params)
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    def epoch(params, opt_state, key):
+        order = jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(steps))
+        (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), (order, keys))
+        return params, opt_state
+
+    epoch = jax.jit(epoch, donate_argnums=(0, 1))
+    times = []
+    for e in range(epochs):
+        start = time.perf_counter()
+        params, opt_state = epoch(params, opt_state, jax.random.key(e))
+        jax.block_until_ready(params)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_torch(python: pathlib.Path | None, data_file: str, epochs: int):
+    if python is None:
+        return None
+    result = subprocess.run(
+        [
+            str(python),
+            str(HERE / "_torch_sasrec.py"),
+            data_file,
+            json.dumps(CONFIG),
+            str(epochs),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout)["epoch_seconds"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=4, help="per round, the first discarded")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    rows = sequence_rows()
+    sequences = (len(rows["input"]) // CONFIG["batch_size"]) * CONFIG["batch_size"]
+    print(f"{sequences} sequences per epoch; {CONFIG}")
+    python, how = torch_python()
+    print(how)
+    methods = {
+        "zoo.train": run_zoo_train,
+        "zoo.train, 1 chunk/epoch": run_zoo_train_one_chunk,
+        "hand-written scan": run_hand_scan,
+    }
+    samples = {name: [] for name in [*methods, "pytorch eager"]}
+    with tempfile.TemporaryDirectory() as scratch:
+        data_file = str(pathlib.Path(scratch) / "rows.npz")
+        np.savez(data_file, **rows)
+        for round_ in range(args.rounds):
+            for name, run in methods.items():
+                samples[name] += run(rows, args.epochs)[1:]
+            torch_times = run_torch(python, data_file, args.epochs)
+            if torch_times:
+                samples["pytorch eager"] += torch_times[1:]
+            print(
+                f"round {round_ + 1}: "
+                + ", ".join(
+                    f"{name} {sequences / statistics.median(times):.0f}/s"
+                    for name, times in samples.items()
+                    if times
+                )
+            )
+    report({name: sequences / statistics.median(v) for name, v in samples.items() if v})
+
+
+def report(throughput: dict[str, float]) -> None:
+    zoo_rate = throughput["zoo.train"]
+    print("\nmedian sequences/s (ratio to zoo.train)")
+    for name, rate in throughput.items():
+        print(f"  {name:26s} {rate:8.0f}/s   {rate / zoo_rate:5.2f}x")
+    print(
+        f"  hand-written scan / zoo.train = {throughput['hand-written scan'] / zoo_rate:.2f} "
+        "(target <= 1.10)"
+    )
+    one_chunk = throughput["zoo.train, 1 chunk/epoch"]
+    print(
+        f"  hand-written scan / zoo.train, 1 chunk/epoch = "
+        f"{throughput['hand-written scan'] / one_chunk:.2f}"
+    )
+    if "pytorch eager" in throughput:
+        print(
+            f"  zoo.train / pytorch eager     = {zoo_rate / throughput['pytorch eager']:.2f} "
+            "(target >= 1.5)"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
