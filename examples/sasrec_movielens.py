@@ -23,8 +23,11 @@ import optax
 import zoo
 
 
-def load(path: pathlib.Path | None, key):
-    if path is None:
+def load(path: pathlib.Path | None, key, smoke: bool = False):
+    if smoke:
+        print("--smoke: zoo.data.synthetic_sequences(200, 100), one epoch")
+        data = zoo.data.synthetic_sequences(200, 100, key=key)
+    elif path is None:
         print("no PATH given: using zoo.data.synthetic_sequences(2000, 1000)")
         data = zoo.data.synthetic_sequences(2000, 1000, key=key)
     else:
@@ -107,10 +110,15 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--lr", type=float, default=1e-3, help="SASRec's Adam learning rate")
     parser.add_argument("--losses", default="softmax,sampled_softmax,bce")
+    parser.add_argument(
+        "--smoke", action="store_true", help="small synthetic data and one epoch, in seconds"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.epochs, args.dim, args.max_len, args.losses = 1, 16, 20, "softmax"
 
     data_key, init_key, train_key = jax.random.split(jax.random.key(0), 3)
-    train, test = load(args.path, data_key)
+    train, test = load(args.path, data_key, args.smoke)
     print(
         f"{train.num_users} users, {train.num_items} items, {len(train['user'])} training and "
         f"{len(test['user'])} held-out interactions"

@@ -92,11 +92,12 @@ class SASRec(Rebuildable, saved_as="zoo.SASRec"):
     !!! example
 
         ```python
-        train, test = zoo.data.leave_last_out(zoo.data.synthetic_sequences(key=data_key))
-        model = zoo.SASRec(num_items=train.num_items, dim=64, num_blocks=2, num_heads=1,
-                           max_len=50, dropout=0.2, key=jax.random.key(0))
-        model, history = zoo.train(model, zoo.data.sequences(train, max_len=50),
-                                   loss=zoo.recsys.sequence_loss("softmax"), epochs=20)
+        data = zoo.data.synthetic_sequences(200, 100, key=jax.random.key(1))
+        train, test = zoo.data.leave_last_out(data)
+        model = zoo.SASRec(num_items=train.num_items, dim=32, num_blocks=2, num_heads=1,
+                           max_len=20, dropout=0.2, key=jax.random.key(0))
+        model, history = zoo.train(model, zoo.data.sequences(train, max_len=20),
+                                   loss=zoo.recsys.sequence_loss("softmax"), epochs=2)
         hidden = model(jnp.array([3, 17, 5]))             # (3, 64): one state per position
         scores = model.scores(jnp.array([3, 17, 5]))[-1]  # (num_items,): the next item's
         zoo.recsys.evaluate_ranking(model, train, test)
@@ -252,6 +253,9 @@ class SequentialRanker(Factorized):
     **Example:**
 
     ```python
+    train, _ = zoo.data.leave_last_out(zoo.data.synthetic_sequences(50, 30, key=jax.random.key(1)))
+    model = zoo.SASRec(num_items=train.num_items, dim=16, max_len=10, key=jax.random.key(0))
+    users, items = jnp.arange(5), jnp.arange(train.num_items)
     ranker = model.ranker(train)
     top = jnp.argsort(-(ranker.embed_users(users) @ ranker.embed_items(items).T), axis=1)
     ```

@@ -62,9 +62,11 @@ def sequence_loss(
     **Example:**
 
     ```python
-    rows = zoo.data.sequences(train, max_len=50)
+    train, _ = zoo.data.leave_last_out(zoo.data.synthetic_sequences(50, 30, key=jax.random.key(1)))
+    model = zoo.SASRec(num_items=train.num_items, dim=16, max_len=10, key=jax.random.key(0))
+    rows = zoo.data.sequences(train, max_len=10)
     model, history = zoo.train(model, rows, loss=zoo.recsys.sequence_loss("softmax"),
-                               optimizer=optax.adam(1e-3), epochs=20, key=key)
+                               optimizer=optax.adam(1e-3), epochs=2, key=jax.random.key(2))
     ```
     """
     num_negatives = _checked(kind, num_negatives, sampler)
