@@ -312,3 +312,34 @@ def test_batches_already_on_the_device_are_not_copied_through_the_host(getkey):
     assert all(checked[name] is batch[name] for name in batch)
     with pytest.raises(ValueError, match=r"batch\['y'\] must have a leading example axis"):
         checked_dataset({"x": batch["x"], "y": jnp.zeros((), jnp.int32)}, argument="batch")
+
+
+class _WithDropoutLayer(eqx.Module):
+    """A model holding a Python float leaf: `eqx.nn.Dropout`'s rate."""
+
+    linear: eqx.nn.Linear
+    dropout: eqx.nn.Dropout
+
+    def __init__(self, key):
+        self.linear = eqx.nn.Linear(64, 10, key=key)
+        self.dropout = eqx.nn.Dropout(0.1)
+
+    def __call__(self, x, *, key=None):
+        return self.linear(self.dropout(x, key=key, inference=key is None))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_model_with_a_python_float_leaf_trains_fused_and_not(getkey, fused):
+    """Python floats in a model stay what they are: not traced, differentiated or optimized."""
+    data = zoo.data.digits("train")
+
+    def loss(model, batch, key):
+        keys = jax.random.split(key, batch["x"].shape[0])
+        logits = jax.vmap(lambda x, k: model(x, key=k))(batch["x"], keys)
+        return zoo.losses.cross_entropy(logits, batch["y"]).mean()
+
+    model, history = zoo.train(
+        _WithDropoutLayer(getkey()), data, loss=loss, epochs=2, batch_size=64, fused=fused
+    )
+    assert model.dropout.p == 0.1 and isinstance(model.dropout.p, float)
+    assert history["train"]["loss"][1] < history["train"]["loss"][0]

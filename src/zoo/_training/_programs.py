@@ -115,18 +115,20 @@ class Programs:
         self._batch_size = batch_size
 
         def run_steps(dynamic, totals, data, order, num_steps):
-            state = eqx.combine(dynamic, static)
-
+            # The loop carries the state's arrays only: a Python float in the model (the rate
+            # of an `eqx.nn.Dropout`, say) would become a traced array there, and then a leaf
+            # that gets a gradient and no optimizer state.
             def body(_, carry):
-                state, totals = carry
+                dynamic, totals = carry
+                state = eqx.combine(dynamic, static)
                 start = state.batch * batch_size
                 indices = lax.dynamic_slice_in_dim(order, start, batch_size)
                 step = state.step
                 state, loss, grad_norm = train_step(state, gather(data, indices))
-                return state, totals.add(step, loss, grad_norm, batch_size)
+                totals = totals.add(step, loss, grad_norm, batch_size)
+                return eqx.filter(state, eqx.is_array), totals
 
-            state, totals = lax.fori_loop(0, num_steps, body, (state, totals))
-            return eqx.filter(state, eqx.is_array), totals
+            return lax.fori_loop(0, num_steps, body, (dynamic, totals))
 
         def one_step(dynamic, totals, batch):
             state = eqx.combine(dynamic, static)
