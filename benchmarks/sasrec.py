@@ -7,7 +7,7 @@ Adam 1e-3; batches of 128 sequences, reshuffled every epoch, full batches only. 
 process and one run, side by side:
 
 - `zoo.train`: the library call, as a user makes it (by default each compiled program runs
-  a tenth of an epoch: here 2 of the epoch's 16 steps).
+  a tenth of an epoch and at least 32 steps: here the epoch's 16 steps).
 - `zoo.train, 1 chunk/epoch`: the same with `steps_per_chunk` = the steps of an epoch.
 - `hand-written scan`: the same model, loss and optimizer, a whole epoch as one jitted
   `lax.scan` program written by hand (donated buffers, the per-step key folded from the step).

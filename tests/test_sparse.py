@@ -246,6 +246,18 @@ def dense_reference(name, lr, eps):
     return init, update
 
 
+def dense_reference_step(loss_fn, update, reference, accs, batch):
+    """One step of the dense formula: `update` on both tables, SGD(0.1) on the head."""
+    grads = eqx.filter_grad(loss_fn)(reference, batch)
+    users, acc_u = update(reference.users.weight, grads.users.weight, accs[0])
+    items, acc_i = update(reference.items.weight, grads.items.weight, accs[1])
+    head = jax.tree.map(lambda p, g: p - 0.1 * g, reference.head, grads.head)
+    reference = eqx.tree_at(
+        lambda m: (m.users.weight, m.items.weight, m.head), reference, (users, items, head)
+    )
+    return reference, (acc_u, acc_i)
+
+
 def sparse_step(opt, loss_fn):
     @eqx.filter_jit(donate="all")
     def step(model, opt_state, batch):
@@ -270,14 +282,7 @@ def test_exact_optimizers_equal_their_dense_formula(getkey, name):
     opt_state = opt.init(model)
     for _ in range(4):
         batch = make_batch(getkey())
-        grads = eqx.filter_grad(vmapped_loss)(reference, batch)
-        users, acc_u = update(reference.users.weight, grads.users.weight, accs[0])
-        items, acc_i = update(reference.items.weight, grads.items.weight, accs[1])
-        head = jax.tree.map(lambda p, g: p - 0.1 * g, reference.head, grads.head)
-        reference = eqx.tree_at(
-            lambda m: (m.users.weight, m.items.weight, m.head), reference, (users, items, head)
-        )
-        accs = (acc_u, acc_i)
+        reference, accs = dense_reference_step(vmapped_loss, update, reference, accs, batch)
         model, opt_state, _ = step(model, opt_state, batch)
     assert tree_allclose(model, reference, rtol=1e-5, atol=1e-6)
     if name != "sgd":
@@ -288,25 +293,6 @@ def test_exact_optimizers_equal_their_dense_formula(getkey, name):
 def copied(tree):
     """A copy of every array: the steps donate their arguments."""
     return jax.tree.map(lambda x: jnp.array(x, copy=True) if eqx.is_array(x) else x, tree)
-
-
-def dense_sgd_step(lr_tables, lr_rest, loss_fn):
-    @eqx.filter_jit
-    def step(model, batch):
-        grads = eqx.filter_grad(loss_fn)(model, batch)
-        tables = (grads.users.weight, grads.items.weight)
-        model = eqx.tree_at(
-            lambda m: (m.users.weight, m.items.weight),
-            model,
-            (
-                model.users.weight - lr_tables * tables[0],
-                model.items.weight - lr_tables * tables[1],
-            ),
-        )
-        head = jax.tree.map(lambda p, g: p - lr_rest * g, model.head, grads.head)
-        return eqx.tree_at(lambda m: m.head, model, head)
-
-    return step
 
 
 @pytest.mark.parametrize("loss_fn", [vmapped_loss, batched_loss, nested_vmap_loss, *ANYWHERE])
@@ -321,12 +307,13 @@ def test_in_place_sgd_equals_dense_sgd(getkey, loss_fn):
 
     reference = Recommender(getkey())
     model, opt_state = copied(reference), opt.init(reference)
-    dense_step = dense_sgd_step(0.3, 0.1, loss_fn)
+    init, update = dense_reference("sgd", 0.3, 0.0)
+    accs = (init(reference.users.weight), init(reference.items.weight))
     for _ in range(3):
         batch = make_batch(getkey())
         expected_loss = loss_fn(reference, batch)
         loss, model, opt_state = step(model, opt_state, batch)
-        reference = dense_step(reference, batch)
+        reference, accs = dense_reference_step(loss_fn, update, reference, accs, batch)
         np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
     assert tree_allclose(model, reference, rtol=1e-5, atol=1e-6)
     assert int(opt_state.embeddings.count) == 3
@@ -397,14 +384,7 @@ def test_stateful_optimizers_with_lookups_anywhere_equal_their_dense_formula(get
     accs = (init(reference.users.weight), init(reference.items.weight))
     for _ in range(3):
         batch = make_batch(getkey())
-        grads = eqx.filter_grad(loss_fn)(reference, batch)
-        users, acc_u = update(reference.users.weight, grads.users.weight, accs[0])
-        items, acc_i = update(reference.items.weight, grads.items.weight, accs[1])
-        head = jax.tree.map(lambda p, g: p - 0.1 * g, reference.head, grads.head)
-        reference = eqx.tree_at(
-            lambda m: (m.users.weight, m.items.weight, m.head), reference, (users, items, head)
-        )
-        accs = (acc_u, acc_i)
+        reference, accs = dense_reference_step(loss_fn, update, reference, accs, batch)
         _, model, opt_state = step(model, opt_state, batch)
     assert tree_allclose(model, reference, rtol=1e-5, atol=1e-6)
 
