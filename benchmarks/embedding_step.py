@@ -46,6 +46,7 @@ ZOO = ("sgd", "rowwise_adagrad", "lazy_adam")
 COALESCED = tuple(f"{name}_coalesced" for name in ZOO)
 FLOOR = "jax_floor"
 SORTED_FLOOR = "jax_floor_sorted"  # the floor, with the ids sorted: see `floor_step`
+LAZY_ADAM_BY_HAND = "jax_lazy_adam_by_hand"  # the least an exact lazy Adam step does
 # zoo SGD in place with a loss that looks the whole id array up at once, outside `vmap`.
 UNBATCHED = "sgd_unbatched_loss"
 TORCH = {"sgd": "sgd", "rowwise_adagrad": "adagrad", "lazy_adam": "sparse_adam"}
@@ -90,6 +91,51 @@ def floor_step(opt, *, sorted_ids: bool = False):
     return step, lambda model: opt.init(model.head)
 
 
+def lazy_adam_by_hand(opt, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+    """Lazy Adam on the table written by hand, the least an exact step of it does: the floor's
+    gather and scatter, the ids sorted and each row's duplicates summed, and the moments of
+    those rows (one complex array, as zoo keeps them) gathered and scattered. `opt` on the head.
+    """
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    def init(model):
+        moments = jnp.zeros(model.table.weight.shape, jnp.complex64)
+        return opt.init(model.head), moments, jnp.zeros((), jnp.int32)
+
+    def step(model, state, batch):
+        head_state, moments, count = state
+        table, ids = model.table.weight, batch["ids"]
+
+        def loss_of_rows(rows, head):
+            return jnp.mean((jax.vmap(head)(rows)[:, 0] - batch["y"]) ** 2)
+
+        grad_fn = jax.value_and_grad(loss_of_rows, argnums=(0, 1))
+        loss, (rows_grad, head_grad) = grad_fn(table[ids], model.head)
+        updates, head_state = opt.update(head_grad, head_state, model.head)
+        order = jnp.argsort(ids)
+        sorted_ids, grads = ids[order], rows_grad[order]
+        first = jnp.concatenate([jnp.ones((1,), bool), sorted_ids[1:] != sorted_ids[:-1]])
+        segment = jnp.cumsum(first) - 1
+        sums = jax.ops.segment_sum(grads, segment, ids.shape[0], indices_are_sorted=True)
+        rows = jnp.full(ids.shape, table.shape[0]).at[segment].set(sorted_ids)
+        old = moments.at[rows].get(mode="fill", fill_value=0)
+        m = b1 * old.real + (1 - b1) * sums
+        v = b2 * old.imag + (1 - b2) * sums**2
+        count = count + 1
+        t = count.astype(jnp.float32)
+        step_size = lr * jnp.sqrt(1 - b2**t) / (1 - b1**t)
+        moments = moments.at[rows].set(jax.lax.complex(m, v), mode="drop", unique_indices=True)
+        delta = -step_size * m / (jnp.sqrt(v) + eps)
+        table = table.at[rows].add(delta, mode="drop", unique_indices=True)
+        new = (table, eqx.apply_updates(model.head, updates))
+        model = eqx.tree_at(lambda m: (m.table.weight, m.head), model, new)
+        return model, (head_state, moments, count), loss
+
+    return step, init
+
+
 def optimizer_step(optimizer: str):
     """`(step, init)` for dense optax Adam or a zoo sparse optimizer, as a user writes them."""
     import equinox as eqx
@@ -112,6 +158,8 @@ def optimizer_step(optimizer: str):
 
     if optimizer in (FLOOR, SORTED_FLOOR):
         return floor_step(optax.adam(1e-3), sorted_ids=optimizer == SORTED_FLOOR)
+    if optimizer == LAZY_ADAM_BY_HAND:
+        return lazy_adam_by_hand(optax.adam(1e-3))
     if optimizer == "dense_adam":
         opt = optax.adam(1e-3)
         grad_fn, apply = eqx.filter_value_and_grad, eqx.apply_updates
@@ -193,7 +241,7 @@ def run(args: list[str], python: str = sys.executable, env: dict | None = None) 
 def commands(size: int, steps: int, torch_python) -> dict[str, list[str] | str]:
     """Every configuration at one size: its command line, or why it is skipped."""
     configs = {}
-    for name in ("dense_adam", FLOOR, SORTED_FLOOR, *ZOO, UNBATCHED, *COALESCED):
+    for name in ("dense_adam", FLOOR, SORTED_FLOOR, LAZY_ADAM_BY_HAND, *ZOO, UNBATCHED, *COALESCED):
         if name == "dense_adam" and size > DENSE_LIMIT:
             configs[name] = f"skipped (V > {DENSE_LIMIT:.0e}: too big and slow)"
         else:
@@ -219,13 +267,16 @@ def combine(rounds: list[dict | str]) -> dict | str:
     }
 
 
-def measure(sizes: list[int], steps: int, rounds: int, env: dict) -> dict:
-    """`{(name, size): result}`, each size's configurations run in interleaved rounds."""
+def measure(sizes: list[int], steps: int, rounds: int, env: dict, only=None) -> dict:
+    """`{(name, size): result}`, each size's configurations run in interleaved rounds;
+    `only` names the configurations to run (default: all)."""
     torch, how = torch_python()
     print(how)
     results = {}
     for size in sizes:
         configs = commands(size, steps, torch)
+        if only:
+            configs = {name: command for name, command in configs.items() if name in only}
         runs = {name: [] for name in configs}
         for _ in range(rounds):
             for name, command in configs.items():
@@ -239,7 +290,16 @@ def measure(sizes: list[int], steps: int, rounds: int, env: dict) -> dict:
 
 
 TORCH_NAMES = [f"torch_{t}" for t in TORCH.values()]
-NAMES = ["dense_adam", FLOOR, SORTED_FLOOR, *ZOO, UNBATCHED, *COALESCED, *TORCH_NAMES]
+NAMES = [
+    "dense_adam",
+    FLOOR,
+    SORTED_FLOOR,
+    LAZY_ADAM_BY_HAND,
+    *ZOO,
+    UNBATCHED,
+    *COALESCED,
+    *TORCH_NAMES,
+]
 
 
 def report(results: dict, sizes: list[int]) -> None:
@@ -317,6 +377,8 @@ def print_floor(ms: dict, sizes: list[int]) -> None:
         (FLOOR, "torch_sgd"),
         *((name, FLOOR) for name in ZOO),
         *((name, SORTED_FLOOR) for name in ZOO[1:]),
+        (LAZY_ADAM_BY_HAND, FLOOR),
+        ("lazy_adam", LAZY_ADAM_BY_HAND),
     ]
     for size in sizes:
         for a, b in pairs:
@@ -347,6 +409,7 @@ def main() -> None:
         action="store_true",
         help="run every configuration (zoo, dense and PyTorch alike) with " + str(HUGE_PAGES),
     )
+    parser.add_argument("--only", help="configurations to run, comma-separated (default: all)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -356,7 +419,8 @@ def main() -> None:
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     env = HUGE_PAGES if args.huge_pages else {}
     print(f"{os.cpu_count()} CPUs; {args.rounds} rounds of {args.steps} timed steps; env {env}")
-    results = measure(sizes, args.steps, args.rounds, env)
+    only = args.only.split(",") if args.only else None
+    results = measure(sizes, args.steps, args.rounds, env, only)
     report(results, sizes)
     if args.plot:
         plot(results, sizes, args.plot)
@@ -376,7 +440,7 @@ def plot(results: dict, sizes: list[int], path: pathlib.Path) -> None:
         ]
         if points:
             style = "--" if name.startswith("torch") else "-"
-            style = ":" if name in (FLOOR, SORTED_FLOOR) else style
+            style = ":" if name.startswith("jax") else style
             label = name if name.startswith(("torch", "dense", "jax")) else f"zoo_{name}"
             axis.plot(*zip(*points, strict=True), style, marker="o", label=label)
     axis.set(
