@@ -182,6 +182,7 @@ def _check_what_survived(directory: pathlib.Path, model_path: pathlib.Path) -> N
     assert tree_equal(model, checkpoint_writer.state_at(int(model["step"])))
 
 
+@pytest.mark.slow
 def test_a_writer_killed_mid_save_never_leaves_a_bad_checkpoint(tmp_path):
     # Forked from a server that has imported zoo once: a fresh interpreter per kill would
     # spend its seconds importing JAX, not saving.

@@ -18,6 +18,7 @@ def _zoo(*args, cwd=None):
     )
 
 
+@pytest.mark.slow
 def test_train_mlp_on_digits_writes_history_and_plot(tmp_path):
     result = _zoo("train", "mlp", "--epochs", "3", "--hidden", "64", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -53,6 +54,7 @@ def test_bad_arguments_print_usage_and_exit_2(capsys, args, complaint):
     assert re.search(complaint, err), err
 
 
+@pytest.mark.slow
 def test_missing_mnist_files_say_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_MNIST_MIRROR", "http://127.0.0.1:9/")  # closed port: offline
     result = _zoo(

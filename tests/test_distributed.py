@@ -23,6 +23,8 @@ import zoo
 
 from . import distributed_cases as cases
 
+pytestmark = pytest.mark.slow  # subprocesses with 8 devices, and two processes
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = [sys.executable, "-m", "tests.distributed_worker"]
 TIMEOUT = 240  # seconds for a worker; a run takes a fraction of that on two busy cores

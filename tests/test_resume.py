@@ -113,6 +113,7 @@ _KILLED_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_random_moments_resumes_to_the_same_model(tmp_path):
     """SIGKILL while training and saving; each restart resumes; the end is as if never killed."""
     directory = tmp_path / "killed"
