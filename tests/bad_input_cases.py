@@ -50,6 +50,32 @@ def _train(data=None, **kwargs):
     )
 
 
+def _sparse_step(loss, embeddings, ref_in_model=False):
+    """One jitted `zoo.sparse.value_and_update` step of `loss` on a small table (whose weight
+    is a `jax.Ref` with `ref_in_model`)."""
+    table = zoo.Embedding(5, 2, key=jax.random.key(0))
+
+    @jax.jit
+    def step(table, state, ids):
+        if ref_in_model:
+            table = eqx.tree_at(lambda t: t.weight, table, jax.new_ref(table.weight))
+        return zoo.sparse.value_and_update(loss, embeddings)(table, state, ids)
+
+    return step(table, embeddings.init(table), jnp.array([1, 2]))
+
+
+def _tied_loss(table, ids):
+    return jnp.sum(table(ids)) + jnp.sum(table.weight.T)
+
+
+def _while_loss(table, ids):
+    def body(carry):
+        i, total = carry
+        return i + 1, total + jnp.sum(table(ids[i]))
+
+    return jax.lax.while_loop(lambda c: c[0] < ids.shape[0], body, (0, 0.0))[1]
+
+
 def _cli(*args: str):
     """Runs the `zoo` command line; its exit carries the status and argparse's complaint."""
 
@@ -458,6 +484,33 @@ CASES: list[Case] = [
         ValueError,
         "learning_rate of zoo.sparse.rowwise_adagrad must be positive and finite; got 0.0",
         "Use a positive learning rate, e.g. `zoo.sparse.rowwise_adagrad(0.05)`.",
+    ),
+    Case(
+        "sparse-ref-in-model",
+        "zoo.sparse.value_and_update",
+        "a model holding a jax.Ref",
+        lambda tmp: _sparse_step(_tied_loss, zoo.sparse.sgd(0.1), ref_in_model=True),
+        TypeError,
+        r"holding a jax\.Ref at \.weight.*Pass the array instead",
+        "Keep arrays in the model: zoo makes the refs inside the step (`jax.freeze` a ref first).",
+    ),
+    Case(
+        "sparse-table-read-directly",
+        "zoo.sparse.value_and_update",
+        "a loss that reads a table as an array (weight tying)",
+        lambda tmp: _sparse_step(_tied_loss, zoo.sparse.sgd(0.1)),
+        AttributeError,
+        r"embedding table model is read directly inside the loss",
+        "Call the Embedding (`model.items(ids)`), or train with an optax optimizer (dense path).",
+    ),
+    Case(
+        "sparse-lookup-in-while-loop",
+        "zoo.sparse.value_and_grad",
+        "a lookup inside jax.lax.while_loop, with per-row state",
+        lambda tmp: _sparse_step(_while_loss, zoo.sparse.rowwise_adagrad(0.1)),
+        ValueError,
+        r"inside jax\.lax\.while_loop.*jax\.lax\.scan",
+        "Give the loop static bounds: `jax.lax.scan` or `fori_loop(0, n, ...)` with a Python int.",
     ),
     Case(
         "evaluate-no-targets",

@@ -20,8 +20,8 @@ class TableView(eqx.Module):
     """What an `Embedding` reads its rows from instead of its weight, inside `zoo.sparse` passes.
 
     `zoo.sparse.value_and_grad` swaps each table for a view that records or redirects lookups;
-    every other use of the module is unchanged. Reading the view as an array (weight tying,
-    weight decay on the table) raises a `TypeError` that names the table (`where`).
+    every other use of the module is unchanged. Reading the view as an array (`weight.T`,
+    `h @ weight`, `weight.shape`) raises an error that names the table (`where`).
     """
 
     where: str = eqx.field(static=True, default="", kw_only=True)
@@ -40,7 +40,10 @@ class TableView(eqx.Module):
             "with an optax optimizer (the dense path: eqx.filter_value_and_grad)."
         )
 
-    def __jax_array__(self):
+    def __matmul__(self, other):
+        raise TypeError(self._read_directly())
+
+    def __rmatmul__(self, other):
         raise TypeError(self._read_directly())
 
     def __getattr__(self, name: str):
