@@ -182,7 +182,7 @@ def _add_recommender(models) -> None:
         "--batch-size",
         type=_positive_int,
         default=None,
-        help="interactions per step (default 512), or sequences for sasrec (default 128)",
+        help="examples per step: interactions (default 512), or sequences for sasrec (128)",
     )
     recommender.add_argument(
         "--lr",
