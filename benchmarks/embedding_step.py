@@ -57,6 +57,20 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _rows_loss_and_grads(model, batch):
+    """The loss of a hand-written step, and its gradients with respect to the looked-up rows
+    (one per id, duplicates apart) and the head."""
+    import jax
+    import jax.numpy as jnp
+
+    def loss_of_rows(rows, head):
+        return jnp.mean((jax.vmap(head)(rows)[:, 0] - batch["y"]) ** 2)
+
+    grad_fn = jax.value_and_grad(loss_of_rows, argnums=(0, 1))
+    loss, (rows_grad, head_grad) = grad_fn(model.table.weight[batch["ids"]], model.head)
+    return loss, rows_grad, head_grad
+
+
 def floor_step(opt, *, sorted_ids: bool = False):
     """The least a JAX step of this model does: one gather, one scatter-add, no coalescing.
 
@@ -68,17 +82,11 @@ def floor_step(opt, *, sorted_ids: bool = False):
     duplicate gradients before its non-linear update (a sort, or work of the table's size).
     """
     import equinox as eqx
-    import jax
     import jax.numpy as jnp
 
     def step(model, opt_state, batch):
         table, ids = model.table.weight, batch["ids"]
-
-        def loss_of_rows(rows, head):
-            return jnp.mean((jax.vmap(head)(rows)[:, 0] - batch["y"]) ** 2)
-
-        grad_fn = jax.value_and_grad(loss_of_rows, argnums=(0, 1))
-        loss, (rows_grad, head_grad) = grad_fn(table[ids], model.head)
+        loss, rows_grad, head_grad = _rows_loss_and_grads(model, batch)
         updates, opt_state = opt.update(head_grad, opt_state, model.head)
         if sorted_ids:
             order = jnp.argsort(ids)
@@ -107,12 +115,7 @@ def lazy_adam_by_hand(opt, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
     def step(model, state, batch):
         head_state, moments, count = state
         table, ids = model.table.weight, batch["ids"]
-
-        def loss_of_rows(rows, head):
-            return jnp.mean((jax.vmap(head)(rows)[:, 0] - batch["y"]) ** 2)
-
-        grad_fn = jax.value_and_grad(loss_of_rows, argnums=(0, 1))
-        loss, (rows_grad, head_grad) = grad_fn(table[ids], model.head)
+        loss, rows_grad, head_grad = _rows_loss_and_grads(model, batch)
         updates, head_state = opt.update(head_grad, head_state, model.head)
         order = jnp.argsort(ids)
         sorted_ids, grads = ids[order], rows_grad[order]
