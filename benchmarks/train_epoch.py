@@ -9,7 +9,8 @@ reshuffled every epoch, last partial batch kept. In one process and one run, sid
   sliced on the host.
 - `eqx.filter_jit loop`: the same loop over an Equinox model with `eqx.filter_jit`.
 - `pytorch eager`: the same workload in PyTorch, run from `.bench-venv/` (Python 3.11 with the
-  CPU build of torch) as a subprocess; skipped with a message when that is missing.
+  CPU build of torch, made on first use by `_torch_env.py`) as a subprocess; skipped with the
+  reason when it cannot be had.
 
 Each method runs `--epochs` epochs per round over `--rounds` rounds, the methods taking turns,
 and reports the median epoch time excluding each round's first epoch (compilation). The FLOP
@@ -43,9 +44,9 @@ import numpy as np
 import optax
 
 import zoo
+from _torch_env import torch_python
 
 HERE = pathlib.Path(__file__).resolve().parent
-TORCH_PYTHON = HERE.parent / ".bench-venv" / "bin" / "python"
 SIZES = (784, 256, 128, 10)
 
 
@@ -238,12 +239,12 @@ def _timed_host_loop(step, params, opt_state, data, batch_size, epochs):
     return times
 
 
-def run_torch(data_file, batch_size, epochs):
-    if not TORCH_PYTHON.exists():
+def run_torch(python: pathlib.Path | None, data_file, batch_size, epochs):
+    if python is None:
         return None
     result = subprocess.run(
         [
-            str(TORCH_PYTHON),
+            str(python),
             str(HERE / "_torch_train_epoch.py"),
             data_file,
             str(batch_size),
@@ -283,8 +284,8 @@ def main() -> None:
         f"matmul peak of {epoch_flops(len(data['y'])) / floor / 1e9:.0f} GFLOP/s "
         f"= {floor:.3f} s/epoch"
     )
-    if not TORCH_PYTHON.exists():
-        print(f"pytorch eager: skipped ({TORCH_PYTHON} is missing; see the module docstring)")
+    python, how = torch_python()
+    print(how)
     methods = {
         "zoo.train": run_zoo_train,
         "hand-fused scan": run_hand_fused,
@@ -299,7 +300,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, run in methods.items():
                     samples[name] += run(data, batch_size, args.epochs)[1:]
-                torch_times = run_torch(data_file, batch_size, args.epochs)
+                torch_times = run_torch(python, data_file, batch_size, args.epochs)
                 if torch_times:
                     samples["pytorch eager"] += torch_times[1:]
             report(batch_size, {k: statistics.median(v) for k, v in samples.items() if v}, floor)
