@@ -25,7 +25,7 @@ from jaxtyping import Array, Float, Int
 
 from .._custom_types import PyTree
 from .._embedding import TableView
-from ._lookups import is_embedding, swap_tables
+from ._lookups import split_params, swap_tables
 
 
 @jax.custom_vjp
@@ -63,15 +63,6 @@ class _InPlace(TableView):
         return _scale_cotangent(rows, self.scale)
 
 
-def _table_mask(model: PyTree) -> PyTree:
-    """True at every `Embedding.weight`, False elsewhere (a filter spec for `eqx.partition`)."""
-
-    def mask(node):
-        return eqx.tree_at(lambda e: e.weight, node, True) if is_embedding(node) else False
-
-    return jax.tree.map(mask, model, is_leaf=is_embedding)
-
-
 def check_no_refs(model: PyTree, where: str) -> None:
     """Refuses a model holding a `jax.Ref`: models stay pure, refs are made inside the step."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(model):
@@ -92,8 +83,8 @@ def value_and_grad_in_place(fn: Callable[..., Any], *, has_aux: bool = False):
 
     def value_grads_and_model(model, scale, *args, **kwargs):
         check_no_refs(model, "zoo.sparse")
-        arrays, static = eqx.partition(model, eqx.is_inexact_array)
-        tables, rest = eqx.partition(arrays, _table_mask(model))
+        tables, rest = split_params(model)
+        static = eqx.filter(model, eqx.is_inexact_array, inverse=True)
 
         def loss(tables, rest):
             model = eqx.combine(tables, rest, static)

@@ -95,6 +95,16 @@ def is_embedding(x) -> bool:
     return isinstance(x, Embedding)
 
 
+def split_params(model) -> tuple[Any, Any]:
+    """`(tables, rest)`: every `Embedding.weight` of `model`, and every other floating array."""
+
+    def mask(node):
+        return eqx.tree_at(lambda e: e.weight, node, True) if is_embedding(node) else False
+
+    spec = jax.tree.map(mask, model, is_leaf=is_embedding)
+    return eqx.partition(eqx.filter(model, eqx.is_inexact_array), spec)
+
+
 def tables(model) -> list[Embedding]:
     """The `Embedding` modules of `model`, in pytree order."""
     return [x for x in jax.tree.leaves(model, is_leaf=is_embedding) if is_embedding(x)]

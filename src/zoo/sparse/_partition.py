@@ -7,7 +7,7 @@ import jax
 import optax
 
 from .._custom_types import PyTree
-from .._embedding import Embedding
+from ._lookups import split_params
 from ._optimizers import SparseGradientTransformation
 from ._rows import SparseRows, is_sparse_rows
 
@@ -17,26 +17,6 @@ class PartitionState(NamedTuple):
 
     dense: optax.OptState
     embeddings: PyTree
-
-
-def _is_embedding(x) -> bool:
-    return isinstance(x, Embedding)
-
-
-def _table_mask(model: PyTree) -> PyTree:
-    """A filter spec for `eqx.partition`: True at every `Embedding.weight`, False elsewhere."""
-
-    def mask(node):
-        if _is_embedding(node):
-            return eqx.tree_at(lambda e: e.weight, node, True)
-        return False
-
-    return jax.tree.map(mask, model, is_leaf=_is_embedding)
-
-
-def _split_params(model: PyTree) -> tuple[PyTree, PyTree]:
-    """`(tables, rest)`: the embedding weights, and every other floating array."""
-    return eqx.partition(eqx.filter(model, eqx.is_inexact_array), _table_mask(model))
 
 
 def _split_grads(grads: PyTree) -> tuple[PyTree, PyTree]:
@@ -89,12 +69,12 @@ def partition(
     """
 
     def init(model: PyTree) -> PartitionState:
-        tables, rest = _split_params(model)
+        tables, rest = split_params(model)
         return PartitionState(dense=dense.init(rest), embeddings=embeddings.init(tables))
 
     def update(grads: PyTree, state: PartitionState, model: PyTree = None):
         table_grads, rest_grads = _split_grads(grads)
-        tables, rest = (None, None) if model is None else _split_params(model)
+        tables, rest = (None, None) if model is None else split_params(model)
         rest_updates, dense_state = dense.update(rest_grads, state.dense, rest)
         table_updates, table_state = embeddings.update(table_grads, state.embeddings, tables)
         updates = eqx.combine(table_updates, rest_updates, is_leaf=is_sparse_rows)
