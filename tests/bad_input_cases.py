@@ -822,6 +822,15 @@ CASES: list[Case] = [
         "exit status 2: .*--loss bpr is not a sasrec loss; use softmax, bce or sampled-softmax",
         "Use `--loss softmax` (the default), `bce` or `sampled-softmax`.",
     ),
+    # -- Ids, datasets, loaders and evaluation: never a wrapped id or an unearned figure. --
+    #
+    #
+    # -- Training runs: validated before the first step, resumed only as the same run. --
+    #
+    #
+    # -- One rule for arguments: zoo's own errors, never JAX's, pathlib's or optax's. --
+    #
+    #
 ]
 
 

@@ -13,8 +13,12 @@ from .bad_input_cases import CASES, prepare, run_case
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _listing(folder: pathlib.Path) -> set[str]:
-    return {str(path.relative_to(folder)) for path in folder.rglob("*")}
+def _listing(folder: pathlib.Path) -> dict[str, bytes | None]:
+    """Every path under `folder` with its content (`None` for a folder)."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+        for path in folder.rglob("*")
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
@@ -23,7 +27,7 @@ def test_bad_input(case, tmp_path):
     before = _listing(tmp_path)
     error = run_case(case, tmp_path)
     assert re.search(case.message, str(error), flags=re.DOTALL), str(error)
-    assert _listing(tmp_path) == before, "the failed call left files behind"
+    assert _listing(tmp_path) == before, "the failed call changed files on disk"
 
 
 def test_there_are_at_least_25_distinct_cases():

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import zoo
-from zoo._host_memory import Staging
+from zoo._io._host_memory import Staging
 
 from . import checkpoint_writer
 from .helpers import scrambled, tree_equal

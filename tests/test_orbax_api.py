@@ -1,6 +1,6 @@
 """The Orbax API that zoo's serialization builds on, checked by name and signature.
 
-zoo writes arrays through an Orbax `TypeHandler` of its own (`zoo._array_files`) and manages
+zoo writes arrays through an Orbax `TypeHandler` of its own (`zoo._io._array_files`) and manages
 checkpoints with Orbax's `CheckpointManager`. If an Orbax release renames or reshapes any piece
 listed here, this test fails and names it, before any save or restore misbehaves. The range of
 orbax-checkpoint versions zoo is tested with is pinned in pyproject.toml.

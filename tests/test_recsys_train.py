@@ -9,8 +9,7 @@ import optax
 import pytest
 
 import zoo
-from zoo._cli import main
-from zoo.recsys import _recipes as recipes
+from zoo._cli import _recipes as recipes, main
 
 from .helpers import planted_split
 

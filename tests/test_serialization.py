@@ -246,8 +246,8 @@ def test_each_array_is_an_npy_file(tmp_path, getkey):
     for file, entry in zip(files, manifest, strict=True):
         array = np.load(file)  # bfloat16 too: its header names it
         assert (str(array.dtype), list(array.shape)) == (entry["dtype"], entry["shape"])
-        assert zoo._array_store.checksum(array) == entry["xxh3_64"]
-    handler = zoo._array_store.array_handler()
+        assert zoo._io._array_store.checksum(array) == entry["xxh3_64"]
+    handler = zoo._io._array_store.array_handler()
     metadata = ocp.Checkpointer(handler).metadata(_arrays_dir(path)).item_metadata.tree
     assert (metadata["a0"].shape, metadata["a0"].dtype) == (np.load(files[0]).shape, np.float32)
 
@@ -255,12 +255,12 @@ def test_each_array_is_an_npy_file(tmp_path, getkey):
 def _save_through_tensorstore(monkeypatch, chunk_bytes: int) -> None:
     """Makes zoo.save write as it did before `.npy` files (and still does with several
     processes): through Orbax's own handlers, into TensorStore chunks of `chunk_bytes`."""
-    monkeypatch.setattr("zoo._array_store._CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr("zoo._io._array_store._CHUNK_BYTES", chunk_bytes)
     handler = ocp.PyTreeCheckpointHandler(use_compression=False)
-    monkeypatch.setattr("zoo._array_store.array_handler", lambda: handler)
+    monkeypatch.setattr("zoo._io._array_store.array_handler", lambda: handler)
     chunked = ocp.SaveArgs(chunk_byte_size=chunk_bytes)
     save = lambda item: ocp.args.PyTreeSave(item, save_args={k: chunked for k in item})  # noqa: E731
-    monkeypatch.setattr("zoo._array_store.save_args", save)
+    monkeypatch.setattr("zoo._io._array_store.save_args", save)
 
 
 def test_saves_through_tensorstore_still_load(tmp_path, getkey, monkeypatch):
@@ -340,7 +340,7 @@ def test_a_failed_overwrite_keeps_the_previous_save(tmp_path, getkey, monkeypatc
         raise OSError("disk full")
 
     # The new arrays are written in full, then the failure comes before zoo.json is replaced.
-    monkeypatch.setattr("zoo._serialization._write_json_atomically", fail)
+    monkeypatch.setattr("zoo._io._serialization._write_json_atomically", fail)
     with pytest.raises(OSError, match="disk full"):
         zoo.save(path, zoo.MLP(4, 2, (3,), key=getkey()), overwrite=True)
     monkeypatch.undo()

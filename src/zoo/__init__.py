@@ -11,25 +11,24 @@ from . import (
     recsys as recsys,
     sparse as sparse,
 )
-from ._checkpoints import Checkpoints as Checkpoints
-from ._embedding import Embedding as Embedding
-from ._evaluate import evaluate as evaluate
-from ._mlp import MLP as MLP
-from ._per_example import (
+from ._io._checkpoints import Checkpoints as Checkpoints
+from ._io._rebuild import Rebuildable as Rebuildable
+from ._io._serialization import load as load, save as save
+from ._nn._embedding import Embedding as Embedding
+from ._nn._mlp import MLP as MLP
+from ._training._early_stopping import EarlyStopping as EarlyStopping
+from ._training._evaluate import evaluate as evaluate
+from ._training._per_example import (
     per_example_grad_norms as per_example_grad_norms,
     per_example_grads as per_example_grads,
 )
-from ._plots import plot_history as plot_history
-from ._rebuild import Rebuildable as Rebuildable
-from ._serialization import load as load, save as save
-from ._training._early_stopping import EarlyStopping as EarlyStopping
+from ._training._plots import plot_history as plot_history
 from ._training._state import TrainState as TrainState
 from ._training._train import train as train
+from ._version import __version__ as __version__
 from .recsys import (
     DLRM as DLRM,
     MatrixFactorization as MatrixFactorization,
     SASRec as SASRec,
     TwoTower as TwoTower,
 )
-
-__version__ = "0.1.0"

@@ -2,8 +2,8 @@
 
 import os
 
-from .._checkpoints import Checkpoints
 from .._custom_types import PyTree
+from .._io._checkpoints import Checkpoints
 from ._programs import StepTotals
 from ._state import TrainState
 

@@ -110,6 +110,10 @@ class EarlyStopping:
                 wait += 1
         return Decision(best_epoch=best_index + 1, stop=wait >= max(self.patience, 1))
 
+    def decision(self, history: dict) -> "Decision":
+        """`decide` on the monitored values a `zoo.train` history has recorded so far."""
+        return self.decide(history["eval"].get(self.monitor, []))
+
 
 class Decision(NamedTuple):
     best_epoch: int  # 1-based; 0 while no epoch has improved on the start

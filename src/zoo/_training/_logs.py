@@ -23,7 +23,7 @@ def _summary_writer_class():
     except ImportError as error:
         raise ImportError(
             "tensorboard=True writes event files with tensorboardX, which is not installed: "
-            "`pip install 'zoo[tensorboard]'` (or `uv add tensorboardX`)."
+            "`pip install 'equinox-zoo[tensorboard]'` (or `uv add tensorboardX`)."
         ) from error
     return SummaryWriter
 

@@ -1,38 +1,41 @@
-"""`zoo.train`: a function from (model, data, ...) to (trained model, history)."""
+"""`zoo.train`: a function from (model, data, ...) to (trained model, history).
+
+The arguments are checked first (`_arguments`), then the state, the compiled programs and the
+epoch runner are built, then the epoch loop runs: each epoch is run (`_epochs`), evaluated,
+recorded (`_history`), checkpointed (`_checkpointing`) and logged (`_logs`).
+"""
 
 import functools
-import itertools
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh
 from jaxtyping import PRNGKeyArray
 
-from .._custom_types import Batch, Dataset, LossFn, Optimizer
-from .._evaluate import evaluate
-from .._losses import resolve_loss
-from .._metrics import Metric, resolve_metrics
-from ..distributed._routing import routing_for
-from ..distributed._trainer import Placement, shard_training, training_mesh
+from .._custom_types import Dataset, LossFn, Optimizer
+from ..losses._losses import resolve_loss
+from ..metrics._metrics import Metric, resolve_metrics
+from . import _arguments as arguments
 from ._accumulation import accumulating, check_accumulate
 from ._checkpointing import Saver
-from ._dataset import checked_dataset, gather, host_rows, nbytes, num_examples
+from ._dataset import checked_dataset
 from ._early_stopping import EarlyStopping
-from ._fused import fits_on_devices
+from ._epochs import epoch_runner
+from ._evaluate import evaluate
 from ._history import current_learning_rate, new_history, record_epoch
 from ._logs import EpochLogs, check_logging
 from ._precision import check_precision, dynamic_loss_scaling, with_precision
 from ._programs import Programs, StepTotals, make_train_step
 from ._progress import progress_bar
-from ._rules import DENSE, rule_for
+from ._routing import routing_for
+from ._rules import rule_for
+from ._sharded import Placement, shard_training, training_mesh
 from ._state import TrainState, initial_state, validation_key
 from ._validation import check_validation_split, split_validation
 
@@ -44,11 +47,6 @@ _DEFAULT_METRICS = {
     "bce": ("bce", "accuracy"),
     "mse": ("mse", "mae"),
 }
-_PROGRESS_UPDATES_PER_EPOCH = 10
-# Each compiled run of steps costs a dispatch and a wait on the host: on a short epoch a tenth
-# of it (2 of 16 steps, say) made zoo.train 1.3x slower than one program for the epoch.
-_MIN_STEPS_PER_CHUNK = 32
-_ITERABLE_STEPS_PER_REPORT = 50
 
 
 def train(
@@ -178,7 +176,7 @@ def train(
       "train/loss": ..., "eval/accuracy": ...}`). A resumed run rewrites it from its
       checkpoint's history first, so each epoch appears once.
     - `tensorboard`: also write TensorBoard event files into `log_dir` (the same figures,
-      by epoch), with `tensorboardX` (`pip install 'zoo[tensorboard]'`).
+      by epoch), with `tensorboardX` (`pip install 'equinox-zoo[tensorboard]'`).
 
     **Returns:**
 
@@ -211,19 +209,19 @@ def train(
     print(history["best_epoch"], history["stop_reason"])
     ```
     """
-    _check_hyperparameters(epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk)
-    _check_checkpointing(checkpoint_dir, checkpoint_every, resume)
-    if on_nonfinite not in ("raise", "skip"):
-        raise ValueError(f"on_nonfinite must be 'raise' or 'skip'; got {on_nonfinite!r}.")
+    arguments.check_hyperparameters(
+        epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk, on_nonfinite
+    )
+    arguments.check_checkpointing(checkpoint_dir, checkpoint_every, resume)
     check_validation_split(validation_split, stratify, data, eval_data)
     check_precision(precision)
     check_logging(log_dir, tensorboard)
-    _check_early_stopping(early_stopping)
+    arguments.check_early_stopping(early_stopping)
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
-    _check_optimizer(optimizer)
+    arguments.check_optimizer(optimizer)
     rule = rule_for(optimizer, in_place=on_nonfinite == "raise" and mesh is None)
     check_accumulate(accumulate, batch_size, rule)
-    _check_precision_for(rule, precision)
+    arguments.check_precision_for(rule, precision)
     loss_fn = with_precision(resolve_loss(loss), precision)
     if precision == "float16":
         optimizer = dynamic_loss_scaling(optimizer)
@@ -238,10 +236,7 @@ def train(
             arrays, validation_split, stratify=stratify, key=validation_key(key)
         )
     eval_arrays = None if eval_data is None else checked_dataset(eval_data, argument="eval_data")
-    if early_stopping is not None:
-        early_stopping.check_monitor(
-            _eval_names(model, eval_arrays, metric_names, eval_fn, early_stopping.monitor)
-        )
+    arguments.check_monitored_name(model, early_stopping, eval_arrays, metric_names, eval_fn)
     mesh = None if mesh is None else training_mesh(mesh, batch_size)
 
     rule = accumulating(rule, accumulate)
@@ -260,14 +255,14 @@ def train(
     else:
         routed = routing_for(rule, make_step, loss_fn, mesh)
         dynamic, static, train_step = shard_training(init, model, train_step, mesh, routed)
-    _check_learning_rate(current_learning_rate(dynamic.opt_state))
+    arguments.check_learning_rate(current_learning_rate(dynamic.opt_state))
     programs = Programs(train_step, static, batch_size)
-    runner = _epoch_runner(
+    runner = epoch_runner(
         data, programs, batch_size, last_batch, fused, steps_per_chunk, Placement(mesh)
     )
     if loss == "cross_entropy":
         for argument, arrays in (("data", runner.arrays), ("eval_data", eval_arrays)):
-            _check_class_labels(model, arrays, argument)
+            arguments.check_class_labels(model, arrays, argument)
 
     saver = Saver(checkpoint_dir, checkpoint_every, keep)
     keep_best = early_stopping is not None and early_stopping.restore_best
@@ -293,7 +288,7 @@ def train(
     try:
         with progress_bar(remaining, progress, epochs) as bar:
             for epoch in range(first_epoch, epochs):
-                if early_stopping is not None and _decision(early_stopping, history).stop:
+                if early_stopping is not None and early_stopping.decision(history).stop:
                     break  # a resumed run that had already stopped
                 bar.set_description(f"epoch {epoch + 1}/{epochs}")
                 start = time.perf_counter()
@@ -320,7 +315,7 @@ def train(
                     opt_state=state.opt_state,
                     eval_metrics=eval_metrics,
                 )
-                if keep_best and _decision(early_stopping, history).best_epoch == epoch + 1:
+                if keep_best and early_stopping.decision(history).best_epoch == epoch + 1:
                     saver.best_model = _copied(dynamic.model)
                 saver.after_epoch(int(state.step), dynamic)
                 logs.after_epoch(history)
@@ -328,14 +323,14 @@ def train(
                 bar.set_postfix(_postfix(history))
                 if on_epoch is not None:
                     on_epoch(history)
-                if early_stopping is not None and _decision(early_stopping, history).stop:
+                if early_stopping is not None and early_stopping.decision(history).stop:
                     break
     finally:
         saver.close()  # waits for background saves: a returned or raised train has saved
         logs.close()
     if early_stopping is None:
         return programs.combine(dynamic).model, history
-    decision = _decision(early_stopping, history)
+    decision = early_stopping.decision(history)
     history["best_epoch"] = decision.best_epoch
     history["stop_reason"] = "early_stopping" if decision.stop else "epochs"
     if keep_best and decision.best_epoch > 0:
@@ -343,41 +338,9 @@ def train(
     return programs.combine(dynamic).model, history
 
 
-def _decision(early_stopping: EarlyStopping, history: dict):
-    return early_stopping.decide(history["eval"].get(early_stopping.monitor, []))
-
-
 def _copied(tree):
     """A copy of the arrays of `tree`, whose own buffers the next compiled run donates."""
     return jax.tree.map(jnp.copy, tree)
-
-
-def _eval_names(model, eval_arrays, metric_names, eval_fn, monitor) -> list[str]:
-    """The names the per-epoch evaluation records, known before training.
-
-    `eval_fn`'s names are known only by calling it: it runs once on the untrained model, and
-    only when the monitored name is not among the metrics.
-    """
-    names = metric_names if eval_arrays is not None else []
-    if monitor not in names and eval_fn is not None:
-        names = [*names, *eval_fn(model)]
-    return names
-
-
-def _check_early_stopping(early_stopping) -> None:
-    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
-        raise TypeError(
-            "early_stopping must be a zoo.EarlyStopping, such as "
-            f"zoo.EarlyStopping(monitor='accuracy', patience=3); got {early_stopping!r}."
-        )
-
-
-def _check_precision_for(rule, precision: str) -> None:
-    if precision != "float32" and rule is not DENSE:
-        raise ValueError(
-            f"precision={precision!r} does not work with zoo.sparse optimizers yet (their "
-            "embedding lookups read the float32 tables); use precision='float32' with them."
-        )
 
 
 def _next_epoch(dynamic: TrainState) -> TrainState:
@@ -399,286 +362,4 @@ def _raise_if_not_finite(totals: StepTotals) -> None:
             f"the loss became non-finite (nan or inf) at step {step}. Lower the learning rate, "
             "clip gradients with optax.chain(optax.clip_by_global_norm(1.0), ...), or check the "
             "data for non-finite values."
-        )
-
-
-class _EpochLayout(NamedTuple):
-    """How an epoch of a dataset splits into batches."""
-
-    batch_size: int
-    full_batches: int
-    remainder: int  # size of the last, smaller batch when it is kept (0: none)
-    skipped: int  # examples the last batch would have held, when it is dropped
-    chunk: int  # steps per compiled run and per progress update
-
-    @classmethod
-    def of(cls, count, batch_size, last_batch, steps_per_chunk) -> "_EpochLayout":
-        full, remainder = divmod(count, batch_size)
-        kept = remainder if last_batch == "keep" else 0
-        chunk = steps_per_chunk or max(
-            -(-full // _PROGRESS_UPDATES_PER_EPOCH), min(full, _MIN_STEPS_PER_CHUNK), 1
-        )
-        return cls(batch_size, full, kept, remainder - kept, chunk)
-
-    @property
-    def steps(self) -> int:
-        return self.full_batches + (self.remainder > 0)
-
-
-class _EpochRunner:
-    """Runs one epoch, fused or step by step; built once per training run."""
-
-    steps_per_epoch: int | None = None
-    skipped_per_epoch: int = 0
-    arrays: dict | None = None  # the whole dataset, when there is one (not for iterables)
-
-    def run(
-        self, dynamic: TrainState, totals: StepTotals, bar, saver: Saver
-    ) -> tuple[TrainState, StepTotals]:
-        """Runs the rest of the epoch that `dynamic` is in, from its batch position."""
-        raise NotImplementedError
-
-
-class _FusedEpochs(_EpochRunner):
-    """The dataset lives on the device; each chunk of steps runs as one program."""
-
-    def __init__(self, arrays, programs: Programs, layout: _EpochLayout, placement: Placement):
-        self.arrays = arrays
-        self._data = placement.dataset(arrays)
-        self._count = num_examples(arrays)
-        self._programs = programs
-        self._layout = layout
-        self.steps_per_epoch = layout.steps
-        self.skipped_per_epoch = layout.skipped
-
-    def run(self, dynamic, totals, bar, saver):
-        layout = self._layout
-        order = self._programs.epoch_order(dynamic, self._count)
-        report = _ChunkReport(bar)
-        batch, step = int(dynamic.batch), int(dynamic.step)
-        while batch < layout.full_batches:
-            steps = min(layout.chunk, layout.full_batches - batch, _until(saver, step))
-            dynamic, totals = self._programs.run_steps(dynamic, totals, self._data, order, steps)
-            report.dispatched(totals, steps)
-            batch, step = batch + steps, step + steps
-            saver.after_steps(step, dynamic, totals)
-        if layout.remainder:
-            last = gather(self._data, order[layout.full_batches * layout.batch_size :])
-            dynamic, totals = self._programs.one_step(dynamic, totals, last)
-            report.dispatched(totals, 1)
-        report.flush()
-        return dynamic, totals
-
-
-def _until(saver: Saver, step: int) -> int:
-    """Steps until the next checkpoint is due, or effectively no limit."""
-    due = saver.steps_until_due(step)
-    return 2**31 - 1 if due is None else due
-
-
-class _HostEpochs(_EpochRunner):
-    """The dataset stays on the host; each step's batch is gathered there and prefetched."""
-
-    def __init__(self, arrays, programs: Programs, layout: _EpochLayout, placement: Placement):
-        self.arrays = self._arrays = arrays
-        self._placement = placement
-        self._count = num_examples(arrays)
-        self._programs = programs
-        self._layout = layout
-        self.steps_per_epoch = layout.steps
-        self.skipped_per_epoch = layout.skipped
-
-    def _batches(self, order: np.ndarray, first: int) -> Iterator[Batch]:
-        size = self._layout.batch_size
-        for step in range(first, self.steps_per_epoch):
-            rows = host_rows(self._arrays, order[step * size : (step + 1) * size])
-            yield self._placement.batch(rows)
-
-    def run(self, dynamic, totals, bar, saver):
-        order = np.asarray(self._programs.epoch_order(dynamic, self._count))
-        batches = self._batches(order, int(dynamic.batch))
-        return _run_batches(
-            self._programs, dynamic, totals, batches, bar, self._layout.chunk, saver
-        )
-
-
-class _IterableEpochs(_EpochRunner):
-    """`data` is an iterable of batches, iterated afresh each epoch."""
-
-    def __init__(self, data: Iterable[Dataset], programs: Programs, steps_per_chunk, placement):
-        self._data = data
-        self._placement = placement
-        self._programs = programs
-        self._chunk = steps_per_chunk or _ITERABLE_STEPS_PER_REPORT
-        self.steps_per_epoch = len(data) if hasattr(data, "__len__") else None
-
-    def run(self, dynamic, totals, bar, saver):
-        # A resumed epoch skips the batches it already took: the iterable must repeat its order.
-        remaining = itertools.islice(self._data, int(dynamic.batch), None)
-        batches = (self._placement.batch(_checked_batch(batch)) for batch in remaining)
-        dynamic, totals = _run_batches(
-            self._programs, dynamic, totals, batches, bar, self._chunk, saver
-        )
-        if int(totals.steps) + int(totals.nonfinite_steps) == 0:
-            raise ValueError(
-                "data yielded no batches this epoch. A generator can be iterated only once: pass "
-                "a list of batches, or an object whose __iter__ starts a new pass each epoch."
-            )
-        return dynamic, totals
-
-
-def _checked_batch(batch) -> dict:
-    if not isinstance(batch, Mapping):
-        raise TypeError(
-            f"each batch from data must be a mapping such as {{'x': ..., 'y': ...}}; "
-            f"got {type(batch).__name__}."
-        )
-    return checked_dataset(batch, argument="batch")
-
-
-def _run_batches(programs: Programs, dynamic, totals, batches: Iterable[Batch], bar, chunk, saver):
-    """Runs a step per batch, with the next batch already on its way to the device."""
-    report = _ChunkReport(bar)
-    step = int(dynamic.step)
-    ahead = deque()
-
-    def take_step(dynamic, totals):
-        dynamic, totals = programs.one_step(dynamic, totals, ahead.popleft())
-        saver.after_steps(step + 1, dynamic, totals)
-        return dynamic, totals
-
-    for taken, batch in enumerate(batches, start=1):
-        ahead.append(batch)
-        if len(ahead) == 2:
-            dynamic, totals = take_step(dynamic, totals)
-            step += 1
-        if taken % chunk == 0:
-            report.dispatched(totals, chunk)
-    while ahead:
-        dynamic, totals = take_step(dynamic, totals)
-        step += 1
-    report.dispatched(totals, max(0, int(totals.steps) - report.steps))
-    report.flush()
-    return dynamic, totals
-
-
-class _ChunkReport:
-    """Progress-bar updates that never stall the device.
-
-    Reading a total waits for the program that computes it. So when a chunk has been
-    dispatched, the bar shows the totals of the chunk *before* it, which are ready or nearly so
-    while the device already works on the next one.
-    """
-
-    def __init__(self, bar):
-        self._bar = bar
-        self._pending: tuple[StepTotals, int] | None = None
-        self.steps = 0
-
-    def dispatched(self, totals: StepTotals, steps: int) -> None:
-        self.flush()
-        self._pending = (totals, steps)
-        self.steps += steps
-
-    def flush(self) -> None:
-        if self._pending is None:
-            return
-        totals, steps = self._pending
-        self._pending = None
-        self._bar.update(steps)
-        if not self._bar.disable:
-            self._bar.set_postfix(loss=f"{float(totals.loss) / int(totals.examples):.4g}")
-
-
-def _epoch_runner(
-    data, programs, batch_size, last_batch, fused, steps_per_chunk, placement
-) -> _EpochRunner:
-    if not isinstance(data, Mapping):
-        if fused:
-            raise ValueError("fused=True needs data as a mapping of arrays, not an iterable.")
-        if isinstance(data, str | bytes) or not isinstance(data, Iterable):
-            raise TypeError(
-                "data must be a mapping of equal-length arrays such as {'x': features, "
-                f"'y': labels}}, or an iterable of such batches; got {type(data).__name__}."
-            )
-        return _IterableEpochs(data, programs, steps_per_chunk, placement)
-    arrays = checked_dataset(data, argument="data")
-    if last_batch == "drop" and num_examples(arrays) < batch_size:
-        raise ValueError(
-            f"batch_size={batch_size} exceeds the {num_examples(arrays)} examples of data and "
-            "last_batch='drop' would skip them all; lower batch_size or use last_batch='keep'."
-        )
-    if fused is None:
-        fused = fits_on_devices(nbytes(arrays), placement.mesh)
-    layout = _EpochLayout.of(num_examples(arrays), batch_size, last_batch, steps_per_chunk)
-    return (_FusedEpochs if fused else _HostEpochs)(arrays, programs, layout, placement)
-
-
-def _check_class_labels(model: eqx.Module, arrays: dict | None, argument: str) -> None:
-    """Labels for cross-entropy must index the model's outputs; checked once, on the host.
-
-    (Inside the compiled step an out-of-range label would only show as a wrong loss.)
-    """
-    if arrays is None or "x" not in arrays or "y" not in arrays:
-        return
-    labels = arrays["y"]
-    if not np.issubdtype(labels.dtype, np.integer):
-        return  # the loss itself raises a TypeError that says so, when traced
-    try:
-        outputs = eqx.filter_eval_shape(lambda m, x: m(x), model, arrays["x"][0])
-    except Exception:
-        return
-    classes = outputs.shape[-1] if outputs.ndim else 1
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= classes:
-        raise ValueError(
-            f"{argument}['y'] must hold class labels in [0, {classes}) for a model with {classes} "
-            f"outputs; got labels from {low} to {high}. Remap the labels, or build the model "
-            f"with out_size={high + 1}."
-        )
-
-
-def _check_learning_rate(learning_rate: float | None) -> None:
-    if learning_rate is not None and not 0 < learning_rate < float("inf"):
-        raise ValueError(
-            f"the optimizer's learning rate must be positive and finite; got {learning_rate:.6g}. "
-            "For example optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)."
-        )
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}.")
-
-
-def _check_hyperparameters(epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk):
-    if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0; got {epochs!r}.")
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("eval_batch_size", eval_batch_size)
-    if steps_per_chunk is not None:
-        _check_positive_int("steps_per_chunk", steps_per_chunk)
-    if last_batch not in ("keep", "drop"):
-        raise ValueError(f"last_batch must be 'keep' or 'drop'; got {last_batch!r}.")
-
-
-def _check_checkpointing(checkpoint_dir, checkpoint_every, resume) -> None:
-    if checkpoint_every is not None:
-        _check_positive_int("checkpoint_every", checkpoint_every)
-        if checkpoint_dir is None:
-            raise ValueError("checkpoint_every needs checkpoint_dir: where should they go?")
-    if resume and checkpoint_dir is None:
-        raise ValueError(
-            "resume=True needs checkpoint_dir, the folder of the run to continue: "
-            "zoo.train(..., checkpoint_dir='runs/x', resume=True)."
-        )
-
-
-def _check_optimizer(optimizer) -> None:
-    if not (
-        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
-    ):
-        raise TypeError(
-            "optimizer must be an optax GradientTransformation such as optax.adam(1e-3) (or a "
-            f"zoo.sparse optimizer); got {optimizer!r}."
         )

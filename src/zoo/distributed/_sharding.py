@@ -15,7 +15,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .._custom_types import PyTree
-from .._embedding import Embedding
+from .._nn._embedding import Embedding
 from ._mesh import FSDP, MODEL, checked_mesh
 
 

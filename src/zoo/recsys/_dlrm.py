@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from .._embedding import Embedding
-from .._mlp import MLP
-from .._rebuild import Rebuildable
+from .._io._rebuild import Rebuildable
+from .._nn._embedding import Embedding
+from .._nn._mlp import MLP
 from ._factorized import check_counts
 
 _EXAMPLE = "zoo.DLRM(num_dense=13, vocab_sizes=(1000, 500, 20), dim=16, key=jax.random.key(0))"

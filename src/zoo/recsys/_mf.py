@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._embedding import Embedding
-from .._rebuild import Rebuildable
+from .._io._rebuild import Rebuildable
+from .._nn._embedding import Embedding
 from ._factorized import Factorized, check_counts
 
 _EXAMPLE = "zoo.MatrixFactorization(num_users=943, num_items=1682, dim=32, key=jax.random.key(0))"

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from .._embedding import Embedding
-from .._rebuild import Rebuildable
+from .._io._rebuild import Rebuildable
+from .._nn._embedding import Embedding
 from ..data import Interactions
 from ..data._sequences import histories
 from ._factorized import Factorized, check_counts

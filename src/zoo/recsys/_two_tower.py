@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from .._embedding import Embedding
-from .._mlp import MLP
-from .._rebuild import Rebuildable
+from .._io._rebuild import Rebuildable
+from .._nn._embedding import Embedding
+from .._nn._mlp import MLP
 from ._factorized import Factorized, check_counts
 
 Similarity = Literal["dot", "cosine"]

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from .._embedding import Embedding, TableView
+from .._nn._embedding import Embedding, TableView
 from ._in_place import check_no_refs
 from ._lookups import looked_up_ids, swap_tables, tables
 from ._rows import SparseRows

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from .._custom_types import PyTree
-from .._embedding import TableView
+from .._nn._embedding import TableView
 from ._lookups import split_params, swap_tables
 
 

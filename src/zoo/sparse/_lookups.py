@@ -26,7 +26,7 @@ from jax.custom_batching import custom_vmap
 from jax.extend.core import ClosedJaxpr, Jaxpr
 from jaxtyping import Array, Float, Int
 
-from .._embedding import Embedding, TableView
+from .._nn._embedding import Embedding, TableView
 
 
 class _Marker:

@@ -8,13 +8,13 @@ from jaxtyping import PRNGKeyArray
 
 from .. import data as datasets, sparse
 from .._custom_types import LossFn, Optimizer
-from ._dlrm import DLRMRecommender
-from ._losses import bce_loss, bpr_loss, in_batch_softmax_loss
-from ._mf import MatrixFactorization
-from ._sampling import NegativeSampler, item_counts
-from ._sasrec import SASRec
-from ._sequence_losses import sequence_loss
-from ._two_tower import TwoTower
+from ..recsys._dlrm import DLRMRecommender
+from ..recsys._losses import bce_loss, bpr_loss, in_batch_softmax_loss
+from ..recsys._mf import MatrixFactorization
+from ..recsys._sampling import NegativeSampler, item_counts
+from ..recsys._sasrec import SASRec
+from ..recsys._sequence_losses import sequence_loss
+from ..recsys._two_tower import TwoTower
 
 MODELS = ("mf", "two-tower", "dlrm", "sasrec")
 LOSSES = ("bpr", "bce", "softmax", "sampled-softmax")

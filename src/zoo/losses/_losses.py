@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
-from ._custom_types import Batch, LossFn
-from ._loss_signature import keyed_loss
+from .._custom_types import Batch, LossFn
+from ._signature import keyed_loss
 
 PerExample = Callable[[Array, Array], Array]
 

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import xxhash
 
-from ._custom_types import PyTree
+from .._custom_types import PyTree
 from ._host_memory import Staging
 from ._rebuild import name_of
 

@@ -140,7 +140,7 @@ def _train_mlp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def _add_recommender(models) -> None:
-    from .recsys import _recipes as recipes
+    from . import _recipes as recipes
 
     recommender = models.add_parser(
         "recommender",
@@ -206,7 +206,7 @@ def _add_recommender(models) -> None:
 
 
 def _interaction_data(text: str):
-    from .recsys import _recipes as recipes
+    from . import _recipes as recipes
 
     source, _, location = text.partition(":")
     if source == "synthetic":
@@ -225,7 +225,8 @@ def _interaction_data(text: str):
 
 def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import zoo
-    from zoo.recsys import _recipes as recipes
+
+    from . import _recipes as recipes
 
     loss_name = args.loss or recipes.DEFAULT_LOSS[args.model]
     if args.model == "dlrm" and loss_name == "softmax":
@@ -306,7 +307,9 @@ def _tensorboard(args) -> bool:
     if importlib.util.find_spec("tensorboardX") is not None:
         return True
     _say(
-        args, "zoo: no TensorBoard event files: install them with `pip install 'zoo[tensorboard]'`"
+        args,
+        "zoo: no TensorBoard event files: install them with "
+        "`pip install 'equinox-zoo[tensorboard]'`",
     )
     return False
 
@@ -361,7 +364,3 @@ def _widths(text: str) -> tuple[int, ...]:
             f"expected comma-separated positive widths such as 256,128; got {text!r}"
         )
     return widths
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,8 +5,8 @@ import jax
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._custom_types import Batch, LossFn, PyTree
-from ._losses import resolve_loss
+from .._custom_types import Batch, LossFn, PyTree
+from ..losses._losses import resolve_loss
 
 
 def per_example_grads(

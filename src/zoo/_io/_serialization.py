@@ -25,8 +25,9 @@ from typing import Any
 
 import jax
 
+from .._custom_types import PyTree
+from .._version import __version__
 from . import _array_store as store
-from ._custom_types import PyTree
 from ._rebuild import name_of, rebuild_skeleton, recipe_of
 
 _FORMAT = "zoo.save/1"
@@ -148,8 +149,6 @@ def _checked_path(path) -> pathlib.Path:
 
 
 def _versions() -> dict[str, str]:
-    from . import __version__
-
     return {
         "zoo": __version__,
         "jax": jax.__version__,

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._losses import bce, cross_entropy, mse
+from ..losses._losses import bce, cross_entropy, mse
 
 Metric = Callable[[Array, Array], Array]
 

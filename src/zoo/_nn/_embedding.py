@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._rebuild import Rebuildable
+from .._io._rebuild import Rebuildable
 
 Combiner = Literal["sum", "mean"]
 

@@ -35,12 +35,12 @@ from jax.sharding import Mesh, PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
 
 from .._custom_types import Batch
-from .._embedding import Embedding
-from .._training._rules import SPARSE, UpdateRule
-from .._training._state import TrainState
+from .._nn._embedding import Embedding
+from ..distributed._mesh import FSDP, MODEL, batch_axes
 from ..sparse import _grad
 from ..sparse._rows import SparseRows, is_sparse_rows
-from ._mesh import FSDP, MODEL, batch_axes
+from ._rules import SPARSE, UpdateRule
+from ._state import TrainState
 
 CAPACITY_FACTOR = 2
 """Slots per destination, as a multiple of a device's ids over the shards (the fair share)."""

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._custom_types import Dataset
-from ._losses import batched_predictions
-from ._metrics import Metric, resolve_metrics
-from ._training._dataset import checked_dataset, gather, num_examples, to_device
+from .._custom_types import Dataset
+from ..losses._losses import batched_predictions
+from ..metrics._metrics import Metric, resolve_metrics
+from ._dataset import checked_dataset, gather, num_examples, to_device
 
 
 def evaluate(

@@ -13,10 +13,16 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from .._custom_types import Batch, PyTree
-from .._training._dataset import to_device
-from .._training._state import TrainState
-from ._mesh import batch_shards, check_batch_size, checked_mesh, data_sharding, replicated
-from ._sharding import put, state_shardings
+from ..distributed._mesh import (
+    batch_shards,
+    check_batch_size,
+    checked_mesh,
+    data_sharding,
+    replicated,
+)
+from ..distributed._sharding import put, state_shardings
+from ._dataset import to_device
+from ._state import TrainState
 
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, jax.Array, jax.Array]]
 RoutedStep = Callable[[Mesh, PyTree, TrainState], Callable]

@@ -10,7 +10,7 @@ import functools
 import inspect
 from collections.abc import Callable
 
-from ._custom_types import LossFn
+from .._custom_types import LossFn
 
 ACCEPTED_FORMS = "loss(model, batch, key), loss(model, batch, *, key) or loss(model, batch)"
 EXAMPLE = (

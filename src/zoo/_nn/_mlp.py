@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._custom_types import DTypeLike
+from .._io._rebuild import Rebuildable
 from ._activations import activation_argument, resolve_activation
-from ._custom_types import DTypeLike
-from ._rebuild import Rebuildable
 
 _WEIGHT_INITIALIZERS = {
     # He/Kaiming for ReLU-family activations, LeCun for SELU/tanh-like ones, Glorot for symmetry.

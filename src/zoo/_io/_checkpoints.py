@@ -9,8 +9,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from .._custom_types import PyTree
 from . import _array_store as store
-from ._custom_types import PyTree
 from ._host_memory import Staging
 from ._rebuild import name_of
 

@@ -1,0 +1,118 @@
+"""The argument checks every public entry point shares, so that all of them follow one rule.
+
+- Python and NumPy scalars are alike: `np.int64(32)` is an int, `np.float32(0.1)` a float.
+- `bool` (and `np.bool_`) is never an int or a float, though Python says `True == 1`.
+- `nan` and `inf` are never valid numbers.
+- A refusal names the argument, the value it got and what it expected, and shows a right call.
+
+Each check returns the value as a plain Python scalar, so what is stored (a static field, a
+recorded run argument) does not depend on how the caller spelled it.
+"""
+
+import math
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+
+
+def _refuse(error: type[Exception], name: str, expected: str, value: Any, example: str):
+    suffix = f" For example: {example}" if example else ""
+    raise error(f"{name} must be {expected}; got {value!r}.{suffix}")
+
+
+def is_int(value: Any) -> bool:
+    """Whether `value` is a Python or NumPy integer, and not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def is_real(value: Any) -> bool:
+    """Whether `value` is a Python or NumPy int or float, and not a bool."""
+    return is_int(value) or isinstance(value, float | np.floating)
+
+
+def integer(name: str, value: Any, *, example: str = "", minimum: int | None = None) -> int:
+    """`value` as an `int`, refused unless it is an integer (not a bool) `>= minimum`."""
+    expected = "an int" if minimum is None else f"an int >= {minimum}"
+    return _bounded_int(name, value, expected, minimum, example)
+
+
+def positive_int(name: str, value: Any, *, example: str = "") -> int:
+    """`value` as an `int`, refused unless it is an integer >= 1."""
+    return _bounded_int(name, value, "a positive int", 1, example)
+
+
+def _bounded_int(name, value, expected, minimum, example) -> int:
+    if not is_int(value):
+        _refuse(TypeError, name, expected, value, example)
+    if minimum is not None and value < minimum:
+        _refuse(ValueError, name, expected, value, example)
+    return int(value)
+
+
+def optional_positive_int(name: str, value: Any, *, example: str = "") -> int | None:
+    return None if value is None else positive_int(name, value, example=example)
+
+
+def real(
+    name: str,
+    value: Any,
+    *,
+    example: str = "",
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """`value` as a finite `float`, refused unless it lies in the interval given.
+
+    `low`/`high` bound the interval (`None`: unbounded); `low_open`/`high_open` exclude the
+    bound itself.
+    """
+    expected = "a finite float" + _interval(low, high, low_open, high_open)
+    if not is_real(value):
+        _refuse(TypeError, name, expected, value, example)
+    number = float(value)
+    outside = (
+        not math.isfinite(number)
+        or (low is not None and (number <= low if low_open else number < low))
+        or (high is not None and (number >= high if high_open else number > high))
+    )
+    if outside:
+        _refuse(ValueError, name, expected, value, example)
+    return number
+
+
+def _interval(low, high, low_open, high_open) -> str:
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" {'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f" {'<' if high_open else '<='} {high:g}"
+    return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def positive_real(name: str, value: Any, *, example: str = "") -> float:
+    """`value` as a finite `float` > 0."""
+    return real(name, value, example=example, low=0.0, low_open=True)
+
+
+def probability(name: str, value: Any, *, example: str = "") -> float:
+    """`value` as a `float` strictly between 0 and 1 (a fraction to hold out or drop)."""
+    return real(name, value, example=example, low=0.0, high=1.0, low_open=True, high_open=True)
+
+
+def boolean(name: str, value: Any, *, example: str = "") -> bool:
+    """`value` as a `bool`; `0`/`1` and other truthy values are refused."""
+    if not isinstance(value, bool | np.bool_):
+        _refuse(TypeError, name, "True or False", value, example)
+    return bool(value)
+
+
+def one_of(name: str, value: Any, choices: Collection, *, example: str = "") -> Any:
+    """`value` itself, refused unless it is one of `choices`."""
+    if not isinstance(value, str | int | float | bool | None) or value not in choices:
+        listed = ", ".join(repr(choice) for choice in choices)
+        _refuse(ValueError, name, f"one of {listed}", value, example)
+    return value

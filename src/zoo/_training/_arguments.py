@@ -1,0 +1,117 @@
+"""`zoo.train`'s argument checks: every one runs before the first step, and names its argument."""
+
+import equinox as eqx
+import numpy as np
+
+from .. import _checks
+from ._early_stopping import EarlyStopping
+from ._rules import DENSE, UpdateRule
+
+_EXAMPLE = "zoo.train(model, data, epochs=10, batch_size=128)"
+
+
+def check_hyperparameters(
+    epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk, on_nonfinite
+) -> None:
+    _checks.integer("epochs", epochs, minimum=0, example=_EXAMPLE)
+    _checks.positive_int("batch_size", batch_size, example=_EXAMPLE)
+    _checks.positive_int(
+        "eval_batch_size", eval_batch_size, example="zoo.train(..., eval_batch_size=1024)"
+    )
+    _checks.optional_positive_int(
+        "steps_per_chunk", steps_per_chunk, example="zoo.train(..., steps_per_chunk=100)"
+    )
+    _checks.one_of(
+        "last_batch", last_batch, ("keep", "drop"), example="zoo.train(..., last_batch='drop')"
+    )
+    _checks.one_of(
+        "on_nonfinite",
+        on_nonfinite,
+        ("raise", "skip"),
+        example="zoo.train(..., on_nonfinite='skip')",
+    )
+
+
+def check_checkpointing(checkpoint_dir, checkpoint_every, resume) -> None:
+    example = "zoo.train(..., checkpoint_dir='runs/x', checkpoint_every=500, resume=True)"
+    _checks.optional_positive_int("checkpoint_every", checkpoint_every, example=example)
+    _checks.boolean("resume", resume, example=example)
+    if checkpoint_every is not None and checkpoint_dir is None:
+        raise ValueError(f"checkpoint_every needs checkpoint_dir: where should they go? {example}")
+    if resume and checkpoint_dir is None:
+        raise ValueError(
+            "resume=True needs checkpoint_dir, the folder of the run to continue: "
+            "zoo.train(..., checkpoint_dir='runs/x', resume=True)."
+        )
+
+
+def check_optimizer(optimizer) -> None:
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise TypeError(
+            "optimizer must be an optax GradientTransformation such as optax.adam(1e-3) (or a "
+            f"zoo.sparse optimizer); got {optimizer!r}."
+        )
+
+
+def check_learning_rate(learning_rate: float | None) -> None:
+    if learning_rate is not None and not 0 < learning_rate < float("inf"):
+        raise ValueError(
+            f"the optimizer's learning rate must be positive and finite; got {learning_rate:.6g}. "
+            "For example optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)."
+        )
+
+
+def check_early_stopping(early_stopping) -> None:
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise TypeError(
+            "early_stopping must be a zoo.EarlyStopping, such as "
+            f"zoo.EarlyStopping(monitor='accuracy', patience=3); got {early_stopping!r}."
+        )
+
+
+def check_monitored_name(model, early_stopping, eval_arrays, metric_names, eval_fn) -> None:
+    """The monitored figure is one the per-epoch evaluation records, known before training.
+
+    `eval_fn`'s names are known only by calling it: it runs once on the untrained model, and
+    only when the monitored name is not among the metrics.
+    """
+    if early_stopping is None:
+        return
+    names = metric_names if eval_arrays is not None else []
+    if early_stopping.monitor not in names and eval_fn is not None:
+        names = [*names, *eval_fn(model)]
+    early_stopping.check_monitor(names)
+
+
+def check_precision_for(rule: UpdateRule, precision: str) -> None:
+    if precision != "float32" and rule is not DENSE:
+        raise ValueError(
+            f"precision={precision!r} does not work with zoo.sparse optimizers yet (their "
+            "embedding lookups read the float32 tables); use precision='float32' with them."
+        )
+
+
+def check_class_labels(model: eqx.Module, arrays: dict | None, argument: str) -> None:
+    """Labels for cross-entropy must index the model's outputs; checked once, on the host.
+
+    (Inside the compiled step an out-of-range label would only show as a wrong loss.)
+    """
+    if arrays is None or "x" not in arrays or "y" not in arrays:
+        return
+    labels = arrays["y"]
+    if not np.issubdtype(labels.dtype, np.integer):
+        return  # the loss itself raises a TypeError that says so, when traced
+    try:
+        outputs = eqx.filter_eval_shape(lambda m, x: m(x), model, arrays["x"][0])
+    except Exception:
+        return
+    classes = outputs.shape[-1] if outputs.ndim else 1
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise ValueError(
+            f"{argument}['y'] must hold class labels in [0, {classes}) for a model with {classes} "
+            f"outputs; got labels from {low} to {high}. Remap the labels, or build the model "
+            f"with out_size={high + 1}."
+        )
