@@ -11,6 +11,8 @@ import jax.numpy as jnp
 
 import zoo
 
+from . import kill_points
+
 # Large enough that a write takes a while, so that kills land inside writes, not between them.
 _ROWS, _DIM = 4096, 256  # 4 MiB
 
@@ -24,8 +26,13 @@ def state_at(step: int) -> dict:
     }
 
 
-def save_until_killed(directory: pathlib.Path, model_path: pathlib.Path, started) -> None:
-    """Saves checkpoints (asynchronously, keeping 2) and a `zoo.save` per step, forever."""
+def save_until_killed(
+    directory: pathlib.Path, model_path: pathlib.Path, started, kill_at=None
+) -> None:
+    """Saves checkpoints (asynchronously, keeping 2) and a `zoo.save` per step, forever; with
+    `kill_at=(point, nth)`, until it kills itself there (see `kill_points`)."""
+    if kill_at is not None:
+        kill_points.arm(*kill_at)
     with zoo.Checkpoints(directory, keep=2) as checkpoints:
         step = (checkpoints.latest_step() or 0) + 1
         while True:

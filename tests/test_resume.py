@@ -3,6 +3,7 @@ one, bit for bit."""
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import zoo
 from zoo._training._programs import Programs
 
 from .helpers import tree_equal
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 class Crash(Exception):
@@ -103,6 +106,9 @@ def test_keep_the_last_checkpoints(tmp_path):
 
 _KILLED_RUN = textwrap.dedent("""
     import sys, jax, numpy as np, optax, zoo
+    if len(sys.argv) > 2:  # a kill point and the pass to die at
+        from tests import kill_points
+        kill_points.arm(sys.argv[2], int(sys.argv[3]))
     rng = np.random.default_rng(0)
     data = {"x": rng.normal(size=(400, 5)).astype(np.float32),
             "y": rng.integers(0, 3, 400).astype(np.int32)}
@@ -112,29 +118,46 @@ _KILLED_RUN = textwrap.dedent("""
               steps_per_chunk=5, resume=True, progress=False)
 """)
 
+# Where a training run is killed, in order: inside a compiled chunk, halfway through a
+# checkpoint's array file, after a checkpoint's arrays but before Orbax commits it, and between
+# two array files. Each restart resumes from what the last one left.
+_WITH_TESTS = {**os.environ, "PYTHONPATH": str(ROOT)}  # the script imports tests.kill_points
+_TRAINING_KILLS = (("chunk", 13), ("array-torn", 30), ("finalize", 4), ("array-written", 50))
+
+
+def _run_script(script, directory, *kill_at, timeout=300):
+    return subprocess.run(
+        [sys.executable, str(script), str(directory), *map(str, kill_at)],
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+        env=_WITH_TESTS,
+    )
+
 
 @pytest.mark.slow
-def test_a_run_killed_at_random_moments_resumes_to_the_same_model(tmp_path):
-    """SIGKILL while training and saving; each restart resumes; the end is as if never killed."""
+def test_a_run_killed_at_each_kind_of_moment_resumes_to_the_same_model(tmp_path):
+    """SIGKILL at deterministic points of training and saving, then once at a random moment
+    (a bounded soak); each restart resumes; the end is as if never killed."""
     directory = tmp_path / "killed"
     script = tmp_path / "run.py"
     script.write_text(_KILLED_RUN)
-    rng = np.random.default_rng(1)
-    for _ in range(3):
-        process = subprocess.Popen(
-            [sys.executable, str(script), str(directory)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(float(rng.uniform(2.0, 6.0)))
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    finished = subprocess.run(
-        [sys.executable, str(script), str(directory)], timeout=300, capture_output=True, text=True
+    for point, nth in _TRAINING_KILLS:
+        killed = _run_script(script, directory, point, nth)
+        assert killed.returncode == -signal.SIGKILL, (point, nth, killed.stderr[-2000:])
+    soak = subprocess.Popen(
+        [sys.executable, str(script), str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_WITH_TESTS,
     )
+    time.sleep(float(np.random.default_rng(1).uniform(2.0, 6.0)))
+    os.kill(soak.pid, signal.SIGKILL)
+    soak.wait(timeout=30)
+    finished = _run_script(script, directory)
     assert finished.returncode == 0, finished.stderr
     uninterrupted = tmp_path / "whole"
-    subprocess.run([sys.executable, str(script), str(uninterrupted)], timeout=300, check=True)
+    assert _run_script(script, uninterrupted).returncode == 0
     with zoo.Checkpoints(uninterrupted) as whole, zoo.Checkpoints(directory) as killed:
         assert whole.latest_step() == killed.latest_step() == 200
         expected, expected_extra = whole.restore(_snapshot_like())
