@@ -4,8 +4,8 @@ uses in place. Imported on first use, as Orbax is (see `_array_store.orbax`).
 
 Why not TensorStore, Orbax's default: it copies each array into chunk buffers of its own before
 writing, and reads each chunk into a buffer of its own before copying it into place. That is
-twice the memory traffic of `numpy.save`/`numpy.load`, and twice the fresh memory, which on a VM
-that hands freed memory back to its host costs about 2 s per GiB to touch. A `.npy` file is
+twice the memory traffic of `numpy.save`/`numpy.load`, and twice the fresh memory, which is
+slow to touch (figures in docs/checkpoints.md, "Measured"). A `.npy` file is
 written from, and read into, the one buffer the array lives in. Orbax still does everything
 else: the temporary directory renamed into place once complete, asynchronous commits, keeping
 the last `k` checkpoints, the tree's metadata.
@@ -81,9 +81,8 @@ async def _in_parallel(calls) -> None:
 def _write_npy(path: pathlib.Path, array: np.ndarray) -> None:
     """Writes a C-contiguous `array` to a new `.npy` file at `path` and syncs it to disk.
 
-    One write, and one file at a time, not several in parallel as reads are: on this project's
-    VM, threads that fill the page cache at once made a 1 GiB write take 3 s instead of 0.6 s
-    in 3 runs of 5.
+    One write, and one file at a time, not several in parallel as reads are: threads that fill
+    the page cache at once made writes slower (docs/checkpoints.md, "Measured").
     """
     header = _npy_header(array)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

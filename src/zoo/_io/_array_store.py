@@ -22,7 +22,8 @@ from ._rebuild import name_of
 
 _ORBAX_KEY = "a{}"
 # With more than one process, arrays go through TensorStore, in chunks of at most this many
-# bytes, which it reads in parallel: stored whole, a 1 GiB table came back 5-15x slower.
+# bytes, which it reads in parallel; stored whole, a large table comes back several times
+# slower (docs/checkpoints.md, "Measured").
 _CHUNK_BYTES = 16 * 2**20
 
 
@@ -127,8 +128,8 @@ def _bytes_of(value) -> np.ndarray:
 
 
 def checksum(value) -> int:
-    """XXH3-64 of an array's bytes: about 25 GiB/s here, against 4 GiB/s for zlib's CRC-32,
-    which made checking a restored 1 GiB table cost more than reading it."""
+    """XXH3-64 of an array's bytes: zlib's CRC-32, several times slower, made checking a
+    restored table cost more than reading it (docs/checkpoints.md, "Measured")."""
     return xxhash.xxh3_64_intdigest(_bytes_of(value))
 
 

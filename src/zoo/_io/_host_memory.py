@@ -1,9 +1,9 @@
 """Host buffers for arrays on their way to and from disk: aligned so that JAX's CPU client can
 use them in place, and allocated by NumPy, which asks Linux to back large ones with 2 MiB pages.
 
-Why the pages matter: on this project's VMs a first touch of a 4 KiB page costs 5-30 us, so
-filling 1 GiB of fresh memory that XLA allocated (4 KiB pages) can take seconds, against a
-tenth of one with 2 MiB pages.
+Why the pages matter: the first touch of each page of fresh memory costs a fault, so filling
+memory that XLA allocated (4 KiB pages) is many times slower than filling 2 MiB pages
+(docs/checkpoints.md, "Measured").
 """
 
 import jax
@@ -48,10 +48,9 @@ def host_copy(array: jax.Array | np.ndarray, reuse: np.ndarray | None = None) ->
 
 class Staging:
     """Host copies of the arrays of successive saves, each save's copies made into the memory of
-    the one before. A training run saves the same state again and again, and on this project's
-    VM, memory freed and allocated again costs about 2 s per GiB to touch, memory kept a tenth
-    of that: the blocking part of a 1 GiB checkpoint took 0.2-3 s, and takes 0.1-0.35 s after the
-    first, checksums included.
+    the one before. A training run saves the same state again and again, and memory kept is
+    much cheaper to fill than memory freed and allocated again (docs/checkpoints.md,
+    "Measured": the time training waits for a checkpoint fell by half and more).
 
     The caller must make sure the previous save is no longer reading its copies.
     """
