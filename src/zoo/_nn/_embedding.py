@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from .._checks import fits_int32
 from .._io._rebuild import Rebuildable
 
 Combiner = Literal["sum", "mean"]
@@ -201,6 +202,9 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
         return self.weight.at[ids].get(mode="fill", wrap_negative_indices=False)
 
     def _checked(self, ids: Int[Array, "..."]) -> Int[Array, "..."]:
+        if not isinstance(ids, jax.Array):
+            # Host ids are checked before JAX stores them: int64 would wrap into valid rows.
+            ids = fits_int32("ids", ids)
         ids = jnp.asarray(ids)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise TypeError(

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Int, PRNGKeyArray
 
+from .._checks import fits_int32
 from ._baselines import Popularity, RandomScores
 from ._factorized import is_factorized
 from ._losses import pair_scores
@@ -46,7 +47,13 @@ def _column(data: Mapping[str, np.ndarray], name: str, argument: str) -> np.ndar
             f"{argument} must be interactions with 'user' and 'item' columns, such as a split from "
             f"zoo.data.leave_last_out(data); got {type(data).__name__} without {name!r}."
         )
-    return np.asarray(data[name]).astype(np.int64)
+    column = fits_int32(f"{argument}[{name!r}]", data[name])
+    if not np.issubdtype(column.dtype, np.integer):
+        raise TypeError(
+            f"{argument}[{name!r}] must hold integer indices; got {column.dtype}. Split with "
+            "zoo.data.leave_last_out(data), whose columns are int32."
+        )
+    return column.astype(np.int64)
 
 
 def _checked_splits(train, test, num_items: int) -> tuple[np.ndarray, ...]:
@@ -116,8 +123,12 @@ def _catalogue_scorer(model, num_items: int):
     return lambda users: pair_scores(model, users, jnp.broadcast_to(items, (len(users), num_items)))
 
 
+_UNEARNED = "unearned"  # how many cases had non-finite scores (their metrics are NaN)
+
+
 def _masked_sums(metrics: dict[str, Array], valid: Bool[Array, " size"]) -> dict[str, Array]:
-    return {name: jnp.sum(jnp.where(valid, value, 0.0)) for name, value in metrics.items()}
+    sums = {name: jnp.sum(jnp.where(valid, value, 0.0)) for name, value in metrics.items()}
+    return sums | {_UNEARNED: jnp.sum(valid & jnp.isnan(metrics["mrr"]))}
 
 
 @eqx.filter_jit
@@ -178,8 +189,17 @@ def _models(model, train, num_items: int, baselines: bool, key: PRNGKeyArray) ->
 _METRIC_ORDER = ("hr", "ndcg", "recall", "mrr", "auc")
 
 
-def _averages(sums: dict[str, Array], count: int) -> dict[str, float]:
-    """Averages in reading order, `hr@10, ndcg@10, recall@10, ..., mrr` (pytrees sort keys)."""
+def _averages(sums: dict[str, Array], count: int, model: str, cases: str) -> dict[str, float]:
+    """Averages in reading order, `hr@10, ndcg@10, recall@10, ..., mrr` (pytrees sort keys);
+    a `ValueError` when some case's scores were not finite (never a figure made of them)."""
+    sums = dict(sums)
+    unearned = int(sums.pop(_UNEARNED))
+    if unearned:
+        raise ValueError(
+            f"{model} scores must be finite; {unearned} of {count} {cases} got NaN or infinite "
+            "scores, so no figure can be reported. Check the model for NaN parameters (a "
+            "diverged training run) before evaluating it."
+        )
 
     def place(name: str) -> tuple[bool, int, int]:
         kind, _, cutoff = name.partition("@")
@@ -248,7 +268,7 @@ def evaluate_ranking(
     count = int(batches.valid.sum())
     batches = jax.tree.map(jnp.asarray, batches)
     return {
-        name: _averages(_full_sums(scorer, batches, num_items, cutoffs), count)
+        name: _averages(_full_sums(scorer, batches, num_items, cutoffs), count, name, "users")
         for name, scorer in _models(model, train, num_items, baselines, key).items()
     }
 
@@ -310,7 +330,12 @@ def evaluate_sampled(
     count = int(batches.valid.sum())
     batches = jax.tree.map(jnp.asarray, batches)
     return {
-        name: _averages(_sampled_sums(scorer, sampler, batches, num_negatives, cutoffs, key), count)
+        name: _averages(
+            _sampled_sums(scorer, sampler, batches, num_negatives, cutoffs, key),
+            count,
+            name,
+            "held-out cases",
+        )
         for name, scorer in _models(model, train, num_items, baselines, key).items()
     }
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from .._checks import fits_int32
 from ._factorized import check_counts
 
 Distribution = Literal["uniform", "popularity"]
@@ -31,7 +32,7 @@ def item_counts(interactions: Mapping[str, np.ndarray], num_items: int) -> np.nd
 
     `counts[i]`, the number of rows of item `i` (0 for items without any).
     """
-    items = np.asarray(interactions["item"])
+    items = fits_int32("interactions['item']", interactions["item"])
     if items.size and (items.min() < 0 or items.max() >= num_items):
         raise ValueError(
             f"item ids must lie in [0, num_items) = [0, {num_items}); got {items.min()} to "
@@ -42,7 +43,8 @@ def item_counts(interactions: Mapping[str, np.ndarray], num_items: int) -> np.nd
 
 def _positives_by_user(interactions) -> tuple[np.ndarray, np.ndarray]:
     """CSR of each user's distinct items: `items[indptr[u]:indptr[u + 1]]`, sorted."""
-    users, items = np.asarray(interactions["user"]), np.asarray(interactions["item"])
+    users = fits_int32("interactions['user']", interactions["user"])
+    items = fits_int32("interactions['item']", interactions["item"])
     pairs = np.unique(np.stack([users, items], axis=1), axis=0)
     num_users = int(users.max(initial=-1)) + 1
     indptr = np.zeros(num_users + 1, np.int64)
@@ -63,6 +65,11 @@ def _segment_contains(values, starts, ends, queries, steps: int):
     low, _ = jax.lax.fori_loop(0, steps, halve, (starts, ends))
     found = values.at[low].get(mode="fill", fill_value=-1)
     return (low < ends) & (found == queries)
+
+
+def _host_checked(name: str, ids) -> Array:
+    """`ids` as a JAX array; host ids are checked first, so that none wraps into another."""
+    return ids if isinstance(ids, jax.Array) else jnp.asarray(fits_int32(name, ids))
 
 
 class NegativeSampler(eqx.Module):
@@ -161,6 +168,7 @@ class NegativeSampler(eqx.Module):
 
         `(len(users), num)` item ids.
         """
+        users = _host_checked("users", users)
         shape = (users.shape[0], num)
         items = self._draw(jax.random.fold_in(key, 0), shape)
         if self.positives is None:
@@ -175,6 +183,7 @@ class NegativeSampler(eqx.Module):
     def is_positive(self, users: Int[Array, "..."], items: Int[Array, "..."]) -> Bool[Array, "..."]:
         """Whether each `(user, item)` is a known positive (always False without exclusion);
         `users` and `items` broadcast against each other."""
+        users, items = _host_checked("users", users), _host_checked("items", items)
         users, items = jnp.broadcast_arrays(users, items)
         if self.positives is None:
             return jnp.zeros(items.shape, bool)

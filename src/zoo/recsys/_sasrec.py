@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from .._checks import fits_int32
 from .._io._rebuild import Rebuildable
 from .._nn._embedding import Embedding
 from ..data import Interactions
@@ -212,6 +213,8 @@ class SASRec(Rebuildable, saved_as="zoo.SASRec"):
         return SequentialRanker(self, interactions)
 
     def _checked(self, sequence: Int[Array, " length"]) -> Int[Array, " length"]:
+        if not isinstance(sequence, jax.Array):
+            sequence = fits_int32("sequence", sequence)  # before JAX could wrap an int64 id
         sequence = jnp.asarray(sequence)
         if not jnp.issubdtype(sequence.dtype, jnp.integer):
             raise TypeError(
