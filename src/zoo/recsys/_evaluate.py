@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Int, PRNGKeyArray
 
-from .._checks import fits_int32
+from .._checks import fits_int32, positive_int
 from ._baselines import Popularity, RandomScores
 from ._factorized import is_factorized
 from ._losses import pair_scores
@@ -67,6 +67,16 @@ def _checked_splits(train, test, num_items: int) -> tuple[np.ndarray, ...]:
                 f"{name} items must lie in [0, model.num_items) = [0, {num_items}); got "
                 f"{items.min()} to {items.max()}."
             )
+    pairs = test_users * num_items + test_items
+    unique, counts = np.unique(pairs, return_counts=True)
+    if (counts > 1).any():
+        user, item = divmod(int(unique[np.argmax(counts > 1)]), num_items)
+        raise ValueError(
+            f"test must list each held-out (user, item) pair once; {int((counts > 1).sum())} "
+            f"pairs are listed more than once, e.g. user {user}, item {item}, which would count "
+            "twice. Deduplicate first, e.g. with zoo.data.leave_last_out on data without "
+            "repeated pairs."
+        )
     overlap = np.isin(test_users * num_items + test_items, train_users * num_items + train_items)
     if overlap.any():
         raise ValueError(
@@ -321,11 +331,14 @@ def evaluate_sampled(
     num_items = _num_items(model)
     cutoffs = checked_cutoffs(k)
     key = jax.random.key(0) if key is None else key
-    _checked_splits(train, test, num_items)
+    num_negatives = positive_int("num_negatives", num_negatives, example=_SAMPLED_EXAMPLE)
+    train_users, train_items, test_users, test_items = _checked_splits(train, test, num_items)
     everything = {
-        c: np.concatenate([np.asarray(train[c]), np.asarray(test[c])]) for c in ("user", "item")
+        "user": np.concatenate([train_users, test_users]),
+        "item": np.concatenate([train_items, test_items]),
     }
     sampler = NegativeSampler(num_items, interactions=everything, exclude_positives=True)
+    _check_enough_negatives(sampler, test_users, num_negatives)
     batches = _case_batches(test, _batch_size(batch_size, num_items))
     count = int(batches.valid.sum())
     batches = jax.tree.map(jnp.asarray, batches)
@@ -338,6 +351,24 @@ def evaluate_sampled(
         )
         for name, scorer in _models(model, train, num_items, baselines, key).items()
     }
+
+
+_SAMPLED_EXAMPLE = "zoo.recsys.evaluate_sampled(model, train, test, num_negatives=100)"
+
+
+def _check_enough_negatives(sampler: NegativeSampler, users: np.ndarray, num_negatives: int):
+    """The protocol ranks each held-out item among `num_negatives` items the user never had:
+    refused when some user has fewer such items than that."""
+    positives = np.diff(np.asarray(sampler.indptr))[users]
+    left = sampler.num_items - positives
+    if left.min() < num_negatives:
+        worst = int(np.argmin(left))
+        raise ValueError(
+            f"num_negatives must be at most the items each test user has not interacted with; "
+            f"got {num_negatives}, but user {users[worst]} has only {left[worst]} of "
+            f"num_items={sampler.num_items} left (the others are in train or test). Use "
+            f"num_negatives <= {left.min()}, or evaluate_ranking (the whole catalogue)."
+        )
 
 
 def format_report(report: Report) -> str:
