@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, Integer
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Integer
 
 from .._checks import fits_int32
 
@@ -65,7 +65,7 @@ def _ideal_dcg(relevant: Int[Array, " users"], k: int) -> Float[Array, " users"]
 
 def ranking_metrics(
     scores: Float[Array, "users items"],
-    targets: Integer[Array, "users held_out"],
+    targets: Integer[ArrayLike, "users held_out"],
     *,
     k: Cutoffs = 10,
 ) -> dict[str, Float[Array, " users"]]:
@@ -158,7 +158,7 @@ def sampled_metrics(
 
 
 def auc(
-    scores: Float[Array, " n"], labels: Bool[Array, " n"] | Integer[Array, " n"]
+    scores: Float[Array, " n"], labels: Bool[ArrayLike, " n"] | Integer[ArrayLike, " n"]
 ) -> Float[Array, ""]:
     """The area under the ROC curve of a pointwise model: the probability that a random
     positive scores above a random negative, ties counting half.

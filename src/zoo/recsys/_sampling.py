@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from .._checks import fits_int32, integer, real
 from ._factorized import check_counts
@@ -191,7 +191,7 @@ class NegativeSampler(eqx.Module):
         self.search_steps = int(np.ceil(np.log2(longest + 1))) + 1
 
     def __call__(
-        self, key: PRNGKeyArray, users: Int[Array, " batch"], num: int
+        self, key: PRNGKeyArray, users: Int[ArrayLike, " batch"], num: int
     ) -> Int[Array, "batch {num}"]:
         """**Arguments:**
 
@@ -217,7 +217,9 @@ class NegativeSampler(eqx.Module):
 
         return jax.lax.fori_loop(0, self.max_redraws, redraw, items)
 
-    def is_positive(self, users: Int[Array, "..."], items: Int[Array, "..."]) -> Bool[Array, "..."]:
+    def is_positive(
+        self, users: Int[ArrayLike, "..."], items: Int[ArrayLike, "..."]
+    ) -> Bool[Array, "..."]:
         """Whether each `(user, item)` is a known positive (always False without exclusion);
         `users` and `items` broadcast against each other."""
         users, items = _host_checked("users", users), _host_checked("items", items)
