@@ -119,6 +119,10 @@ _ENTRIES = {
         ),
         r"^test\['user'\] must",
     ),
+    "TwoTower item_features": (
+        lambda: zoo.TwoTower(3, 3, item_features=_wide(), key=jax.random.key(0)),
+        r"^item_features must",
+    ),
     "evaluate_sampled": (
         lambda: zoo.recsys.evaluate_sampled(
             _mf(_small()[0]), _interactions_with(_wide(), "item"), _small()[1]
@@ -255,6 +259,13 @@ def test_a_held_out_pair_listed_twice_is_refused(evaluation):
     twice = {name: np.concatenate([test[name], test[name][3:4]]) for name in ("user", "item")}
     with pytest.raises(ValueError, match=r"test must list each held-out \(user, item\) pair once"):
         getattr(zoo.recsys, evaluation)(_mf(train), train, twice)
+
+
+def test_evaluations_refuse_users_the_model_does_not_have():
+    train, test = _small()
+    model = zoo.MatrixFactorization(10, train.num_items, key=jax.random.key(1))  # 20 users
+    with pytest.raises(ValueError, match=r"users must lie in \[0, model.num_users\) = \[0, 10\)"):
+        zoo.recsys.evaluate_ranking(model, train, test)
 
 
 def test_in_batch_softmax_needs_a_second_row_to_compare_with():

@@ -56,9 +56,15 @@ def _column(data: Mapping[str, np.ndarray], name: str, argument: str) -> np.ndar
     return column.astype(np.int64)
 
 
-def _checked_splits(train, test, num_items: int) -> tuple[np.ndarray, ...]:
+def _checked_splits(train, test, num_items: int, num_users) -> tuple[np.ndarray, ...]:
     train_users, train_items = (_column(train, c, "train") for c in ("user", "item"))
     test_users, test_items = (_column(test, c, "test") for c in ("user", "item"))
+    for name, users in (("train", train_users), ("test", test_users)):
+        if num_users is not None and users.size and (users.min() < 0 or users.max() >= num_users):
+            raise ValueError(
+                f"{name} users must lie in [0, model.num_users) = [0, {num_users}); got "
+                f"{users.min()} to {users.max()}."
+            )
     if len(test_users) == 0:
         raise ValueError("test holds no interactions: there is nothing to rank.")
     for name, items in (("train", train_items), ("test", test_items)):
@@ -87,9 +93,11 @@ def _checked_splits(train, test, num_items: int) -> tuple[np.ndarray, ...]:
     return train_users, train_items, test_users, test_items
 
 
-def _user_batches(train, test, num_items: int, size: int) -> _Batches:
+def _user_batches(train, test, num_items: int, num_users, size: int) -> _Batches:
     """The users with held-out items, in batches of `size`, with their targets and exclusions."""
-    train_users, train_items, test_users, test_items = _checked_splits(train, test, num_items)
+    train_users, train_items, test_users, test_items = _checked_splits(
+        train, test, num_items, num_users
+    )
     users = np.unique(test_users)
     num_batches = -(-len(users) // size)
     padded = np.zeros(num_batches * size, np.int32)
@@ -176,6 +184,13 @@ def _num_items(model) -> int:
             f"{type(model).__name__}."
         )
     return num_items
+
+
+def _num_users(model) -> int | None:
+    """The model's user count where it has one (a sequential model has none: any user with a
+    history in train can be scored)."""
+    num_users = getattr(model, "num_users", None)
+    return num_users if isinstance(num_users, int) and not isinstance(num_users, bool) else None
 
 
 def _batch_size(batch_size: int | None, num_items: int) -> int:
@@ -274,7 +289,8 @@ def evaluate_ranking(
     num_items = _num_items(model)
     cutoffs = checked_cutoffs(k)
     key = jax.random.key(0) if key is None else key
-    batches = _user_batches(train, test, num_items, _batch_size(batch_size, num_items))
+    size = _batch_size(batch_size, num_items)
+    batches = _user_batches(train, test, num_items, _num_users(model), size)
     count = int(batches.valid.sum())
     batches = jax.tree.map(jnp.asarray, batches)
     return {
@@ -332,7 +348,9 @@ def evaluate_sampled(
     cutoffs = checked_cutoffs(k)
     key = jax.random.key(0) if key is None else key
     num_negatives = positive_int("num_negatives", num_negatives, example=_SAMPLED_EXAMPLE)
-    train_users, train_items, test_users, test_items = _checked_splits(train, test, num_items)
+    train_users, train_items, test_users, test_items = _checked_splits(
+        train, test, num_items, _num_users(model)
+    )
     everything = {
         "user": np.concatenate([train_users, test_users]),
         "item": np.concatenate([train_items, test_items]),

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from .._checks import positive_real
+from .._checks import fits_int32, positive_real
 from .._io._rebuild import Rebuildable
 from .._nn._embedding import Embedding
 from .._nn._mlp import MLP
@@ -52,7 +52,7 @@ def _feature_table(kind: str, table: ArrayLike | None, num_ids: int) -> np.ndarr
     """`table` as a checked `(num_ids, num_features)` array of feature ids; `kind` names the id."""
     if table is None:
         return None
-    table = np.asarray(table)
+    table = fits_int32(f"{kind}_features", table)
     if table.ndim == 1:
         table = table[:, None]
     if (
