@@ -1,5 +1,6 @@
 """`zoo.evaluate`: metrics of a model over a whole dataset, in one compiled program."""
 
+import functools
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -129,12 +130,14 @@ def _metric_sums(model, data, indices, count, metrics, batch_size):
     )
 
 
-def _finite_rows(values: Array) -> Array:
-    """Whether each example (leading axis) holds only finite values; integers always do."""
-    if not jnp.issubdtype(values.dtype, jnp.inexact):
-        return jnp.ones(values.shape[0], bool)
-    return jnp.all(jnp.isfinite(values.reshape(values.shape[0], -1)), axis=1)
+def _finite_rows(values) -> Array:
+    """Whether each example (leading axis of every leaf) holds only finite values; integers
+    always do."""
+    leaves = [leaf for leaf in jax.tree.leaves(values) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    finite = [jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1) for leaf in leaves]
+    return functools.reduce(jnp.logical_and, finite, jnp.ones((), bool))
 
 
 def _count_and_first(bad: Array, rows: Array, count: int) -> tuple[Array, Array]:
+    bad = jnp.broadcast_to(bad, rows.shape)
     return jnp.sum(bad), jnp.min(jnp.where(bad, rows, count))
