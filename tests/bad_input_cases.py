@@ -155,6 +155,47 @@ def _embedding(**kwargs):
     return zoo.Embedding(10, 4, key=jax.random.key(0), **kwargs)
 
 
+WIDE = 2**32 + 3  # an int64 id that JAX without x64 would silently wrap to 3
+_INT32 = r"fit int32, in \[-2147483648, 2147483647\]; got 4294967299"
+
+
+def _wide(values=(1, 2)) -> np.ndarray:
+    return np.array([*values, WIDE], np.int64)
+
+
+def _small_split():
+    data = zoo.data.synthetic_interactions(20, 12, interactions_per_user=4, key=jax.random.key(0))
+    return zoo.data.leave_last_out(data)
+
+
+def _mf(train):
+    return zoo.MatrixFactorization(train.num_users, train.num_items, key=jax.random.key(1))
+
+
+def _nan_mf(train):
+    model = _mf(train)
+    return eqx.tree_at(
+        lambda m: m.user_embedding.weight, model, model.user_embedding.weight * np.nan
+    )
+
+
+def _with_pair_twice(test):
+    return {name: np.concatenate([test[name], test[name][:1]]) for name in ("user", "item")}
+
+
+def _ratings(text: str):
+    def setup(tmp: pathlib.Path) -> None:
+        (tmp / "ml-100k").mkdir()
+        (tmp / "ml-100k" / "u.data").write_text(text)
+
+    return setup
+
+
+def _evaluate_nan_model(tmp):
+    model = jax.tree.map(lambda leaf: leaf * np.nan if eqx.is_array(leaf) else leaf, _mlp())
+    return zoo.evaluate(model, _classification())
+
+
 CASES: list[Case] = [
     # -- models -------------------------------------------------------------------------------
     Case(
@@ -823,6 +864,267 @@ CASES: list[Case] = [
         "Use `--loss softmax` (the default), `bce` or `sampled-softmax`.",
     ),
     # -- Ids, datasets, loaders and evaluation: never a wrapped id or an unearned figure. --
+    Case(
+        "embedding-wide-id",
+        "zoo.Embedding",
+        "an int64 id beyond int32 (JAX would wrap 2**32 + 3 to row 3)",
+        lambda tmp: _embedding()(_wide()),
+        ValueError,
+        "ids must hold integers that " + _INT32,
+        "Remap ids to 0..n-1 (`np.unique(ids, return_inverse=True)`).",
+    ),
+    Case(
+        "sasrec-wide-id",
+        "zoo.SASRec",
+        "an int64 item id beyond int32 in a sequence",
+        lambda tmp: _sasrec()(_wide()),
+        ValueError,
+        "sequence must hold integers that " + _INT32,
+        "Remap item ids to 0..num_items-1; pad with `num_items`.",
+    ),
+    Case(
+        "train-wide-column",
+        "zoo.train",
+        "an int64 column beyond int32 in data",
+        _train({"x": np.zeros((3, 4), np.float32), "y": _wide()}),
+        ValueError,
+        r"data\['y'\] must hold integers that " + _INT32,
+        "Remap labels or ids to 0..n-1 before training.",
+    ),
+    Case(
+        "evaluate-wide-column",
+        "zoo.evaluate",
+        "an int64 column beyond int32 in data",
+        lambda tmp: zoo.evaluate(_mlp(), {"x": np.zeros((3, 4), np.float32), "y": _wide()}),
+        ValueError,
+        r"data\['y'\] must hold integers that " + _INT32,
+        "Remap labels to 0..n-1.",
+    ),
+    Case(
+        "interactions-wide-id",
+        "zoo.data.Interactions",
+        "an int64 user index beyond int32",
+        lambda tmp: zoo.data.Interactions(
+            {"user": _wide(), "item": np.zeros(3, np.int32)},
+            user_ids=np.arange(3),
+            item_ids=np.arange(1),
+        ),
+        ValueError,
+        r"Interactions\['user'\] must hold integers that " + _INT32,
+        "Give indices 0..n-1, the raw ids as `user_ids` (`np.unique(raw, return_inverse=True)`).",
+    ),
+    Case(
+        "sampler-wide-id",
+        "zoo.recsys.NegativeSampler",
+        "interactions with an int64 user beyond int32",
+        lambda tmp: zoo.recsys.NegativeSampler(
+            5, interactions={"user": _wide(), "item": np.zeros(3, np.int32)}, exclude_positives=True
+        ),
+        ValueError,
+        r"interactions\['user'\] must hold integers that " + _INT32,
+        "Sample for index users 0..n-1 (a `zoo.data.Interactions` has them).",
+    ),
+    Case(
+        "ranking-metrics-wide-target",
+        "zoo.recsys.ranking_metrics",
+        "an int64 held-out item beyond int32",
+        lambda tmp: zoo.recsys.ranking_metrics(jnp.zeros((3, 5)), _wide()[:, None]),
+        ValueError,
+        "targets must hold integers that " + _INT32,
+        "Pass item indices in [0, num_items), padded with -1.",
+    ),
+    Case(
+        "evaluate-ranking-wide-user",
+        "zoo.recsys.evaluate_ranking",
+        "an int64 test user beyond int32",
+        lambda tmp: zoo.recsys.evaluate_ranking(
+            _mf(_small_split()[0]),
+            _small_split()[0],
+            {"user": _wide(), "item": np.zeros(3, np.int32)},
+        ),
+        ValueError,
+        r"test\['user'\] must hold integers that " + _INT32,
+        "Evaluate on the splits of one `zoo.data.Interactions` (indices 0..n-1).",
+    ),
+    Case(
+        "ranking-metrics-target-range",
+        "zoo.recsys.ranking_metrics",
+        "a held-out item outside the catalogue",
+        lambda tmp: zoo.recsys.ranking_metrics(jnp.zeros((1, 5)), np.array([[7]])),
+        ValueError,
+        r"targets must be item ids in \[0, num_items\) = \[0, 5\), padded with -1; got 7",
+        "Pad with -1, never with other out-of-range ids.",
+    ),
+    Case(
+        "auc-labels",
+        "zoo.recsys.auc",
+        "labels other than 0 and 1",
+        lambda tmp: zoo.recsys.auc(jnp.zeros(3), np.array([0, 1, 2])),
+        ValueError,
+        r"labels must be 1 \(or True\) for positives and 0 for negatives; got values \[0, 1, 2\]",
+        "Binarise the labels, e.g. `clicked.astype(bool)`.",
+    ),
+    Case(
+        "movielens-id-beyond-int64",
+        "zoo.data.movielens",
+        "an id beyond int64 in u.data",
+        lambda tmp: zoo.data.movielens(tmp / "ml-100k"),
+        ValueError,
+        r"ml-100k/u\.data:2: user, item and timestamp must fit int64, at most "
+        r"9223372036854775807",
+        "Fix the line the message names; ids are read as exact integers.",
+        setup=_ratings("1\t2\t3\t881250949\n1\t100000000000000000000\t3\t881250949\n"),
+    ),
+    Case(
+        "movielens-float-id",
+        "zoo.data.movielens",
+        "an id written as a float (1e20) in u.data",
+        lambda tmp: zoo.data.movielens(tmp / "ml-100k"),
+        ValueError,
+        r"ml-100k/u\.data:2: expected integer user, item and timestamp",
+        "Write ids as decimal integers.",
+        setup=_ratings("1\t2\t3\t881250949\n1\t1e20\t3\t881250949\n"),
+    ),
+    Case(
+        "evaluate-non-finite-inputs",
+        "zoo.evaluate",
+        "a NaN in the inputs (an argmax of NaN would score class 0 as right)",
+        lambda tmp: zoo.evaluate(_mlp(), _nan_data()),
+        ValueError,
+        r"data\['x'\] must be finite; 1 of 8 examples hold NaN or infinite inputs "
+        r"\(the first at row 5\)",
+        "Drop or fix the rows named; no metric is reported from NaN.",
+    ),
+    Case(
+        "evaluate-non-finite-model",
+        "zoo.evaluate",
+        "a model whose predictions are NaN",
+        _evaluate_nan_model,
+        ValueError,
+        r"model predictions on data must be finite; 8 of 8 examples",
+        "Evaluate the last good model (a diverged run's parameters are NaN).",
+    ),
+    Case(
+        "evaluate-ranking-non-finite",
+        "zoo.recsys.evaluate_ranking",
+        "a model whose scores are NaN",
+        lambda tmp: zoo.recsys.evaluate_ranking(_nan_mf(_small_split()[0]), *_small_split()),
+        ValueError,
+        r"model scores must be finite; 20 of 20 users got NaN or infinite scores",
+        "Evaluate the last good model; no figure is reported from NaN scores.",
+    ),
+    Case(
+        "evaluate-sampled-too-many-negatives",
+        "zoo.recsys.evaluate_sampled",
+        "more negatives than a user has items left",
+        lambda tmp: zoo.recsys.evaluate_sampled(
+            _mf(_small_split()[0]), *_small_split(), num_negatives=100
+        ),
+        ValueError,
+        r"num_negatives must be at most the items each test user has not interacted with; "
+        r"got 100, but user \d+ has only 8 of num_items=12 left",
+        "Lower `num_negatives`, or use `evaluate_ranking` (the whole catalogue).",
+    ),
+    Case(
+        "evaluate-ranking-pair-twice",
+        "zoo.recsys.evaluate_ranking",
+        "a held-out (user, item) pair listed twice",
+        lambda tmp: zoo.recsys.evaluate_ranking(
+            _mf(_small_split()[0]), _small_split()[0], _with_pair_twice(_small_split()[1])
+        ),
+        ValueError,
+        r"test must list each held-out \(user, item\) pair once; 1 pairs are listed more than "
+        r"once",
+        "Deduplicate the held-out pairs.",
+    ),
+    Case(
+        "sampler-nothing-left",
+        "zoo.recsys.NegativeSampler",
+        "a user whose positives are the whole catalogue",
+        lambda tmp: zoo.recsys.NegativeSampler(
+            3,
+            interactions={"user": np.zeros(3, np.int32), "item": np.arange(3)},
+            exclude_positives=True,
+        ),
+        ValueError,
+        r"interactions leave user 0 no item to sample as a negative: all num_items=3 items",
+        "Drop such users, or sample with `exclude_positives=False`.",
+    ),
+    Case(
+        "sampler-alpha",
+        "zoo.recsys.NegativeSampler",
+        "a negative popularity exponent (unseen items would get infinite weight)",
+        lambda tmp: zoo.recsys.NegativeSampler(
+            5,
+            distribution="popularity",
+            interactions={"user": np.zeros(2, np.int32), "item": np.arange(2)},
+            alpha=-1.0,
+        ),
+        ValueError,
+        r"alpha must be a finite float >= 0; got -1\.0",
+        "Use `alpha` in [0, 1] (word2vec's 0.75).",
+    ),
+    Case(
+        "two-tower-temperature",
+        "zoo.TwoTower",
+        "an infinite temperature (every score would be 0)",
+        lambda tmp: zoo.TwoTower(5, 5, temperature=float("inf"), key=jax.random.key(0)),
+        ValueError,
+        r"temperature must be a finite float > 0; got inf",
+        "Use about 0.05 to 0.2 for cosine, 1 for dot.",
+    ),
+    Case(
+        "in-batch-batch-of-one",
+        "zoo.recsys.in_batch_softmax_loss",
+        "a batch of one interaction (no other row to compare with)",
+        lambda tmp: zoo.recsys.in_batch_softmax_loss()(
+            zoo.TwoTower(5, 5, key=jax.random.key(0)),
+            {"user": jnp.zeros(1, jnp.int32), "item": jnp.zeros(1, jnp.int32)},
+        ),
+        ValueError,
+        r"in_batch_softmax_loss needs batches of at least 2 interactions.*got a batch of 1",
+        "Train with a larger `batch_size`, and `last_batch='drop'` if the last batch has one row.",
+    ),
+    Case(
+        "in-batch-item-counts",
+        "zoo.recsys.in_batch_softmax_loss",
+        "negative item counts",
+        lambda tmp: zoo.recsys.in_batch_softmax_loss(item_counts=np.array([3, -1, 2])),
+        ValueError,
+        r"item_counts must be finite counts >= 0, one per item.*from -1 to 3",
+        "Use `zoo.recsys.item_counts(train, train.num_items)`.",
+    ),
+    Case(
+        "implicit-keeps-nothing",
+        "zoo.data.implicit",
+        "a threshold above every rating",
+        lambda tmp: zoo.data.implicit(
+            zoo.data.Interactions(
+                {
+                    "user": np.zeros(1, np.int32),
+                    "item": np.zeros(1, np.int32),
+                    "rating": np.array([3.0], np.float32),
+                },
+                user_ids=np.arange(1),
+                item_ids=np.arange(1),
+            ),
+            threshold=6.0,
+        ),
+        ValueError,
+        r"threshold must keep some events; got 6\.0, above every rating \(the highest is 3\.0\)",
+        "Pick a threshold within the rating scale (4.0 for MovieLens' 1 to 5).",
+    ),
+    Case(
+        "synthetic-signal",
+        "zoo.data.synthetic_interactions",
+        "an infinite signal (every probability would be NaN)",
+        lambda tmp: zoo.data.synthetic_interactions(
+            10, 30, signal=float("inf"), key=jax.random.key(0)
+        ),
+        ValueError,
+        r"signal must be a finite float >= 0; got inf",
+        "Use a finite `signal` such as the default 3.0.",
+    ),
     #
     #
     # -- Training runs: validated before the first step, resumed only as the same run. --

@@ -13,6 +13,7 @@ import math
 from collections.abc import Collection
 from typing import Any
 
+import jax
 import numpy as np
 
 
@@ -116,3 +117,41 @@ def one_of(name: str, value: Any, choices: Collection, *, example: str = "") -> 
         listed = ", ".join(repr(choice) for choice in choices)
         _refuse(ValueError, name, f"one of {listed}", value, example)
     return value
+
+
+# -- Integers from the host: never a wrapped id. ------------------------------------------------
+#
+# Without `jax_enable_x64`, JAX stores an int64 NumPy array as int32 by dropping the high bits:
+# the id 2**32 + 3 becomes row 3, silently. Every entry point that hands host integers to JAX
+# (lookups, datasets, samplers, metrics, loaders) checks them here first.
+
+
+def stored_dtype(dtype: Any) -> np.dtype:
+    """The dtype JAX stores an array of `dtype` as (int64 becomes int32 without x64)."""
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
+
+def fits_int32(name: str, values: Any, *, dtype: Any = None, example: str = "") -> np.ndarray:
+    """`values` as a NumPy array, refused when an integer in it does not fit `dtype`.
+
+    `dtype` is what the values become; by default what JAX stores them as (int32 for int64
+    input, unless `jax_enable_x64` is set). Non-integer arrays and JAX arrays (already stored)
+    pass unchanged. The refusal is a `ValueError` naming `name`, the first value that does not
+    fit, its position and the range that fits.
+    """
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.integer) or array.size == 0:
+        return array
+    target = np.dtype(stored_dtype(array.dtype) if dtype is None else dtype)
+    info = np.iinfo(target)
+    if array.min() >= info.min and array.max() <= info.max:
+        return array
+    outside = np.argwhere((array < info.min) | (array > info.max))[0]
+    where = f"[{', '.join(map(str, outside))}]" if array.ndim else ""
+    value = array[tuple(outside)]
+    suffix = example or "remap ids to 0..n-1, e.g. np.unique(ids, return_inverse=True)[1]."
+    raise ValueError(
+        f"{name} must hold integers that fit {target.name}, in [{info.min}, {info.max}]; got "
+        f"{value}{' at ' + where if where else ''} ({array.dtype}), which JAX would silently "
+        f"wrap into another value. For example: {suffix}"
+    )

@@ -7,8 +7,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from .._checks import fits_int32
 from .._io._rebuild import Rebuildable
 
 Combiner = Literal["sum", "mean"]
@@ -157,7 +158,7 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
         """The constructor arguments of this table, for `zoo.save` (see `zoo.Rebuildable`)."""
         return super().rebuild_arguments() | {"dtype": self.weight.dtype}
 
-    def __call__(self, ids: Int[Array, "..."], *, key: PRNGKeyArray | None = None) -> Array:
+    def __call__(self, ids: Int[ArrayLike, "..."], *, key: PRNGKeyArray | None = None) -> Array:
         """**Arguments:**
 
         - `ids`: integer ids of any shape, each in `[0, num_embeddings)`. With a combiner, the
@@ -200,7 +201,10 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
         # a neighbouring row.
         return self.weight.at[ids].get(mode="fill", wrap_negative_indices=False)
 
-    def _checked(self, ids: Int[Array, "..."]) -> Int[Array, "..."]:
+    def _checked(self, ids: Int[ArrayLike, "..."]) -> Int[Array, "..."]:
+        if not isinstance(ids, jax.Array):
+            # Host ids are checked before JAX stores them: int64 would wrap into valid rows.
+            ids = fits_int32("ids", ids)
         ids = jnp.asarray(ids)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise TypeError(

@@ -1,5 +1,6 @@
 """`zoo.evaluate`: metrics of a model over a whole dataset, in one compiled program."""
 
+import functools
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -7,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jaxtyping import Array
 
 from .._custom_types import Dataset
 from ..losses._losses import batched_predictions
@@ -47,12 +49,17 @@ def evaluate(
     # {'accuracy': ..., 'cross_entropy': ...}
     ```
     """
+    return evaluated(model, data, metrics, batch_size=batch_size, argument="data")
+
+
+def evaluated(model, data, metrics, *, batch_size: int, argument: str) -> dict[str, float]:
+    """`evaluate`, its errors naming `argument` (`"eval_data"` inside `zoo.train`)."""
     named = resolve_metrics(metrics)
-    arrays = checked_dataset(data, argument="data")
+    arrays = checked_dataset(data, argument=argument)
     for field in ("x", "y"):
         if field not in arrays:
             raise ValueError(
-                f"data must hold inputs under 'x' and targets under 'y'; no {field!r}."
+                f"{argument} must hold inputs under 'x' and targets under 'y'; no {field!r}."
             )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
@@ -62,7 +69,7 @@ def evaluate(
     size = min(batch_size, count)
     num_batches = -(-count // size)
     indices = np.arange(num_batches * size) % count  # pad by wrapping around; masked below
-    sums = _metric_sums(
+    sums, unearned = _metric_sums(
         model,
         to_device({"x": arrays["x"], "y": arrays["y"]}),
         jnp.asarray(indices),
@@ -70,7 +77,27 @@ def evaluate(
         tuple(named.items()),
         size,
     )
+    _refuse_unearned(unearned, count, argument)
     return {name: float(total) / count for name, total in zip(named, sums, strict=True)}
+
+
+def _refuse_unearned(unearned, count: int, argument: str) -> None:
+    """A `ValueError` when some prediction was not finite: no metric is reported from NaN
+    (an argmax of NaN is class 0, which would score a perfect accuracy on class-0 data)."""
+    bad_predictions, first_prediction, bad_inputs, first_input = (int(v) for v in unearned)
+    if bad_inputs:
+        raise ValueError(
+            f"{argument}['x'] must be finite; {bad_inputs} of {count} examples hold NaN or "
+            f"infinite inputs (the first at row {first_input}), so no metric can be reported. "
+            "Drop or fix them, e.g. keep = np.isfinite(x).all(axis=tuple(range(1, x.ndim)))."
+        )
+    if bad_predictions:
+        raise ValueError(
+            f"model predictions on {argument} must be finite; {bad_predictions} of {count} "
+            "examples got NaN "
+            f"or infinite predictions (the first at row {first_prediction}), so no metric can "
+            "be reported. Check the model for NaN parameters (a diverged training run)."
+        )
 
 
 @eqx.filter_jit
@@ -81,11 +108,36 @@ def _metric_sums(model, data, indices, count, metrics, batch_size):
         batch_indices = lax.dynamic_slice_in_dim(indices, start, batch_size)
         batch = gather(data, batch_indices)
         predictions = batched_predictions(model, batch["x"], None)
-        real = (start + jnp.arange(batch_size)) < count
-        return tuple(
+        rows = start + jnp.arange(batch_size)
+        real = rows < count
+        sums = tuple(
             jnp.sum(jnp.where(real, fn(predictions, batch["y"]).astype(jnp.float32), 0.0))
             for _, fn in metrics
         )
+        unearned = (
+            _count_and_first(real & ~_finite_rows(predictions), rows, count),
+            _count_and_first(real & ~_finite_rows(batch["x"]), rows, count),
+        )
+        return sums, unearned
 
-    per_batch = lax.map(batch_sums, batch_starts)
-    return jax.tree.map(jnp.sum, per_batch)
+    sums, unearned = lax.map(batch_sums, batch_starts)
+    (bad_predictions, first_prediction), (bad_inputs, first_input) = unearned
+    return jax.tree.map(jnp.sum, sums), (
+        jnp.sum(bad_predictions),
+        jnp.min(first_prediction),
+        jnp.sum(bad_inputs),
+        jnp.min(first_input),
+    )
+
+
+def _finite_rows(values) -> Array:
+    """Whether each example (leading axis of every leaf) holds only finite values; integers
+    always do."""
+    leaves = [leaf for leaf in jax.tree.leaves(values) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    finite = [jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1) for leaf in leaves]
+    return functools.reduce(jnp.logical_and, finite, jnp.ones((), bool))
+
+
+def _count_and_first(bad: Array, rows: Array, count: int) -> tuple[Array, Array]:
+    bad = jnp.broadcast_to(bad, rows.shape)
+    return jnp.sum(bad), jnp.min(jnp.where(bad, rows, count))

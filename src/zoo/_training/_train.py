@@ -27,7 +27,7 @@ from ._checkpointing import Saver
 from ._dataset import checked_dataset
 from ._early_stopping import EarlyStopping
 from ._epochs import epoch_runner
-from ._evaluate import evaluate
+from ._evaluate import evaluated
 from ._history import current_learning_rate, new_history, record_epoch
 from ._logs import EpochLogs, check_logging
 from ._precision import check_precision, dynamic_loss_scaling, with_precision
@@ -301,8 +301,12 @@ def train(
                 state = programs.combine(dynamic)
                 eval_metrics = {}
                 if eval_arrays is not None and metrics:
-                    eval_metrics = evaluate(
-                        state.model, eval_arrays, metrics, batch_size=eval_batch_size
+                    eval_metrics = evaluated(
+                        state.model,
+                        eval_arrays,
+                        metrics,
+                        batch_size=eval_batch_size,
+                        argument="eval_data",
                     )
                 if eval_fn is not None:
                     eval_metrics |= {k: float(v) for k, v in eval_fn(state.model).items()}

@@ -5,6 +5,8 @@ from collections.abc import Mapping
 import numpy as np
 from jaxtyping import Integer
 
+from .._checks import fits_int32
+
 _EXAMPLE = (
     'zoo.data.Interactions({"user": users, "item": items}, user_ids=raw_users, item_ids=raw_items)'
 )
@@ -89,6 +91,7 @@ def _check_columns(data: Interactions) -> None:
             raise TypeError(
                 f"Interactions[{name!r}] must hold integer indices; got {column.dtype}."
             )
+        fits_int32(f"Interactions[{name!r}]", column, example=_EXAMPLE)
         if column.size and (column.min() < 0 or column.max() >= size):
             raise ValueError(
                 f"Interactions[{name!r}] must lie in [0, {size}) (len({name}_ids)); got "

@@ -7,6 +7,7 @@ user downloads and unpacks it and points `movielens` at the folder.
 import io
 import os
 import pathlib
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -15,6 +16,13 @@ from ._download import DatasetNotFoundError
 from ._interactions import Interactions
 
 _FIELDS = ("user", "item", "rating", "timestamp")
+# Ids and timestamps are parsed as integers, never through a float: a float64 holds integers
+# exactly only up to 2**53, so larger ids would merge (and 1e20 would become INT64_MIN).
+_ROW = np.dtype(
+    [("user", np.int64), ("item", np.int64), ("rating", np.float64), ("timestamp", np.int64)]
+)
+_INT64_MAX = np.iinfo(np.int64).max
+_DECIMAL = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 
 class _Format(NamedTuple):
@@ -139,13 +147,12 @@ def _read_fast(text: str, fmt: _Format) -> dict[str, np.ndarray]:
         _check_header(text, fmt)
     # NumPy's reader takes one-character separators: '::' becomes a tab first.
     body = body.replace(fmt.separator, "\t")
-    table = np.loadtxt(io.StringIO(body), delimiter="\t", dtype=np.float64, comments=None, ndmin=2)
-    if table.shape[1] != len(_FIELDS) or not np.isfinite(table).all():
-        raise ValueError("not a clean table")
-    whole = table[:, [0, 1, 3]]
-    if not np.array_equal(whole, np.round(whole)) or (whole < 0).any():
-        raise ValueError("ids or timestamps are not non-negative integers")
-    return _columns(table[:, 0], table[:, 1], table[:, 2], table[:, 3])
+    table = np.loadtxt(io.StringIO(body), delimiter="\t", dtype=_ROW, comments=None, ndmin=1)
+    if not np.isfinite(table["rating"]).all():
+        raise ValueError("a rating is not finite")
+    if any((table[name] < 0).any() for name in ("user", "item", "timestamp")):
+        raise ValueError("ids or timestamps are negative")
+    return _columns(table["user"], table["item"], table["rating"], table["timestamp"])
 
 
 def _check_header(text: str, fmt: _Format) -> None:
@@ -179,13 +186,18 @@ def _parse_line(path: pathlib.Path, number: int, line: str, fmt: _Format) -> tup
             f"(user, item, rating, timestamp); got {len(fields)} in {line!r}"
         )
     try:
-        user, item, timestamp = (int(fields[i]) for i in (0, 1, 3))
+        user, item, timestamp = (_integer(fields[i]) for i in (0, 1, 3))
         rating = float(fields[2])
     except ValueError:
         raise ValueError(
             f"{path}:{number}: expected integer user, item and timestamp and a numeric rating; "
             f"got {line!r}"
         ) from None
+    if max(user, item, timestamp) > _INT64_MAX:
+        raise ValueError(
+            f"{path}:{number}: user, item and timestamp must fit int64, at most {_INT64_MAX}; "
+            f"got {line!r}"
+        )
     if min(user, item, timestamp) < 0 or not np.isfinite(rating):
         raise ValueError(
             f"{path}:{number}: expected non-negative ids and timestamp and a finite rating; "
@@ -194,10 +206,17 @@ def _parse_line(path: pathlib.Path, number: int, line: str, fmt: _Format) -> tup
     return user, item, rating, timestamp
 
 
+def _integer(field: str) -> int:
+    """A decimal integer, exactly (Python's `int` would also take `1_000`)."""
+    if not _DECIMAL.fullmatch(field):
+        raise ValueError(field)
+    return int(field)
+
+
 def _columns(user, item, rating, timestamp) -> dict[str, np.ndarray]:
     return {
-        "user": np.asarray(user).astype(np.int64),
-        "item": np.asarray(item).astype(np.int64),
+        "user": np.asarray(user, np.int64),
+        "item": np.asarray(item, np.int64),
         "rating": np.asarray(rating, np.float64),
-        "timestamp": np.asarray(timestamp).astype(np.int64),
+        "timestamp": np.asarray(timestamp, np.int64),
     }

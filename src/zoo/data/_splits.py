@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from .._checks import real
 from ._interactions import Interactions
 
 
@@ -33,7 +34,15 @@ def implicit(data: Interactions, threshold: float = 4.0) -> Interactions:
             "implicit needs a 'rating' column; data holds "
             f"{sorted(data)}. Synthetic interactions are implicit already."
         )
-    return data.take(np.flatnonzero(data["rating"] >= threshold))
+    example = "zoo.data.implicit(ratings, threshold=4.0)"
+    threshold = real("threshold", threshold, example=example)
+    kept = np.flatnonzero(data["rating"] >= threshold)
+    if kept.size == 0:
+        raise ValueError(
+            f"threshold must keep some events; got {threshold!r}, above every rating (the "
+            f"highest is {np.max(data['rating'], initial=-np.inf)}). For example: {example}"
+        )
+    return data.take(kept)
 
 
 def leave_last_out(data: Interactions) -> tuple[Interactions, Interactions]:

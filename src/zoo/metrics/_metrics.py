@@ -15,13 +15,19 @@ Metric = Callable[[Array, Array], Array]
 
 
 def accuracy(predictions: Float[Array, "batch outputs"], targets: Array) -> Float[Array, " batch"]:
-    """1.0 where the prediction is right: argmax for several outputs, `logit > 0` for one."""
+    """1.0 where the prediction is right: argmax for several outputs, `logit > 0` for one.
+
+    NaN for an example whose predictions are not all finite: an argmax of NaN is class 0, which
+    would count as right on class-0 targets.
+    """
     if predictions.shape[-1] == 1:
         guesses = (predictions[:, 0] > 0).astype(targets.dtype)
         targets = targets.reshape(guesses.shape)
     else:
         guesses = jnp.argmax(predictions, axis=-1).astype(targets.dtype)
-    return (guesses == targets).astype(predictions.dtype)
+    right = (guesses == targets).astype(predictions.dtype)
+    finite = jnp.all(jnp.isfinite(predictions.reshape(predictions.shape[0], -1)), axis=1)
+    return jnp.where(finite, right, jnp.nan)
 
 
 def mae(predictions: Float[Array, " batch ..."], targets: Array) -> Float[Array, " batch"]:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Int, PRNGKeyArray
 
+from .._checks import fits_int32, positive_int
 from ._baselines import Popularity, RandomScores
 from ._factorized import is_factorized
 from ._losses import pair_scores
@@ -46,12 +47,24 @@ def _column(data: Mapping[str, np.ndarray], name: str, argument: str) -> np.ndar
             f"{argument} must be interactions with 'user' and 'item' columns, such as a split from "
             f"zoo.data.leave_last_out(data); got {type(data).__name__} without {name!r}."
         )
-    return np.asarray(data[name]).astype(np.int64)
+    column = fits_int32(f"{argument}[{name!r}]", data[name])
+    if not np.issubdtype(column.dtype, np.integer):
+        raise TypeError(
+            f"{argument}[{name!r}] must hold integer indices; got {column.dtype}. Split with "
+            "zoo.data.leave_last_out(data), whose columns are int32."
+        )
+    return column.astype(np.int64)
 
 
-def _checked_splits(train, test, num_items: int) -> tuple[np.ndarray, ...]:
+def _checked_splits(train, test, num_items: int, num_users) -> tuple[np.ndarray, ...]:
     train_users, train_items = (_column(train, c, "train") for c in ("user", "item"))
     test_users, test_items = (_column(test, c, "test") for c in ("user", "item"))
+    for name, users in (("train", train_users), ("test", test_users)):
+        if num_users is not None and users.size and (users.min() < 0 or users.max() >= num_users):
+            raise ValueError(
+                f"{name} users must lie in [0, model.num_users) = [0, {num_users}); got "
+                f"{users.min()} to {users.max()}."
+            )
     if len(test_users) == 0:
         raise ValueError("test holds no interactions: there is nothing to rank.")
     for name, items in (("train", train_items), ("test", test_items)):
@@ -60,6 +73,16 @@ def _checked_splits(train, test, num_items: int) -> tuple[np.ndarray, ...]:
                 f"{name} items must lie in [0, model.num_items) = [0, {num_items}); got "
                 f"{items.min()} to {items.max()}."
             )
+    pairs = test_users * num_items + test_items
+    unique, counts = np.unique(pairs, return_counts=True)
+    if (counts > 1).any():
+        user, item = divmod(int(unique[np.argmax(counts > 1)]), num_items)
+        raise ValueError(
+            f"test must list each held-out (user, item) pair once; {int((counts > 1).sum())} "
+            f"pairs are listed more than once, e.g. user {user}, item {item}, which would count "
+            "twice. Deduplicate first, e.g. with zoo.data.leave_last_out on data without "
+            "repeated pairs."
+        )
     overlap = np.isin(test_users * num_items + test_items, train_users * num_items + train_items)
     if overlap.any():
         raise ValueError(
@@ -70,9 +93,11 @@ def _checked_splits(train, test, num_items: int) -> tuple[np.ndarray, ...]:
     return train_users, train_items, test_users, test_items
 
 
-def _user_batches(train, test, num_items: int, size: int) -> _Batches:
+def _user_batches(train, test, num_items: int, num_users, size: int) -> _Batches:
     """The users with held-out items, in batches of `size`, with their targets and exclusions."""
-    train_users, train_items, test_users, test_items = _checked_splits(train, test, num_items)
+    train_users, train_items, test_users, test_items = _checked_splits(
+        train, test, num_items, num_users
+    )
     users = np.unique(test_users)
     num_batches = -(-len(users) // size)
     padded = np.zeros(num_batches * size, np.int32)
@@ -116,8 +141,12 @@ def _catalogue_scorer(model, num_items: int):
     return lambda users: pair_scores(model, users, jnp.broadcast_to(items, (len(users), num_items)))
 
 
+_UNEARNED = "unearned"  # how many cases had non-finite scores (their metrics are NaN)
+
+
 def _masked_sums(metrics: dict[str, Array], valid: Bool[Array, " size"]) -> dict[str, Array]:
-    return {name: jnp.sum(jnp.where(valid, value, 0.0)) for name, value in metrics.items()}
+    sums = {name: jnp.sum(jnp.where(valid, value, 0.0)) for name, value in metrics.items()}
+    return sums | {_UNEARNED: jnp.sum(valid & jnp.isnan(metrics["mrr"]))}
 
 
 @eqx.filter_jit
@@ -157,6 +186,13 @@ def _num_items(model) -> int:
     return num_items
 
 
+def _num_users(model) -> int | None:
+    """The model's user count where it has one (a sequential model has none: any user with a
+    history in train can be scored)."""
+    num_users = getattr(model, "num_users", None)
+    return num_users if isinstance(num_users, int) and not isinstance(num_users, bool) else None
+
+
 def _batch_size(batch_size: int | None, num_items: int) -> int:
     if batch_size is None:
         return int(np.clip(_SCORES_PER_BATCH // num_items, 1, 4096))
@@ -178,8 +214,17 @@ def _models(model, train, num_items: int, baselines: bool, key: PRNGKeyArray) ->
 _METRIC_ORDER = ("hr", "ndcg", "recall", "mrr", "auc")
 
 
-def _averages(sums: dict[str, Array], count: int) -> dict[str, float]:
-    """Averages in reading order, `hr@10, ndcg@10, recall@10, ..., mrr` (pytrees sort keys)."""
+def _averages(sums: dict[str, Array], count: int, model: str, cases: str) -> dict[str, float]:
+    """Averages in reading order, `hr@10, ndcg@10, recall@10, ..., mrr` (pytrees sort keys);
+    a `ValueError` when some case's scores were not finite (never a figure made of them)."""
+    sums = dict(sums)
+    unearned = int(sums.pop(_UNEARNED))
+    if unearned:
+        raise ValueError(
+            f"{model} scores must be finite; {unearned} of {count} {cases} got NaN or infinite "
+            "scores, so no figure can be reported. Check the model for NaN parameters (a "
+            "diverged training run) before evaluating it."
+        )
 
     def place(name: str) -> tuple[bool, int, int]:
         kind, _, cutoff = name.partition("@")
@@ -244,11 +289,12 @@ def evaluate_ranking(
     num_items = _num_items(model)
     cutoffs = checked_cutoffs(k)
     key = jax.random.key(0) if key is None else key
-    batches = _user_batches(train, test, num_items, _batch_size(batch_size, num_items))
+    size = _batch_size(batch_size, num_items)
+    batches = _user_batches(train, test, num_items, _num_users(model), size)
     count = int(batches.valid.sum())
     batches = jax.tree.map(jnp.asarray, batches)
     return {
-        name: _averages(_full_sums(scorer, batches, num_items, cutoffs), count)
+        name: _averages(_full_sums(scorer, batches, num_items, cutoffs), count, name, "users")
         for name, scorer in _models(model, train, num_items, baselines, key).items()
     }
 
@@ -301,18 +347,46 @@ def evaluate_sampled(
     num_items = _num_items(model)
     cutoffs = checked_cutoffs(k)
     key = jax.random.key(0) if key is None else key
-    _checked_splits(train, test, num_items)
+    num_negatives = positive_int("num_negatives", num_negatives, example=_SAMPLED_EXAMPLE)
+    train_users, train_items, test_users, test_items = _checked_splits(
+        train, test, num_items, _num_users(model)
+    )
     everything = {
-        c: np.concatenate([np.asarray(train[c]), np.asarray(test[c])]) for c in ("user", "item")
+        "user": np.concatenate([train_users, test_users]),
+        "item": np.concatenate([train_items, test_items]),
     }
     sampler = NegativeSampler(num_items, interactions=everything, exclude_positives=True)
+    _check_enough_negatives(sampler, test_users, num_negatives)
     batches = _case_batches(test, _batch_size(batch_size, num_items))
     count = int(batches.valid.sum())
     batches = jax.tree.map(jnp.asarray, batches)
     return {
-        name: _averages(_sampled_sums(scorer, sampler, batches, num_negatives, cutoffs, key), count)
+        name: _averages(
+            _sampled_sums(scorer, sampler, batches, num_negatives, cutoffs, key),
+            count,
+            name,
+            "held-out cases",
+        )
         for name, scorer in _models(model, train, num_items, baselines, key).items()
     }
+
+
+_SAMPLED_EXAMPLE = "zoo.recsys.evaluate_sampled(model, train, test, num_negatives=100)"
+
+
+def _check_enough_negatives(sampler: NegativeSampler, users: np.ndarray, num_negatives: int):
+    """The protocol ranks each held-out item among `num_negatives` items the user never had:
+    refused when some user has fewer such items than that."""
+    positives = np.diff(np.asarray(sampler.indptr))[users]
+    left = sampler.num_items - positives
+    if left.min() < num_negatives:
+        worst = int(np.argmin(left))
+        raise ValueError(
+            f"num_negatives must be at most the items each test user has not interacted with; "
+            f"got {num_negatives}, but user {users[worst]} has only {left[worst]} of "
+            f"num_items={sampler.num_items} left (the others are in train or test). Use "
+            f"num_negatives <= {left.min()}, or evaluate_ranking (the whole catalogue)."
+        )
 
 
 def format_report(report: Report) -> str:

@@ -151,6 +151,25 @@ def bce_loss(sampler: NegativeSampler, *, num_negatives: int = 4) -> LossFn:
     return loss
 
 
+def _log_q(item_counts: ArrayLike) -> Float[Array, " num_items"]:
+    """`log(count_i / total)` of checked counts (an item never seen counts as 1)."""
+    counts = np.asarray(item_counts)
+    if (
+        counts.ndim != 1
+        or not (np.issubdtype(counts.dtype, np.integer) or np.issubdtype(counts.dtype, np.floating))
+        or not np.isfinite(counts).all()
+        or (counts.size and counts.min() < 0)
+    ):
+        raise ValueError(
+            "item_counts must be finite counts >= 0, one per item, shape (num_items,); got "
+            f"{counts.dtype} of shape {counts.shape}"
+            + (f" with values from {counts.min()} to {counts.max()}" if counts.size else "")
+            + ". For example item_counts=zoo.recsys.item_counts(train, train.num_items)."
+        )
+    counts = np.maximum(counts.astype(np.float64), 1.0)
+    return jnp.asarray(np.log(counts / counts.sum()), jnp.float32)
+
+
 def in_batch_softmax_loss(*, item_counts: ArrayLike | None = None) -> LossFn:
     """Sampled softmax over the batch's items (Yi et al., 2019), for factorised models.
 
@@ -185,10 +204,7 @@ def in_batch_softmax_loss(*, item_counts: ArrayLike | None = None) -> LossFn:
     model, history = zoo.train(two_tower, train, loss=loss, batch_size=512, epochs=2, key=key)
     ```
     """
-    log_q = None
-    if item_counts is not None:
-        counts = np.maximum(np.asarray(item_counts, np.float64), 1.0)
-        log_q = jnp.asarray(np.log(counts / counts.sum()), jnp.float32)
+    log_q = None if item_counts is None else _log_q(item_counts)
 
     def loss(model, batch: Batch, key: PRNGKeyArray | None = None) -> Scalar:
         del key
@@ -199,6 +215,13 @@ def in_batch_softmax_loss(*, item_counts: ArrayLike | None = None) -> LossFn:
                 "it with zoo.recsys.bce_loss or bpr_loss instead."
             )
         users, items = _positives(batch, "in_batch_softmax_loss")
+        if items.shape[0] < 2:
+            raise ValueError(
+                "in_batch_softmax_loss needs batches of at least 2 interactions: each row's "
+                f"negatives are the other rows' items; got a batch of {items.shape[0]}. Use "
+                "zoo.train(..., batch_size=512), and last_batch='drop' when the last batch of "
+                "an epoch would hold a single row."
+            )
         logits = model.embed_users(users) @ model.embed_items(items).T
         if log_q is not None:
             logits = logits - log_q[items][None, :]

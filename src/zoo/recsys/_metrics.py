@@ -3,6 +3,11 @@
 Ties are counted against the held-out item (pessimistic ranks): an item's rank is one plus
 the number of *other* candidates scoring at least as high. A model that gives every item the
 same score therefore ranks each held-out item last, never first.
+
+Scores must be finite: a user (or case) whose scores hold NaN or `+inf` (or whose held-out item
+scores `-inf`, i.e. was excluded) gets NaN metrics, never a figure. NaN carries into any mean
+taken of them; `zoo.recsys.evaluate_ranking` and `evaluate_sampled` refuse such a model with a
+`ValueError`.
 """
 
 from collections.abc import Sequence
@@ -10,7 +15,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, Integer
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Integer
+
+from .._checks import fits_int32
 
 Cutoffs = int | Sequence[int]
 
@@ -27,6 +34,30 @@ def checked_cutoffs(k: Cutoffs) -> tuple[int, ...]:
     return tuple(sorted({int(c) for c in cutoffs}))
 
 
+def _unearned(scores: Float[Array, "rows candidates"], targets: Float[Array, "rows n"]):
+    """Rows whose figures the scores cannot support: a NaN or `+inf` score (`-inf` only marks
+    an excluded item), or a target scored `-inf` (excluded, so never ranked)."""
+    broken = jnp.any(jnp.isnan(scores) | (scores == jnp.inf), axis=1)
+    return broken | jnp.any(targets == -jnp.inf, axis=1)
+
+
+def _nan_where(rows: Bool[Array, " rows"], metrics: dict[str, Array]) -> dict[str, Array]:
+    return {name: jnp.where(rows, jnp.nan, value) for name, value in metrics.items()}
+
+
+def checked_targets(targets, num_items: int) -> Array:
+    """Host targets checked before JAX stores them (no wrapped id), then as a JAX array."""
+    if isinstance(targets, jax.Array):
+        return targets
+    concrete = fits_int32("targets", targets)
+    if concrete.size and (concrete.min() < -1 or concrete.max() >= num_items):
+        raise ValueError(
+            f"targets must be item ids in [0, num_items) = [0, {num_items}), padded with -1; "
+            f"got {concrete.min()} to {concrete.max()}."
+        )
+    return jnp.asarray(concrete)
+
+
 def _ideal_dcg(relevant: Int[Array, " users"], k: int) -> Float[Array, " users"]:
     gains = jnp.cumsum(1.0 / jnp.log2(jnp.arange(2, k + 2, dtype=jnp.float32)))
     return gains[jnp.clip(relevant, 1, k) - 1]
@@ -34,7 +65,7 @@ def _ideal_dcg(relevant: Int[Array, " users"], k: int) -> Float[Array, " users"]
 
 def ranking_metrics(
     scores: Float[Array, "users items"],
-    targets: Integer[Array, "users held_out"],
+    targets: Integer[ArrayLike, "users held_out"],
     *,
     k: Cutoffs = 10,
 ) -> dict[str, Float[Array, " users"]]:
@@ -54,7 +85,9 @@ def ranking_metrics(
     gains `1 / log2(1 + rank)`, divided by the best possible for that many held-out items),
     and `"mrr"` (one over the rank of the best-ranked held-out item, no cutoff). Ranks are
     pessimistic: `1 +` the number of other candidates scoring at least as high. A user
-    without held-out items gets zeros.
+    without held-out items gets zeros; one with a NaN or `+inf` score, or a held-out item
+    scored `-inf`, gets NaN (see the module's note). Host `targets` outside `[-1, num_items)`
+    or beyond int32 are a `ValueError`.
 
     Runs in `O(users x items)`: one top-(K+1) selection and one comparison pass, no sort.
 
@@ -69,6 +102,7 @@ def ranking_metrics(
     """
     cutoffs = checked_cutoffs(k)
     num_items = scores.shape[1]
+    targets = checked_targets(targets, num_items)
     valid = (targets >= 0) & (targets < num_items)
     target_scores = jnp.take_along_axis(scores, jnp.where(valid, targets, 0), axis=1)
     # Ranks up to max(K) are exact from the top max(K) + 1 scores; beyond, they read max(K) + 1.
@@ -86,7 +120,8 @@ def ranking_metrics(
     best = jnp.max(jnp.where(valid, target_scores, -jnp.inf), axis=1)
     first_rank = jnp.sum(scores >= best[:, None], axis=1).astype(jnp.float32)
     metrics["mrr"] = jnp.where(relevant > 0, 1.0 / jnp.maximum(first_rank, 1.0), 0.0)
-    return metrics
+    unearned = _unearned(scores, jnp.where(valid, target_scores, 0.0))
+    return _nan_where(unearned, metrics)
 
 
 def sampled_metrics(
@@ -104,7 +139,7 @@ def sampled_metrics(
 
     A dict of `(cases,)` arrays: `"hr@K"`, `"ndcg@K"` for each cutoff, `"mrr"`, and `"auc"`
     (the share of negatives scored below the held-out item, ties counting half). Ranks are
-    pessimistic, as in `ranking_metrics`.
+    pessimistic, as in `ranking_metrics`; a case with a non-finite score gets NaN.
     """
     cutoffs = checked_cutoffs(k)
     held_out, negatives = scores[:, :1], scores[:, 1:]
@@ -119,11 +154,11 @@ def sampled_metrics(
         jnp.float32
     )
     metrics["auc"] = jnp.mean(wins, axis=1)
-    return metrics
+    return _nan_where(_unearned(scores, held_out), metrics)
 
 
 def auc(
-    scores: Float[Array, " n"], labels: Bool[Array, " n"] | Integer[Array, " n"]
+    scores: Float[Array, " n"], labels: Bool[ArrayLike, " n"] | Integer[ArrayLike, " n"]
 ) -> Float[Array, ""]:
     """The area under the ROC curve of a pointwise model: the probability that a random
     positive scores above a random negative, ties counting half.
@@ -135,7 +170,8 @@ def auc(
 
     **Returns:**
 
-    The AUC, a scalar in [0, 1]; NaN without positives or without negatives.
+    The AUC, a scalar in [0, 1]; NaN without positives or without negatives, or when a
+    score is not finite (NaN or infinite).
 
     **Example:**
 
@@ -145,7 +181,14 @@ def auc(
     zoo.recsys.auc(logits, test["clicked"])
     ```
     """
-    positive = labels.astype(bool)
+    if not isinstance(labels, jax.Array):
+        concrete = np.asarray(labels)
+        if concrete.size and not np.isin(concrete, (0, 1)).all():
+            raise ValueError(
+                "labels must be 1 (or True) for positives and 0 for negatives; got values "
+                f"{np.unique(concrete)[:5].tolist()}. For example labels=clicked.astype(bool)."
+            )
+    positive = jnp.asarray(labels).astype(bool)
     ordered = jnp.sort(scores)
     # The mean 1-based rank of each score among equal scores: ties share their ranks.
     below = jnp.searchsorted(ordered, scores, side="left")
@@ -154,4 +197,5 @@ def auc(
     num_positive = jnp.sum(positive).astype(jnp.float32)
     num_negative = scores.shape[0] - num_positive
     rank_sum = jnp.sum(jnp.where(positive, ranks, 0.0))
-    return (rank_sum - num_positive * (num_positive + 1) / 2) / (num_positive * num_negative)
+    value = (rank_sum - num_positive * (num_positive + 1) / 2) / (num_positive * num_negative)
+    return jnp.where(jnp.all(jnp.isfinite(scores)), value, jnp.nan)

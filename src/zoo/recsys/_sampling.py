@@ -7,8 +7,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
+from .._checks import fits_int32, integer, real
 from ._factorized import check_counts
 
 Distribution = Literal["uniform", "popularity"]
@@ -31,7 +32,7 @@ def item_counts(interactions: Mapping[str, np.ndarray], num_items: int) -> np.nd
 
     `counts[i]`, the number of rows of item `i` (0 for items without any).
     """
-    items = np.asarray(interactions["item"])
+    items = fits_int32("interactions['item']", interactions["item"])
     if items.size and (items.min() < 0 or items.max() >= num_items):
         raise ValueError(
             f"item ids must lie in [0, num_items) = [0, {num_items}); got {items.min()} to "
@@ -42,7 +43,8 @@ def item_counts(interactions: Mapping[str, np.ndarray], num_items: int) -> np.nd
 
 def _positives_by_user(interactions) -> tuple[np.ndarray, np.ndarray]:
     """CSR of each user's distinct items: `items[indptr[u]:indptr[u + 1]]`, sorted."""
-    users, items = np.asarray(interactions["user"]), np.asarray(interactions["item"])
+    users = fits_int32("interactions['user']", interactions["user"])
+    items = fits_int32("interactions['item']", interactions["item"])
     pairs = np.unique(np.stack([users, items], axis=1), axis=0)
     num_users = int(users.max(initial=-1)) + 1
     indptr = np.zeros(num_users + 1, np.int64)
@@ -65,6 +67,40 @@ def _segment_contains(values, starts, ends, queries, steps: int):
     return (low < ends) & (found == queries)
 
 
+def _nth_outside(positives, starts, ends, ranks, steps: int):
+    """The `ranks`-th item (from 0, in increasing order) that is *not* among a user's sorted,
+    distinct positives `positives[start:end]`: `rank + k`, `k` the number of positives `p_j`
+    (at place `j` of the segment) with `p_j - j <= rank`. `p_j - j` never decreases along a
+    segment, so `k` is a binary search: an exact draw from the complement in `O(log n)`."""
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = (low + high) // 2
+        below = positives.at[middle].get(mode="fill", fill_value=0) - (middle - starts) <= ranks
+        active = low < high
+        return jnp.where(active & below, middle + 1, low), jnp.where(active & ~below, middle, high)
+
+    low, _ = jax.lax.fori_loop(0, steps, halve, (starts, ends))
+    return ranks + (low - starts)
+
+
+def _host_checked(name: str, ids) -> Array:
+    """`ids` as a JAX array; host ids are checked first, so that none wraps into another."""
+    return ids if isinstance(ids, jax.Array) else jnp.asarray(fits_int32(name, ids))
+
+
+def _check_something_left(indptr: np.ndarray, num_items: int) -> None:
+    """Refuses interactions that leave some user no item to sample as a negative."""
+    counts = np.diff(indptr)
+    full = np.flatnonzero(counts >= num_items)
+    if full.size:
+        raise ValueError(
+            f"interactions leave user {full[0]} no item to sample as a negative: all "
+            f"num_items={num_items} items are among its positives ({full.size} such users). "
+            "Drop such users, or sample with exclude_positives=False."
+        )
+
+
 class NegativeSampler(eqx.Module):
     """Draws negative items for users, by explicit key: uniformly or by popularity, and
     optionally never (or rarely) one of the user's known positives.
@@ -73,9 +109,12 @@ class NegativeSampler(eqx.Module):
     gives the loss at each step, so the negatives are a pure function of the training key.
     Sampling runs on the device in `O(log num_items)` per draw.
 
-    With `exclude_positives=True`, a draw that hits one of the user's positives (a binary
-    search in the user's sorted items) is drawn again, up to `max_redraws` times; a user who has
-    interacted with most of the catalogue can still get a positive after that.
+    With `exclude_positives=True` and the uniform distribution, each draw is exact: uniform over
+    the items that are not the user's positives (a binary search in the user's sorted items).
+    With `"popularity"`, a draw that hits one of the user's positives is drawn again, up to
+    `max_redraws` times; a user who has interacted with most of the catalogue can still get a
+    positive after that. A user whose positives are the whole catalogue leaves nothing to
+    sample: the sampler refuses such `interactions`.
 
     **Example:**
 
@@ -120,8 +159,9 @@ class NegativeSampler(eqx.Module):
         - `max_redraws`: how many times a draw that hit a positive is drawn again.
         """
         check_counts(_EXAMPLE, num_items=num_items)
-        if isinstance(max_redraws, bool) or not isinstance(max_redraws, int) or max_redraws < 0:
-            raise ValueError(f"max_redraws must be an int >= 0; got {max_redraws!r}.")
+        max_redraws = integer("max_redraws", max_redraws, minimum=0, example=_EXAMPLE)
+        # A negative or infinite exponent turns unseen items' zero counts into infinite weights.
+        alpha = real("alpha", alpha, low=0.0, example=_EXAMPLE)
         if distribution not in ("uniform", "popularity"):
             raise ValueError(
                 f'distribution must be "uniform" or "popularity"; got {distribution!r}. '
@@ -140,7 +180,9 @@ class NegativeSampler(eqx.Module):
         self.indptr = self.positives = None
         longest = 0
         if exclude_positives:
+            item_counts(interactions, num_items)  # checks the items lie in the catalogue
             indptr, positives = _positives_by_user(interactions)
+            _check_something_left(indptr, num_items)
             self.indptr = jnp.asarray(indptr, jnp.int32)
             self.positives = jnp.asarray(positives, jnp.int32)
             longest = int(np.diff(indptr).max(initial=0))
@@ -149,7 +191,7 @@ class NegativeSampler(eqx.Module):
         self.search_steps = int(np.ceil(np.log2(longest + 1))) + 1
 
     def __call__(
-        self, key: PRNGKeyArray, users: Int[Array, " batch"], num: int
+        self, key: PRNGKeyArray, users: Int[ArrayLike, " batch"], num: int
     ) -> Int[Array, "batch {num}"]:
         """**Arguments:**
 
@@ -161,7 +203,10 @@ class NegativeSampler(eqx.Module):
 
         `(len(users), num)` item ids.
         """
+        users = _host_checked("users", users)
         shape = (users.shape[0], num)
+        if self.positives is not None and self.cumulative is None:
+            return self._draw_outside(key, users, shape)
         items = self._draw(jax.random.fold_in(key, 0), shape)
         if self.positives is None:
             return items
@@ -172,15 +217,32 @@ class NegativeSampler(eqx.Module):
 
         return jax.lax.fori_loop(0, self.max_redraws, redraw, items)
 
-    def is_positive(self, users: Int[Array, "..."], items: Int[Array, "..."]) -> Bool[Array, "..."]:
+    def is_positive(
+        self, users: Int[ArrayLike, "..."], items: Int[ArrayLike, "..."]
+    ) -> Bool[Array, "..."]:
         """Whether each `(user, item)` is a known positive (always False without exclusion);
         `users` and `items` broadcast against each other."""
+        users, items = _host_checked("users", users), _host_checked("items", items)
         users, items = jnp.broadcast_arrays(users, items)
         if self.positives is None:
             return jnp.zeros(items.shape, bool)
+        starts, ends = self._segments(users)
+        return _segment_contains(self.positives, starts, ends, items, self.search_steps)
+
+    def _segments(self, users: Int[Array, "..."]) -> tuple[Array, Array]:
+        """Where each user's positives start and end in `positives`; empty for users that
+        `interactions` did not have."""
+        known = (users >= 0) & (users < self.indptr.shape[0] - 1)
         starts = self.indptr.at[users].get(mode="fill", fill_value=0)
         ends = self.indptr.at[users + 1].get(mode="fill", fill_value=0)
-        return _segment_contains(self.positives, starts, ends, items, self.search_steps)
+        return jnp.where(known, starts, 0), jnp.where(known, ends, 0)
+
+    def _draw_outside(self, key, users, shape) -> Int[Array, "batch num"]:
+        """Uniform over each user's non-positive items, exactly (no redraws)."""
+        starts, ends = (bound[:, None] for bound in self._segments(users))
+        ranks = jax.random.randint(key, shape, 0, self.num_items - (ends - starts))
+        starts, ends = jnp.broadcast_to(starts, shape), jnp.broadcast_to(ends, shape)
+        return _nth_outside(self.positives, starts, ends, ranks, self.search_steps)
 
     def _draw(self, key: PRNGKeyArray, shape: tuple[int, int]) -> Int[Array, "batch num"]:
         if self.cumulative is None:

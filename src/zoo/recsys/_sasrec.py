@@ -4,8 +4,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
+from .._checks import fits_int32
 from .._io._rebuild import Rebuildable
 from .._nn._embedding import Embedding
 from ..data import Interactions
@@ -168,7 +169,7 @@ class SASRec(Rebuildable, saved_as="zoo.SASRec"):
         self.dropout = float(dropout)
 
     def __call__(
-        self, sequence: Int[Array, " length"], *, key: PRNGKeyArray | None = None
+        self, sequence: Int[ArrayLike, " length"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, "length dim"]:
         """**Arguments:**
 
@@ -211,7 +212,9 @@ class SASRec(Rebuildable, saved_as="zoo.SASRec"):
         `max_len` items in `interactions` (the training split)."""
         return SequentialRanker(self, interactions)
 
-    def _checked(self, sequence: Int[Array, " length"]) -> Int[Array, " length"]:
+    def _checked(self, sequence: Int[ArrayLike, " length"]) -> Int[Array, " length"]:
+        if not isinstance(sequence, jax.Array):
+            sequence = fits_int32("sequence", sequence)  # before JAX could wrap an int64 id
         sequence = jnp.asarray(sequence)
         if not jnp.issubdtype(sequence.dtype, jnp.integer):
             raise TypeError(

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from .._checks import fits_int32, positive_real
 from .._io._rebuild import Rebuildable
 from .._nn._embedding import Embedding
 from .._nn._mlp import MLP
@@ -51,7 +52,7 @@ def _feature_table(kind: str, table: ArrayLike | None, num_ids: int) -> np.ndarr
     """`table` as a checked `(num_ids, num_features)` array of feature ids; `kind` names the id."""
     if table is None:
         return None
-    table = np.asarray(table)
+    table = fits_int32(f"{kind}_features", table)
     if table.ndim == 1:
         table = table[:, None]
     if (
@@ -144,8 +145,10 @@ class TwoTower(Factorized, Rebuildable, saved_as="zoo.TwoTower"):
                 f'similarity must be "dot" or "cosine"; got {similarity!r}. Example: '
                 'zoo.TwoTower(943, 1682, similarity="cosine", temperature=0.1, key=key)'
             )
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive; got {temperature!r}.")
+        # An infinite temperature would zero every score (and a NaN one make them all NaN).
+        temperature = positive_real(
+            "temperature", temperature, example="zoo.TwoTower(..., temperature=0.1, key=key)"
+        )
         user_table = _feature_table("user", user_features, num_users)
         item_table = _feature_table("item", item_features, num_items)
         user_key, item_key = jax.random.split(key)
