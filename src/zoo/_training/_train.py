@@ -5,11 +5,12 @@ epoch runner are built, then the epoch loop runs: each epoch is run (`_epochs`),
 recorded (`_history`), checkpointed (`_checkpointing`) and logged (`_logs`).
 """
 
+import copy
 import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import equinox as eqx
 import jax
@@ -24,7 +25,7 @@ from ..metrics._metrics import Metric, resolve_metrics
 from . import _arguments as arguments
 from ._accumulation import accumulating, check_accumulate
 from ._checkpointing import Saver
-from ._dataset import checked_dataset
+from ._dataset import checked_dataset, num_examples
 from ._early_stopping import EarlyStopping
 from ._epochs import epoch_runner
 from ._evaluate import evaluate
@@ -35,8 +36,10 @@ from ._programs import Programs, StepTotals, make_train_step
 from ._progress import progress_bar
 from ._routing import routing_for
 from ._rules import rule_for
+from ._run_record import describe_data, run_record
 from ._sharded import Placement, shard_training, training_mesh
 from ._state import TrainState, initial_state, validation_key
+from ._stopped import NonFiniteLossError, TrainingInterrupted
 from ._validation import check_validation_split, split_validation
 
 LastBatch = Literal["keep", "drop"]
@@ -213,6 +216,8 @@ def train(
         epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk, on_nonfinite
     )
     arguments.check_checkpointing(checkpoint_dir, checkpoint_every, resume)
+    arguments.check_callbacks(on_epoch, eval_fn)
+    arguments.check_reiterable(data, epochs)
     check_validation_split(validation_split, stratify, data, eval_data)
     check_precision(precision)
     check_logging(log_dir, tensorboard)
@@ -228,7 +233,8 @@ def train(
     if metrics is None:
         metrics = _DEFAULT_METRICS.get(loss, ()) if isinstance(loss, str) else ()
     # Fail on a bad name before any training, not after an epoch.
-    metric_names = list(resolve_metrics(metrics))
+    metric_fns = resolve_metrics(metrics)
+    metric_names = list(metric_fns)
     key = jax.random.key(0) if key is None else key
     if validation_split is not None:
         arrays = checked_dataset(data, argument="data")
@@ -236,6 +242,7 @@ def train(
             arrays, validation_split, stratify=stratify, key=validation_key(key)
         )
     eval_arrays = None if eval_data is None else checked_dataset(eval_data, argument="eval_data")
+    arguments.check_eval_data_fits(model, eval_arrays, metric_fns)
     arguments.check_monitored_name(model, early_stopping, eval_arrays, metric_names, eval_fn)
     mesh = None if mesh is None else training_mesh(mesh, batch_size)
 
@@ -264,28 +271,51 @@ def train(
         for argument, arrays in (("data", runner.arrays), ("eval_data", eval_arrays)):
             arguments.check_class_labels(model, arrays, argument)
 
-    saver = Saver(checkpoint_dir, checkpoint_every, keep)
-    keep_best = early_stopping is not None and early_stopping.restore_best
-    if keep_best:
-        saver.best_model = _copied(dynamic.model)  # the start, until an epoch improves on it
-    totals, history = StepTotals.zeros(), new_history()
-    if resume:
-        restored = saver.restore(dynamic, totals)
-        if restored is not None:
-            dynamic, totals, history = restored
-    if runner.skipped_per_epoch:
-        history["skipped_examples_per_epoch"] = runner.skipped_per_epoch
-    saver.history = history
-    logs = EpochLogs(log_dir, tensorboard)
-    logs.start(history)
-
-    first_epoch = int(dynamic.epoch)
-    remaining = (
+    record = (
         None
-        if runner.steps_per_epoch is None
-        else (runner.steps_per_epoch * (epochs - first_epoch) - int(dynamic.batch))
+        if checkpoint_dir is None
+        else run_record(
+            data=describe_data(
+                None if runner.arrays is None else num_examples(runner.arrays),
+                runner.steps_per_epoch,
+            ),
+            batch_size=batch_size,
+            last_batch=last_batch,
+            accumulate=accumulate,
+            precision=precision,
+            loss=loss,
+            key=key,
+            model=dynamic.model,
+            opt_state=dynamic.opt_state,
+        )
     )
+    # Every argument is checked; from here on files are written and the folder is held.
+    saver = Saver(checkpoint_dir, checkpoint_every, keep, record=record, resume=resume)
+    logs = good = None
     try:
+        keep_best = early_stopping is not None and early_stopping.restore_best
+        if keep_best:
+            saver.best_model = _copied(dynamic.model)  # the start, until an epoch improves on it
+        totals, history = StepTotals.zeros(), new_history()
+        if resume:
+            restored = saver.restore(dynamic, totals)
+            if restored is not None:
+                dynamic, totals, history = restored
+        if runner.skipped_per_epoch:
+            history["skipped_examples_per_epoch"] = runner.skipped_per_epoch
+        saver.history = history
+        logs = EpochLogs(log_dir, tensorboard)
+        logs.start(history)
+        # What a stopped run hands back: the arrays of the last good model (the programs donate
+        # those of the state) and the history of its epochs.
+        good = _Good(_copied(dynamic.model), copy.deepcopy(history))
+
+        first_epoch = int(dynamic.epoch)
+        remaining = (
+            None
+            if runner.steps_per_epoch is None
+            else (runner.steps_per_epoch * (epochs - first_epoch) - int(dynamic.batch))
+        )
         with progress_bar(remaining, progress, epochs) as bar:
             for epoch in range(first_epoch, epochs):
                 if early_stopping is not None and early_stopping.decision(history).stop:
@@ -296,7 +326,7 @@ def train(
                 jax.block_until_ready(totals)  # programs run asynchronously: time the work
                 seconds = time.perf_counter() - start
                 if on_nonfinite == "raise":
-                    _raise_if_not_finite(totals)
+                    _raise_if_not_finite(totals, programs, good)
                 dynamic = _next_epoch(dynamic)
                 state = programs.combine(dynamic)
                 eval_metrics = {}
@@ -305,7 +335,7 @@ def train(
                         state.model, eval_arrays, metrics, batch_size=eval_batch_size
                     )
                 if eval_fn is not None:
-                    eval_metrics |= {k: float(v) for k, v in eval_fn(state.model).items()}
+                    eval_metrics |= arguments.checked_eval_figures(eval_fn(state.model))
                 record_epoch(
                     history,
                     epoch=epoch + 1,
@@ -315,8 +345,9 @@ def train(
                     opt_state=state.opt_state,
                     eval_metrics=eval_metrics,
                 )
+                good = _Good(_copied(dynamic.model), copy.deepcopy(history))
                 if keep_best and early_stopping.decision(history).best_epoch == epoch + 1:
-                    saver.best_model = _copied(dynamic.model)
+                    saver.best_model = good.model  # never donated: one copy serves both
                 saver.after_epoch(int(state.step), dynamic)
                 logs.after_epoch(history)
                 totals = StepTotals.zeros()
@@ -325,9 +356,20 @@ def train(
                     on_epoch(history)
                 if early_stopping is not None and early_stopping.decision(history).stop:
                     break
+    except KeyboardInterrupt as interrupt:
+        if good is None:  # stopped before training began: nothing to hand back
+            raise
+        raise TrainingInterrupted(
+            f"training was interrupted (KeyboardInterrupt) after {len(good.history['epoch'])} "
+            "completed epochs; the exception's .model and .history are the last completed "
+            "epoch's.",
+            model=programs.model_of(good.model),
+            history=good.history,
+        ) from interrupt
     finally:
         saver.close()  # waits for background saves: a returned or raised train has saved
-        logs.close()
+        if logs is not None:
+            logs.close()
     if early_stopping is None:
         return programs.combine(dynamic).model, history
     decision = early_stopping.decision(history)
@@ -336,6 +378,13 @@ def train(
     if keep_best and decision.best_epoch > 0:
         dynamic = eqx.tree_at(lambda s: s.model, dynamic, saver.best_model)
     return programs.combine(dynamic).model, history
+
+
+class _Good(NamedTuple):
+    """The last good model's arrays (a copy) and the history of its epochs."""
+
+    model: eqx.Module
+    history: dict
 
 
 def _copied(tree):
@@ -355,11 +404,14 @@ def _postfix(history: dict) -> dict[str, str]:
     return {name: f"{value:.4g}" for name, value in figures.items()}
 
 
-def _raise_if_not_finite(totals: StepTotals) -> None:
+def _raise_if_not_finite(totals: StepTotals, programs: Programs, good: _Good) -> None:
     step = int(totals.first_nonfinite_step)
     if step >= 0:
-        raise FloatingPointError(
+        raise NonFiniteLossError(
             f"the loss became non-finite (nan or inf) at step {step}. Lower the learning rate, "
             "clip gradients with optax.chain(optax.clip_by_global_norm(1.0), ...), or check the "
-            "data for non-finite values."
+            "data for non-finite values. The exception's .model and .history are those of the "
+            f"last epoch before it (epoch {len(good.history['epoch'])}).",
+            model=programs.model_of(good.model),
+            history=good.history,
         )
