@@ -87,7 +87,7 @@ def make_train_step(
         if learning_rate is not None:
             # A float learning rate is checked before training; a schedule's values only here.
             loss = eqx.error_if(
-                loss, ~(learning_rate >= 0) | ~jnp.isfinite(learning_rate), _SCHEDULE_ERROR
+                loss, ~(learning_rate >= 0) | ~jnp.isfinite(learning_rate), SCHEDULE_ERROR
             )
         return state, loss, grad_norm
 
@@ -117,7 +117,7 @@ def make_train_step(
     return train_step
 
 
-_SCHEDULE_ERROR = (
+SCHEDULE_ERROR = (
     "learning_rate: the optimizer's learning-rate schedule returned a negative or non-finite "
     "value at this step; a schedule must return finite values >= 0, e.g. "
     "optax.linear_schedule(1e-3, 1e-5, transition_steps=1000)."

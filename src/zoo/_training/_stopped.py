@@ -38,3 +38,10 @@ class TrainingInterrupted(TrainingStopped, KeyboardInterrupt):
     from a callback, the data or the loop itself: a `KeyboardInterrupt` and a
     [`zoo.TrainingStopped`][], whose `model` and `history` are those of the last completed
     epoch."""
+
+
+class LearningRateError(TrainingStopped, ValueError):
+    """Raised by `zoo.train` when the optimizer's learning-rate schedule (seen through
+    `optax.inject_hyperparams`) returns a negative or non-finite value at a step: a
+    `ValueError` and a [`zoo.TrainingStopped`][], whose `model` and `history` are those of the
+    last epoch before that step."""

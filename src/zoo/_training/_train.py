@@ -5,6 +5,7 @@ epoch runner are built, then the epoch loop runs: each epoch is run (`_epochs`),
 recorded (`_history`), checkpointed (`_checkpointing`) and logged (`_logs`).
 """
 
+import contextlib
 import copy
 import functools
 import os
@@ -32,14 +33,14 @@ from ._evaluate import evaluate
 from ._history import current_learning_rate, new_history, record_epoch
 from ._logs import EpochLogs, check_logging
 from ._precision import check_precision, dynamic_loss_scaling, with_precision
-from ._programs import Programs, StepTotals, make_train_step
+from ._programs import SCHEDULE_ERROR, Programs, StepTotals, make_train_step
 from ._progress import progress_bar
 from ._routing import routing_for
 from ._rules import rule_for
 from ._run_record import describe_data, run_record
 from ._sharded import Placement, shard_training, training_mesh
 from ._state import TrainState, initial_state, validation_key
-from ._stopped import NonFiniteLossError, TrainingInterrupted
+from ._stopped import LearningRateError, NonFiniteLossError, TrainingInterrupted
 from ._validation import check_validation_split, split_validation
 
 LastBatch = Literal["keep", "drop"]
@@ -253,7 +254,10 @@ def train(
     train_step = make_step(rule)
 
     def init(model: eqx.Module) -> TrainState:
-        return initial_state(model, optimizer.init(rule.params(model)), key)
+        # optax's schedules mix Python floats with int32 counts (as in the step's update).
+        with jax.numpy_dtype_promotion("standard"):
+            opt_state = optimizer.init(rule.params(model))
+        return initial_state(model, opt_state, key)
 
     if mesh is None:
         dynamic, static = eqx.partition(init(model), eqx.is_array)
@@ -322,8 +326,9 @@ def train(
                     break  # a resumed run that had already stopped
                 bar.set_description(f"epoch {epoch + 1}/{epochs}")
                 start = time.perf_counter()
-                dynamic, totals = runner.run(dynamic, totals, bar, saver)
-                jax.block_until_ready(totals)  # programs run asynchronously: time the work
+                with _schedule_checked(programs, good):
+                    dynamic, totals = runner.run(dynamic, totals, bar, saver)
+                    jax.block_until_ready(totals)  # programs run asynchronously: time the work
                 seconds = time.perf_counter() - start
                 if on_nonfinite == "raise":
                     _raise_if_not_finite(totals, programs, good)
@@ -402,6 +407,24 @@ def _postfix(history: dict) -> dict[str, str]:
     figures = {"loss": history["train"]["loss"][-1]}
     figures.update({name: values[-1] for name, values in history["eval"].items()})
     return {name: f"{value:.4g}" for name, value in figures.items()}
+
+
+@contextlib.contextmanager
+def _schedule_checked(programs: Programs, good: _Good):
+    """The step's check of a schedule's learning rate (`eqx.error_if`, under `jax.jit`) comes
+    as a runtime error whose message holds JAX's traceback: raised again, plainly, with what
+    trained."""
+    try:
+        yield
+    except Exception as error:  # JAX raises a ValueError or a JaxRuntimeError, by version
+        if SCHEDULE_ERROR not in str(error) or isinstance(error, LearningRateError):
+            raise
+        raise LearningRateError(
+            f"{SCHEDULE_ERROR} The exception's .model and .history are those of the last "
+            f"epoch before it (epoch {len(good.history['epoch'])}).",
+            model=programs.model_of(good.model),
+            history=good.history,
+        ) from None
 
 
 def _raise_if_not_finite(totals: StepTotals, programs: Programs, good: _Good) -> None:
