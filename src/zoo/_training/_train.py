@@ -99,7 +99,8 @@ def train(
 
     - `model`: any `equinox.Module`; the loss decides how it is called.
     - `data`: a mapping of equal-length arrays (`{"x": inputs, "y": targets}` for the built-in
-      losses), or an iterable of such batches, iterated once per epoch.
+      losses), or an iterable of such batches, iterated once per epoch (so with `epochs > 1`
+      it must be re-iterable: a list, not a generator).
     - `loss`: `"cross_entropy"` (integer labels), `"mse"`, `"bce"`, or any callable
       `loss(model, batch, key) -> scalar` or `loss(model, batch) -> scalar` (see
       [Write your own loss](../training.md#write-your-own-loss)).
@@ -113,7 +114,8 @@ def train(
     - `batch_size`: examples per step.
     - `key`: the training key; shuffling and the loss's per-step keys (e.g. dropout) derive from
       it, so the same key gives the same result bit for bit. Default `jax.random.key(0)`.
-    - `eval_data`: a dataset evaluated after each epoch.
+    - `eval_data`: a dataset evaluated after each epoch; traced through the model and the
+      metrics before the first step, so that a mismatch is an error naming it at once.
     - `metrics`: names or callables for `eval_data` (see [`zoo.evaluate`][]); by default the
       loss and accuracy for classification losses, MSE and MAE for `"mse"`.
     - `eval_batch_size`: batch size of the evaluation.
@@ -124,20 +126,31 @@ def train(
     - `steps_per_chunk`: steps per compiled run (and per progress-bar update); by default a
       tenth of an epoch, and at least 32 steps (or the whole epoch, when it is shorter).
     - `progress`: show a progress bar; `None` shows one only on a terminal.
-    - `on_epoch`: called as `on_epoch(history)` after each epoch, e.g. to log or plot.
+    - `on_epoch`: called as `on_epoch(history)` after each epoch, e.g. to log or plot; what it
+      returns is ignored. A `KeyboardInterrupt` from it stops training as Ctrl-C does.
     - `on_nonfinite`: what a non-finite loss or gradient does. `"raise"` (the default) stops
-      training with a `FloatingPointError` naming the first bad step, before that epoch is
-      recorded or checkpointed, so the last checkpoint stays the last good state. `"skip"`
-      leaves the model and optimizer state unchanged for such a step and counts it in
-      `history["train"]["nonfinite_steps"]`.
+      training with a [`zoo.NonFiniteLossError`][] (a `FloatingPointError`) naming the first
+      bad step, before that epoch is recorded or checkpointed, so the last checkpoint stays the
+      last good state; the error carries the last good model and history. `"skip"` leaves the
+      model and optimizer state unchanged for such a step and counts it in
+      `history["train"]["nonfinite_steps"]`; an epoch whose every step was skipped records
+      `nan` as its loss and grad norm, with a `RuntimeWarning`.
     - `checkpoint_dir`: a folder for training checkpoints ([`zoo.Checkpoints`][]): the whole
       training state, the epoch's running sums and the history, saved at the end of every
       epoch and, with `checkpoint_every`, every that many steps; written in the background.
+      A new or empty folder, or one that holds this run: a folder that holds anything else
+      is refused untouched. The run holds the folder's lock until it ends (a second run on
+      it fails at once), and records there what defines it (`zoo-run.json`; see
+      [Resume training](../checkpoints.md#resume-training)).
     - `checkpoint_every`: steps between checkpoints within an epoch (`None`: epoch ends only).
     - `keep`: how many of the latest checkpoints to keep (`None`: all).
     - `resume`: continue from the latest complete checkpoint in `checkpoint_dir`, when there is
       one, to the same model and history an uninterrupted run gives, bit for bit (the `time`
-      of the resumed epoch aside). The other arguments must be those of the first run.
+      of the resumed epoch aside). The run's defining arguments (the data's size,
+      `batch_size`, `last_batch`, `accumulate`, `precision`, `loss`, `key`, the model's and the
+      optimizer state's arrays) must be those it was started with: a difference is a
+      `ValueError` naming the argument with both values, before anything is written.
+      Without `resume`, a folder that already holds a run's checkpoints is refused.
     - `mesh`: a `jax.sharding.Mesh` to train on (see `zoo.distributed`): batches split over its
       `"data"` and `"fsdp"` axes, embedding tables row-sharded over `"model"`, everything else
       replicated (or split over `"fsdp"`). `batch_size` must divide by the batch axes' size.
@@ -147,7 +160,8 @@ def train(
       With several processes, each passes the same arguments (the same full `data`); the
       returned model is then a global array on the mesh. `None`: one device.
     - `eval_fn`: called as `eval_fn(model)` after each epoch, before `on_epoch`; the figures
-      of the dict it returns are recorded in `history["eval"]` beside the metrics. For
+      of the mapping it returns (names to finite numbers, else an error naming `eval_fn`)
+      are recorded in `history["eval"]` beside the metrics. For
       evaluations that are not averages over examples, such as ranking metrics
       (`lambda model: zoo.recsys.evaluate_ranking(model, train, test)["model"]`).
     - `validation_split`: a fraction in (0, 1) of `data` (a mapping of arrays) held out as the
@@ -190,6 +204,18 @@ def train(
     `history["eval"][metric]`, `history["time"]` (seconds of training per epoch),
     `history["epoch"]` and `history["step"]`; with `early_stopping`, also
     `history["best_epoch"]` and `history["stop_reason"]`.
+
+    **Raises:**
+
+    `TypeError` or `ValueError` naming the argument, before the first step, for a bad
+    argument. A run stopped early raises a [`zoo.TrainingStopped`][] whose `.model` and
+    `.history` are those of the last completed epoch (bit for bit what a run of that many
+    epochs returns), with or without checkpoints: [`zoo.NonFiniteLossError`][] (a
+    `FloatingPointError`) for a non-finite loss, [`zoo.TrainingInterrupted`][] (a
+    `KeyboardInterrupt`) for Ctrl-C, and a `ValueError` for a learning-rate schedule that
+    returned a negative or non-finite value (checked at each step when the optimizer is
+    wrapped in `optax.inject_hyperparams`). A failed checkpoint write (a full disk) raises an
+    `OSError` naming the folder and the step.
 
     **Example:**
 
