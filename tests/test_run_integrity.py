@@ -6,6 +6,7 @@ import math
 import os
 import pathlib
 import re
+import socket
 
 import jax
 import jax.numpy as jnp
@@ -331,3 +332,16 @@ def test_ctrl_c_from_the_data_mid_epoch_hands_back_the_last_completed_epoch():
     expected, expected_history = _two_epochs()
     assert tree_equal(stopped.value.model, expected)
     assert _without_time(stopped.value.history) == _without_time(expected_history)
+
+
+# -- the multi-process entry point ----------------------------------------------------------------
+
+
+def test_initialize_without_a_coordinator_raises_instead_of_aborting():
+    # A port nothing listens on. JAX's own wait would abort the process after the timeout.
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    with pytest.raises(TimeoutError, match=rf"coordinator_address='{address}': no coordinator"):
+        zoo.distributed.initialize(address, num_processes=2, process_id=1, timeout=1)
