@@ -151,8 +151,9 @@ def check_reiterable(data, epochs: int) -> None:
     if isinstance(data, Iterator) and epochs > 1:
         raise ValueError(
             f"data is a one-shot iterator ({type(data).__name__}), which epochs={epochs} would "
-            "exhaust after epoch 1: pass a list of batches, or an object whose __iter__ starts a "
-            "new pass each epoch (data must be re-iterable when epochs > 1)."
+            "exhaust after epoch 1 (a generator can be iterated only once): pass a list of "
+            "batches, or an object whose __iter__ starts a new pass each epoch (data must be "
+            "re-iterable when epochs > 1)."
         )
 
 

@@ -35,7 +35,11 @@ class Saver:
             recorded = check_run_folder(directory, record, resume)
             self._checkpoints = _opened(directory, keep)
             if not recorded and jax.process_index() == 0:
-                write_record(directory, record)
+                try:
+                    write_record(directory, record)
+                except BaseException:
+                    self.close()  # and so release the folder
+                    raise
         self._every = every
         self._last = None
         self.history: dict | None = None  # the history being built, saved with each checkpoint
