@@ -120,6 +120,23 @@ def _trained_with_checkpoints(tmp: pathlib.Path) -> None:
     zoo.train(_mlp(), _classification(), epochs=1, checkpoint_dir=tmp / "run", progress=False)
 
 
+# A training run in tmp/"run" (8 examples in batches of 4, key 1), and one resumed there.
+_RUN = dict(batch_size=4, key=jax.random.key(1), progress=False)
+
+
+def _run_folder(tmp: pathlib.Path) -> None:
+    zoo.train(_mlp(), _classification(), checkpoint_dir=tmp / "run", **_RUN)
+
+
+def _resumed(data=None, model=None, **changed):
+    options = _RUN | dict(checkpoint_dir="run", resume=True) | changed
+    return lambda tmp: zoo.train(
+        _mlp() if model is None else model,
+        _classification() if data is None else data,
+        **(options | {"checkpoint_dir": tmp / options["checkpoint_dir"]}),
+    )
+
+
 def _write_ratings(tmp: pathlib.Path) -> None:
     (tmp / "ml-100k").mkdir()
     (tmp / "ml-100k" / "u.data").write_text("1\t2\t3\t881250949\n1\tx\t3\t881250949\n")
@@ -1128,7 +1145,218 @@ CASES: list[Case] = [
     #
     #
     # -- Training runs: validated before the first step, resumed only as the same run. --
-    #
+    Case(
+        "resume-batch-size",
+        "zoo.train",
+        "resume=True with another batch_size than the run's",
+        _resumed(batch_size=2),
+        ValueError,
+        r"resume=True with batch_size=2, but the run in checkpoint_dir .* was started with "
+        r"batch_size=4 \(recorded 4, given 2\)",
+        "Resume with the run's arguments (the message names them), or start a new run elsewhere.",
+        setup=_run_folder,
+    ),
+    Case(
+        "resume-data-size",
+        "zoo.train",
+        "resume=True with data of another size",
+        _resumed(data=_classification(n=6)),
+        ValueError,
+        r"resume=True with data='6 examples'.* \(recorded '8 examples', given '6 examples'\)",
+        "Resume on the run's data; a new dataset is a new run (another `checkpoint_dir`).",
+        setup=_run_folder,
+    ),
+    Case(
+        "resume-last-batch",
+        "zoo.train",
+        "resume=True with another last_batch",
+        _resumed(last_batch="drop"),
+        ValueError,
+        r"resume=True with last_batch='drop'.*\(recorded 'keep', given 'drop'\)",
+        "Resume with the run's `last_batch`.",
+        setup=_run_folder,
+    ),
+    Case(
+        "resume-accumulate",
+        "zoo.train",
+        "resume=True with another accumulate",
+        _resumed(accumulate=2),
+        ValueError,
+        r"resume=True with accumulate=2.*\(recorded 1, given 2\)",
+        "Resume with the run's `accumulate`.",
+        setup=_run_folder,
+    ),
+    Case(
+        "resume-precision",
+        "zoo.train",
+        "resume=True with another precision",
+        _resumed(precision="bfloat16"),
+        ValueError,
+        r"resume=True with precision='bfloat16'.*\(recorded 'float32', given 'bfloat16'\)",
+        "Resume with the run's `precision`.",
+        setup=_run_folder,
+    ),
+    Case(
+        "resume-loss",
+        "zoo.train",
+        "resume=True with another loss",
+        _resumed(loss="mse"),
+        ValueError,
+        r"resume=True with loss='mse'.*\(recorded 'cross_entropy', given 'mse'\)",
+        "Resume with the run's `loss`.",
+        setup=_run_folder,
+    ),
+    Case(
+        "resume-key",
+        "zoo.train",
+        "resume=True with another key",
+        _resumed(key=jax.random.key(7)),
+        ValueError,
+        r"resume=True with key=\[0, 7\].*\(recorded \[0, 1\], given \[0, 7\]\)",
+        "Resume with the run's `key` (its shuffles and dropout derive from it).",
+        setup=_run_folder,
+    ),
+    Case(
+        "resume-optimizer",
+        "zoo.train",
+        "resume=True with another optimizer (SGD for Adam)",
+        _resumed(optimizer=optax.sgd(0.1)),
+        ValueError,
+        r"an optimizer whose state does not match the optimizer state at \[0\]\.count of the "
+        r"run in checkpoint_dir .*: recorded int32\[\], given no array",
+        "Resume with the run's optimizer.",
+        setup=_run_folder,
+    ),
+    Case(
+        "resume-save-folder",
+        "zoo.train",
+        "`checkpoint_dir` pointing at a `zoo.save` folder",
+        _resumed(checkpoint_dir="model"),
+        ValueError,
+        r"checkpoint_dir .*model is not a zoo training run: it holds .* and no zoo-run\.json",
+        "Give `checkpoint_dir` a new or empty folder; zoo writes nothing into this one.",
+        setup=_saved_mlp,
+    ),
+    Case(
+        "train-over-a-run",
+        "zoo.train",
+        "a new run (resume=False) in a folder that holds a run",
+        _resumed(resume=False),
+        ValueError,
+        r"checkpoint_dir .*run already holds a training run \(checkpoints 2\): pass resume=True",
+        "Pass `resume=True` to continue it, or give the new run another folder.",
+        setup=_run_folder,
+    ),
+    Case(
+        "checkpoint-dir-file",
+        "zoo.train",
+        "`checkpoint_dir` that is a file",
+        lambda tmp: _train(checkpoint_dir=tmp / "unused")(tmp),
+        ValueError,
+        r"checkpoint_dir must be a folder, but .*unused is a file",
+        "Give a folder (new or empty) for the checkpoints.",
+        setup=_write_bytes("unused", b"x"),
+    ),
+    Case(
+        "checkpoints-directory-file",
+        "zoo.Checkpoints",
+        "a directory that is a file",
+        lambda tmp: zoo.Checkpoints(tmp / "run"),
+        ValueError,
+        r"directory must be a folder for checkpoints; .*run is a file",
+        "Give a folder (new or empty) for the checkpoints.",
+        setup=_write_bytes("run", b"x"),
+    ),
+    Case(
+        "train-eval-data-features",
+        "zoo.train",
+        "eval_data whose features do not match the model",
+        _train(eval_data=_classification(features=5)),
+        ValueError,
+        r"eval_data does not fit the model and metrics .*x must be one example of shape \(4,\)",
+        "Give eval_data the features of data (checked before the first step).",
+    ),
+    Case(
+        "train-eval-data-no-labels",
+        "zoo.train",
+        "eval_data without targets under 'y'",
+        _train(eval_data={"x": np.zeros((8, 4), np.float32)}),
+        ValueError,
+        r"eval_data must hold inputs under 'x' and targets under 'y' .* no 'y'",
+        "Pass `eval_data={'x': features, 'y': labels}`.",
+    ),
+    Case(
+        "train-generator-epochs",
+        "zoo.train",
+        "a generator of batches with epochs > 1",
+        _train((batch for batch in [_classification()]), epochs=2),
+        ValueError,
+        r"data is a one-shot iterator \(generator\), which epochs=2 would exhaust.*re-iterable",
+        "Pass a list of batches, or a class whose `__iter__` starts a new pass.",
+    ),
+    Case(
+        "train-eval-fn-names",
+        "zoo.train",
+        "an eval_fn whose figures are not named by strings",
+        _train(eval_fn=lambda model: {1: 0.5}),
+        TypeError,
+        r"eval_fn must return a mapping from names \(str\) to numbers; got 1: 0\.5",
+        "Name each figure: `{'score': 0.5}`.",
+    ),
+    Case(
+        "resume-model-dtype",
+        "zoo.train",
+        "resume=True with the model in another dtype",
+        _resumed(model=zoo.MLP(4, 3, (8,), dtype=jnp.float16, key=jax.random.key(0))),
+        ValueError,
+        r"a model that does not match the model at \.layers\[0\]\.weight of the run in "
+        r"checkpoint_dir .*: recorded float32\[8,4\], given float16\[8,4\]",
+        "Resume with the model the run was started with (cast after training).",
+        setup=_run_folder,
+    ),
+    Case(
+        "train-eval-fn-nan",
+        "zoo.train",
+        "an eval_fn that returns nan",
+        _train(eval_fn=lambda model: {"score": float("nan")}),
+        ValueError,
+        r"eval_fn returned 'score': nan, not a finite number",
+        "Fix the evaluation; every recorded figure must be finite.",
+    ),
+    Case(
+        "train-eval-fn-list",
+        "zoo.train",
+        "an eval_fn that returns a list",
+        _train(eval_fn=lambda model: [0.5]),
+        TypeError,
+        r"eval_fn must return a mapping from names to numbers; got list",
+        "Return a dict: `{'score': 0.5}`.",
+    ),
+    Case(
+        "train-schedule-negative",
+        "zoo.train",
+        "a learning-rate schedule that turns negative",
+        _train(
+            optimizer=optax.inject_hyperparams(optax.sgd)(
+                learning_rate=optax.linear_schedule(0.1, -0.1, transition_steps=1)
+            ),
+            epochs=2,
+        ),
+        ValueError,
+        r"learning_rate: the optimizer's learning-rate schedule returned a negative or "
+        r"non-finite value .* finite values >= 0",
+        "End the schedule at a value >= 0 (0 is allowed: decay to zero).",
+    ),
+    Case(
+        "resume-record-damaged",
+        "zoo.train",
+        "a run folder whose run record is damaged",
+        _resumed(),
+        ValueError,
+        r"checkpoint_dir .*run: its run record zoo-run\.json cannot be read",
+        "Restore the folder from a copy, or start a new run in another folder.",
+        setup=lambda tmp: (_run_folder(tmp), (tmp / "run" / "zoo-run.json").write_text("{")),
+    ),
     #
     # -- One rule for arguments: zoo's own errors, never JAX's, pathlib's or optax's. --
     #

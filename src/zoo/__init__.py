@@ -24,6 +24,11 @@ from ._training._per_example import (
 )
 from ._training._plots import plot_history as plot_history
 from ._training._state import TrainState as TrainState
+from ._training._stopped import (
+    NonFiniteLossError as NonFiniteLossError,
+    TrainingInterrupted as TrainingInterrupted,
+    TrainingStopped as TrainingStopped,
+)
 from ._training._train import train as train
 from ._version import __version__ as __version__
 from .recsys import (

@@ -1,5 +1,7 @@
 """`zoo.Checkpoints`: the last few training states in a directory, saved in the background."""
 
+import contextlib
+import errno
 import json
 import operator
 import os
@@ -11,6 +13,7 @@ import numpy as np
 
 from .._custom_types import PyTree
 from . import _array_store as store
+from ._folder_lock import FolderLock
 from ._host_memory import Staging
 from ._rebuild import name_of
 
@@ -41,8 +44,15 @@ class Checkpoints:
     - **Checked.** `restore` checks the saved paths, dtypes and shapes against `like` before
       reading, and each array against its checksum after: an error names the first difference.
 
-    One process at a time may use a directory: opening it removes what killed saves left,
-    which would include another process's save in progress.
+    - **One writer.** One process at a time may use a directory (opening it removes what
+      killed saves left, which would include another process's save in progress). A
+      `Checkpoints` holds the directory's lock file `.zoo-lock` (`fcntl.flock`) from opening
+      to `close`; opening a directory that another process holds raises a `RuntimeError` at
+      once, naming that process. The operating system releases the lock of a process that
+      dies, so a killed run's directory is free again at once (no stale lock to remove).
+    - **Failures named.** A save that fails to write (`OSError`, e.g. `ENOSPC` on a full
+      disk) raises an `OSError` naming the directory and the step, from `save`, `wait` or
+      `close`, whichever comes first after it; the steps saved before it stay intact.
 
     **Example:**
 
@@ -87,10 +97,21 @@ class Checkpoints:
         if not isinstance(async_save, bool):
             raise TypeError(f"async_save must be a bool; got {async_save!r}.")
         self.directory = pathlib.Path(directory).absolute()
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ValueError(
+                f"directory must be a folder for checkpoints; {self.directory} is a file. "
+                "Pass a new or empty folder, e.g. zoo.Checkpoints('runs/x')."
+            )
         self.every_steps = every_steps
-        self._manager = _manager(self.directory, keep, async_save)
+        self._lock = _lock(self.directory)
+        try:
+            self._manager = _manager(self.directory, keep, async_save)
+        except BaseException:
+            self._release()
+            raise
         self._staging = Staging()
         self._async_save = async_save
+        self._writing: int | None = None  # the step of the save last started
 
     def latest_step(self) -> int | None:
         """The newest step saved, or `None` when there is none. A save still being written in the
@@ -156,11 +177,13 @@ class Checkpoints:
             "extra": extra,
         }
         args = store.orbax().args
-        self._manager.save(
-            step,
-            args=args.Composite(state=store.save_args(item), meta=args.JsonSave(meta)),
-            force=True,  # the decision is ours, above
-        )
+        self._writing = step
+        with self._naming_failures():
+            self._manager.save(
+                step,
+                args=args.Composite(state=store.save_args(item), meta=args.JsonSave(meta)),
+                force=True,  # the decision is ours, above
+            )
         return True
 
     def restore(self, like: PyTree, *, step: int | None = None) -> tuple[PyTree, dict | None]:
@@ -220,12 +243,41 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Blocks until every save started has been written (and raises if one failed)."""
-        self._manager.wait_until_finished()
+        with self._naming_failures():
+            self._manager.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _naming_failures(self):
+        """An `OSError` of a save (a full disk, say) re-raised naming the directory and step;
+        Orbax's own message names neither, and an asynchronous one surfaces a step later."""
+        try:
+            yield
+        except Exception as error:
+            cause = _os_error_in(error)
+            if cause is None:
+                raise
+            step, self._writing = self._writing, None
+            reason = "no space left on device" if cause.errno == errno.ENOSPC else cause.strerror
+            raise OSError(
+                cause.errno,
+                f"saving the checkpoint of step {step} in {self.directory} failed: {reason} "
+                f"({cause}). The steps saved before it are intact; free space (or fix the "
+                "folder) and resume from the latest one.",
+            ) from error
 
     def close(self) -> None:
-        """Waits for the saves in flight, then releases Orbax's resources and the host copies."""
-        self._manager.close()
-        self._staging.clear()
+        """Waits for the saves in flight, then releases Orbax's resources, the host copies and
+        the directory's lock."""
+        try:
+            with self._naming_failures():
+                self._manager.close()
+        finally:
+            self._staging.clear()
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> "Checkpoints":
         return self
@@ -235,6 +287,26 @@ class Checkpoints:
 
     def __repr__(self) -> str:
         return f"Checkpoints({str(self.directory)!r}, every_steps={self.every_steps})"
+
+
+def _lock(directory: pathlib.Path) -> FolderLock | None:
+    """The directory's lock, taken by the one process that writes the checkpoint's files
+    (with several processes, Orbax has the first one write what is shared)."""
+    if jax.process_index() != 0:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    return FolderLock(directory)
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The `OSError` that `error` is, or was raised from (Orbax wraps its threads' errors)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _manager(directory: pathlib.Path, keep: int | None, async_save: bool):

@@ -1,9 +1,15 @@
 """`zoo.train`'s argument checks: every one runs before the first step, and names its argument."""
 
+import math
+import os
+import pathlib
+from collections.abc import Iterator, Mapping
+
 import equinox as eqx
 import numpy as np
 
 from .. import _checks
+from ..losses._losses import batched_predictions
 from ._early_stopping import EarlyStopping
 from ._rules import DENSE, UpdateRule
 
@@ -36,6 +42,17 @@ def check_checkpointing(checkpoint_dir, checkpoint_every, resume) -> None:
     example = "zoo.train(..., checkpoint_dir='runs/x', checkpoint_every=500, resume=True)"
     _checks.optional_positive_int("checkpoint_every", checkpoint_every, example=example)
     _checks.boolean("resume", resume, example=example)
+    if checkpoint_dir is not None:
+        if not isinstance(checkpoint_dir, str | os.PathLike):
+            raise TypeError(
+                f"checkpoint_dir must be a folder path (a str or pathlib.Path); got "
+                f"{checkpoint_dir!r}. For example {example}"
+            )
+        if pathlib.Path(checkpoint_dir).exists() and not pathlib.Path(checkpoint_dir).is_dir():
+            raise ValueError(
+                f"checkpoint_dir must be a folder, but {checkpoint_dir} is a file. Pass a new or "
+                f"empty folder for the checkpoints: {example}"
+            )
     if checkpoint_every is not None and checkpoint_dir is None:
         raise ValueError(f"checkpoint_every needs checkpoint_dir: where should they go? {example}")
     if resume and checkpoint_dir is None:
@@ -115,3 +132,82 @@ def check_class_labels(model: eqx.Module, arrays: dict | None, argument: str) ->
             f"outputs; got labels from {low} to {high}. Remap the labels, or build the model "
             f"with out_size={high + 1}."
         )
+
+
+def check_callbacks(on_epoch, eval_fn) -> None:
+    for name, callback, example in (
+        ("on_epoch", on_epoch, "on_epoch=lambda history: print(history['train']['loss'][-1])"),
+        ("eval_fn", eval_fn, "eval_fn=lambda model: {'score': float(score(model))}"),
+    ):
+        if callback is not None and not callable(callback):
+            raise TypeError(
+                f"{name} must be callable or None; got {callback!r}. For example {example}"
+            )
+
+
+def check_reiterable(data, epochs: int) -> None:
+    """An iterator (a generator, say) is spent after one pass: refused for several epochs now,
+    rather than found empty after the first epoch has trained."""
+    if isinstance(data, Iterator) and epochs > 1:
+        raise ValueError(
+            f"data is a one-shot iterator ({type(data).__name__}), which epochs={epochs} would "
+            "exhaust after epoch 1 (a generator can be iterated only once): pass a list of "
+            "batches, or an object whose __iter__ starts a new pass each epoch (data must be "
+            "re-iterable when epochs > 1)."
+        )
+
+
+def check_eval_data_fits(model: eqx.Module, eval_arrays: dict | None, metrics: dict) -> None:
+    """The per-epoch evaluation traced once on one example of `eval_data`, before training, so
+    that a wrong shape or a missing array is an error naming `eval_data`, not one after an
+    epoch has trained."""
+    if eval_arrays is None or not metrics:
+        return
+    for field in ("x", "y"):
+        if field not in eval_arrays:
+            raise ValueError(
+                f"eval_data must hold inputs under 'x' and targets under 'y' for the metrics "
+                f"{list(metrics)}; it has {sorted(eval_arrays)} and no {field!r}. For example "
+                "eval_data={'x': test_features, 'y': test_labels}."
+            )
+
+    def figures(model, x, y):
+        predictions = batched_predictions(model, x, None)
+        return [fn(predictions, y) for fn in metrics.values()]
+
+    try:
+        eqx.filter_eval_shape(figures, model, eval_arrays["x"][:1], eval_arrays["y"][:1])
+    except Exception as error:
+        raise ValueError(
+            f"eval_data does not fit the model and metrics {list(metrics)}: {error}"
+        ) from error
+
+
+def checked_eval_figures(figures) -> dict[str, float]:
+    """What `eval_fn` returned, as a dict of finite floats; otherwise an error naming it."""
+    example = "eval_fn=lambda model: {'recall@10': 0.31}"
+    if not isinstance(figures, Mapping):
+        raise TypeError(
+            f"eval_fn must return a mapping from names to numbers; got "
+            f"{type(figures).__name__}. For example {example}"
+        )
+    checked = {}
+    for name, value in figures.items():
+        if not isinstance(name, str) or np.ndim(value) != 0 or not _is_number(value):
+            raise TypeError(
+                f"eval_fn must return a mapping from names (str) to numbers; got "
+                f"{name!r}: {value!r}. For example {example}"
+            )
+        if not math.isfinite(float(value)):
+            raise ValueError(
+                f"eval_fn returned {name!r}: {float(value)}, not a finite number: a figure "
+                "recorded in the history must be finite. Check the evaluation (non-finite "
+                f"scores, an empty split). For example {example}"
+            )
+        checked[name] = float(value)
+    return checked
+
+
+def _is_number(value) -> bool:
+    dtype = np.asarray(value).dtype
+    return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)

@@ -2,9 +2,13 @@
 
 import os
 
+import jax
+
 from .._custom_types import PyTree
 from .._io._checkpoints import Checkpoints
+from .._io._folder_lock import FolderInUseError
 from ._programs import StepTotals
+from ._run_record import check_run_folder, write_record
 from ._state import TrainState
 
 
@@ -12,10 +16,30 @@ class Saver:
     """Saves the training state every `every` steps and at each epoch's end; a no-op without a
     directory. A save holds the state, the current epoch's running sums and the history of the
     epochs before, so a resumed run records exactly what an uninterrupted one would. With early
-    stopping it also holds the best epoch's model, so a resumed run returns the same one."""
+    stopping it also holds the best epoch's model, so a resumed run returns the same one.
 
-    def __init__(self, directory: str | os.PathLike | None, every: int | None, keep: int | None):
-        self._checkpoints = None if directory is None else Checkpoints(directory, keep=keep)
+    The directory holds the run's record (`_run_record`), checked before anything is written,
+    and its lock, held until `close`."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike | None,
+        every: int | None,
+        keep: int | None,
+        *,
+        record: dict | None = None,
+        resume: bool = False,
+    ):
+        self._checkpoints = None
+        if directory is not None:
+            recorded = check_run_folder(directory, record, resume)
+            self._checkpoints = _opened(directory, keep)
+            if not recorded and jax.process_index() == 0:
+                try:
+                    write_record(directory, record)
+                except BaseException:
+                    self.close()  # and so release the folder
+                    raise
         self._every = every
         self._last = None
         self.history: dict | None = None  # the history being built, saved with each checkpoint
@@ -72,3 +96,10 @@ class Saver:
         """Waits for saves still being written, and releases the directory."""
         if self.enabled:
             self._checkpoints.close()
+
+
+def _opened(directory: str | os.PathLike, keep: int | None) -> Checkpoints:
+    try:
+        return Checkpoints(directory, keep=keep)
+    except FolderInUseError as error:
+        raise FolderInUseError(f"checkpoint_dir: {error}") from None

@@ -1,10 +1,10 @@
 """The training history: plain lists of per-epoch figures, ready for `json.dump`."""
 
-import jax
+import warnings
 
 from .._custom_types import PyTree
 from ._precision import loss_scale
-from ._programs import StepTotals
+from ._programs import StepTotals, injected_learning_rate
 
 
 def new_history() -> dict:
@@ -30,6 +30,17 @@ def record_epoch(
         "grad_norm": float(totals.grad_norm) / max(int(totals.steps), 1),
         "nonfinite_steps": int(totals.nonfinite_steps),
     }
+    if int(totals.steps) == 0:
+        # Nothing trained: a loss of 0.0 would read as a perfect epoch.
+        train["loss"] = train["grad_norm"] = float("nan")
+        warnings.warn(
+            f"epoch {epoch}: all of its {int(totals.nonfinite_steps)} steps had a non-finite loss "
+            "or gradient and were skipped (on_nonfinite='skip'), so nothing trained; its loss "
+            "and grad_norm are recorded as nan. Lower the learning rate, clip gradients, or "
+            "check the data for non-finite values.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     learning_rate = current_learning_rate(opt_state)
     if learning_rate is not None:
         train["learning_rate"] = learning_rate
@@ -45,12 +56,5 @@ def record_epoch(
 
 def current_learning_rate(opt_state: PyTree) -> float | None:
     """The learning rate of an optimizer wrapped in `optax.inject_hyperparams`, else None."""
-    states = jax.tree.leaves(opt_state, is_leaf=_has_hyperparams)
-    for state in filter(_has_hyperparams, states):
-        if "learning_rate" in state.hyperparams:
-            return float(state.hyperparams["learning_rate"])
-    return None
-
-
-def _has_hyperparams(node) -> bool:
-    return isinstance(getattr(node, "hyperparams", None), dict)
+    learning_rate = injected_learning_rate(opt_state)
+    return None if learning_rate is None else float(learning_rate)

@@ -82,6 +82,16 @@ def make_train_step(
         return model, opt_state
 
     def train_step(state: TrainState, batch: Batch):
+        state, loss, grad_norm = step(state, batch)
+        learning_rate = injected_learning_rate(state.opt_state)
+        if learning_rate is not None:
+            # A float learning rate is checked before training; a schedule's values only here.
+            loss = eqx.error_if(
+                loss, ~(learning_rate >= 0) | ~jnp.isfinite(learning_rate), SCHEDULE_ERROR
+            )
+        return state, loss, grad_norm
+
+    def step(state: TrainState, batch: Batch):
         scale = loss_scale(state.opt_state)  # None unless float16's dynamic loss scaling
         value_and_grad = scaled_value_and_grad(rule.value_and_grad, loss_fn, scale)
         gradients = rule.gradients(value_and_grad, loss_fn, optimizer)
@@ -105,6 +115,27 @@ def make_train_step(
         return state, loss, grad_norm
 
     return train_step
+
+
+SCHEDULE_ERROR = (
+    "learning_rate: the optimizer's learning-rate schedule returned a negative or non-finite "
+    "value at this step; a schedule must return finite values >= 0, e.g. "
+    "optax.linear_schedule(1e-3, 1e-5, transition_steps=1000)."
+)
+
+
+def injected_learning_rate(opt_state) -> Array | None:
+    """The learning rate of an optimizer wrapped in `optax.inject_hyperparams` (the one its
+    last update used), else None."""
+    states = jax.tree.leaves(opt_state, is_leaf=_has_hyperparams)
+    for state in filter(_has_hyperparams, states):
+        if "learning_rate" in state.hyperparams:
+            return state.hyperparams["learning_rate"]
+    return None
+
+
+def _has_hyperparams(node) -> bool:
+    return isinstance(getattr(node, "hyperparams", None), dict)
 
 
 class Programs:
@@ -148,3 +179,7 @@ class Programs:
 
     def combine(self, dynamic) -> TrainState:
         return eqx.combine(dynamic, self._static)
+
+    def model_of(self, arrays) -> eqx.Module:
+        """The model whose arrays are `arrays` (a copy of `dynamic.model`)."""
+        return eqx.combine(arrays, self._static.model)

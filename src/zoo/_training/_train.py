@@ -5,11 +5,13 @@ epoch runner are built, then the epoch loop runs: each epoch is run (`_epochs`),
 recorded (`_history`), checkpointed (`_checkpointing`) and logged (`_logs`).
 """
 
+import contextlib
+import copy
 import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import equinox as eqx
 import jax
@@ -24,19 +26,21 @@ from ..metrics._metrics import Metric, resolve_metrics
 from . import _arguments as arguments
 from ._accumulation import accumulating, check_accumulate
 from ._checkpointing import Saver
-from ._dataset import checked_dataset
+from ._dataset import checked_dataset, num_examples
 from ._early_stopping import EarlyStopping
 from ._epochs import epoch_runner
 from ._evaluate import evaluated
 from ._history import current_learning_rate, new_history, record_epoch
 from ._logs import EpochLogs, check_logging
 from ._precision import check_precision, dynamic_loss_scaling, with_precision
-from ._programs import Programs, StepTotals, make_train_step
+from ._programs import SCHEDULE_ERROR, Programs, StepTotals, make_train_step
 from ._progress import progress_bar
 from ._routing import routing_for
 from ._rules import rule_for
+from ._run_record import describe_data, run_record
 from ._sharded import Placement, shard_training, training_mesh
 from ._state import TrainState, initial_state, validation_key
+from ._stopped import LearningRateError, NonFiniteLossError, TrainingInterrupted
 from ._validation import check_validation_split, split_validation
 
 LastBatch = Literal["keep", "drop"]
@@ -95,7 +99,8 @@ def train(
 
     - `model`: any `equinox.Module`; the loss decides how it is called.
     - `data`: a mapping of equal-length arrays (`{"x": inputs, "y": targets}` for the built-in
-      losses), or an iterable of such batches, iterated once per epoch.
+      losses), or an iterable of such batches, iterated once per epoch (so with `epochs > 1`
+      it must be re-iterable: a list, not a generator).
     - `loss`: `"cross_entropy"` (integer labels), `"mse"`, `"bce"`, or any callable
       `loss(model, batch, key) -> scalar` or `loss(model, batch) -> scalar` (see
       [Write your own loss](../training.md#write-your-own-loss)).
@@ -109,7 +114,8 @@ def train(
     - `batch_size`: examples per step.
     - `key`: the training key; shuffling and the loss's per-step keys (e.g. dropout) derive from
       it, so the same key gives the same result bit for bit. Default `jax.random.key(0)`.
-    - `eval_data`: a dataset evaluated after each epoch.
+    - `eval_data`: a dataset evaluated after each epoch; traced through the model and the
+      metrics before the first step, so that a mismatch is an error naming it at once.
     - `metrics`: names or callables for `eval_data` (see [`zoo.evaluate`][]); by default the
       loss and accuracy for classification losses, MSE and MAE for `"mse"`.
     - `eval_batch_size`: batch size of the evaluation.
@@ -120,20 +126,31 @@ def train(
     - `steps_per_chunk`: steps per compiled run (and per progress-bar update); by default a
       tenth of an epoch, and at least 32 steps (or the whole epoch, when it is shorter).
     - `progress`: show a progress bar; `None` shows one only on a terminal.
-    - `on_epoch`: called as `on_epoch(history)` after each epoch, e.g. to log or plot.
+    - `on_epoch`: called as `on_epoch(history)` after each epoch, e.g. to log or plot; what it
+      returns is ignored. A `KeyboardInterrupt` from it stops training as Ctrl-C does.
     - `on_nonfinite`: what a non-finite loss or gradient does. `"raise"` (the default) stops
-      training with a `FloatingPointError` naming the first bad step, before that epoch is
-      recorded or checkpointed, so the last checkpoint stays the last good state. `"skip"`
-      leaves the model and optimizer state unchanged for such a step and counts it in
-      `history["train"]["nonfinite_steps"]`.
+      training with a [`zoo.NonFiniteLossError`][] (a `FloatingPointError`) naming the first
+      bad step, before that epoch is recorded or checkpointed, so the last checkpoint stays the
+      last good state; the error carries the last good model and history. `"skip"` leaves the
+      model and optimizer state unchanged for such a step and counts it in
+      `history["train"]["nonfinite_steps"]`; an epoch whose every step was skipped records
+      `nan` as its loss and grad norm, with a `RuntimeWarning`.
     - `checkpoint_dir`: a folder for training checkpoints ([`zoo.Checkpoints`][]): the whole
       training state, the epoch's running sums and the history, saved at the end of every
       epoch and, with `checkpoint_every`, every that many steps; written in the background.
+      A new or empty folder, or one that holds this run: a folder that holds anything else
+      is refused untouched. The run holds the folder's lock until it ends (a second run on
+      it fails at once), and records there what defines it (`zoo-run.json`; see
+      [Resume training](../checkpoints.md#resume-training)).
     - `checkpoint_every`: steps between checkpoints within an epoch (`None`: epoch ends only).
     - `keep`: how many of the latest checkpoints to keep (`None`: all).
     - `resume`: continue from the latest complete checkpoint in `checkpoint_dir`, when there is
       one, to the same model and history an uninterrupted run gives, bit for bit (the `time`
-      of the resumed epoch aside). The other arguments must be those of the first run.
+      of the resumed epoch aside). The run's defining arguments (the data's size,
+      `batch_size`, `last_batch`, `accumulate`, `precision`, `loss`, `key`, the model's and the
+      optimizer state's arrays) must be those it was started with: a difference is a
+      `ValueError` naming the argument with both values, before anything is written.
+      Without `resume`, a folder that already holds a run's checkpoints is refused.
     - `mesh`: a `jax.sharding.Mesh` to train on (see `zoo.distributed`): batches split over its
       `"data"` and `"fsdp"` axes, embedding tables row-sharded over `"model"`, everything else
       replicated (or split over `"fsdp"`). `batch_size` must divide by the batch axes' size.
@@ -143,7 +160,8 @@ def train(
       With several processes, each passes the same arguments (the same full `data`); the
       returned model is then a global array on the mesh. `None`: one device.
     - `eval_fn`: called as `eval_fn(model)` after each epoch, before `on_epoch`; the figures
-      of the dict it returns are recorded in `history["eval"]` beside the metrics. For
+      of the mapping it returns (names to finite numbers, else an error naming `eval_fn`)
+      are recorded in `history["eval"]` beside the metrics. For
       evaluations that are not averages over examples, such as ranking metrics
       (`lambda model: zoo.recsys.evaluate_ranking(model, train, test)["model"]`).
     - `validation_split`: a fraction in (0, 1) of `data` (a mapping of arrays) held out as the
@@ -187,6 +205,18 @@ def train(
     `history["epoch"]` and `history["step"]`; with `early_stopping`, also
     `history["best_epoch"]` and `history["stop_reason"]`.
 
+    **Raises:**
+
+    `TypeError` or `ValueError` naming the argument, before the first step, for a bad
+    argument. A run stopped early raises a [`zoo.TrainingStopped`][] whose `.model` and
+    `.history` are those of the last completed epoch (bit for bit what a run of that many
+    epochs returns), with or without checkpoints: [`zoo.NonFiniteLossError`][] (a
+    `FloatingPointError`) for a non-finite loss, [`zoo.TrainingInterrupted`][] (a
+    `KeyboardInterrupt`) for Ctrl-C, and a `ValueError` for a learning-rate schedule that
+    returned a negative or non-finite value (checked at each step when the optimizer is
+    wrapped in `optax.inject_hyperparams`). A failed checkpoint write (a full disk) raises an
+    `OSError` naming the folder and the step.
+
     **Example:**
 
     ```python
@@ -213,6 +243,8 @@ def train(
         epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk, on_nonfinite
     )
     arguments.check_checkpointing(checkpoint_dir, checkpoint_every, resume)
+    arguments.check_callbacks(on_epoch, eval_fn)
+    arguments.check_reiterable(data, epochs)
     check_validation_split(validation_split, stratify, data, eval_data)
     check_precision(precision)
     check_logging(log_dir, tensorboard)
@@ -228,7 +260,8 @@ def train(
     if metrics is None:
         metrics = _DEFAULT_METRICS.get(loss, ()) if isinstance(loss, str) else ()
     # Fail on a bad name before any training, not after an epoch.
-    metric_names = list(resolve_metrics(metrics))
+    metric_fns = resolve_metrics(metrics)
+    metric_names = list(metric_fns)
     key = jax.random.key(0) if key is None else key
     if validation_split is not None:
         arrays = checked_dataset(data, argument="data")
@@ -236,6 +269,7 @@ def train(
             arrays, validation_split, stratify=stratify, key=validation_key(key)
         )
     eval_arrays = None if eval_data is None else checked_dataset(eval_data, argument="eval_data")
+    arguments.check_eval_data_fits(model, eval_arrays, metric_fns)
     arguments.check_monitored_name(model, early_stopping, eval_arrays, metric_names, eval_fn)
     mesh = None if mesh is None else training_mesh(mesh, batch_size)
 
@@ -246,7 +280,10 @@ def train(
     train_step = make_step(rule)
 
     def init(model: eqx.Module) -> TrainState:
-        return initial_state(model, optimizer.init(rule.params(model)), key)
+        # optax's schedules mix Python floats with int32 counts (as in the step's update).
+        with jax.numpy_dtype_promotion("standard"):
+            opt_state = optimizer.init(rule.params(model))
+        return initial_state(model, opt_state, key)
 
     if mesh is None:
         dynamic, static = eqx.partition(init(model), eqx.is_array)
@@ -264,39 +301,63 @@ def train(
         for argument, arrays in (("data", runner.arrays), ("eval_data", eval_arrays)):
             arguments.check_class_labels(model, arrays, argument)
 
-    saver = Saver(checkpoint_dir, checkpoint_every, keep)
-    keep_best = early_stopping is not None and early_stopping.restore_best
-    if keep_best:
-        saver.best_model = _copied(dynamic.model)  # the start, until an epoch improves on it
-    totals, history = StepTotals.zeros(), new_history()
-    if resume:
-        restored = saver.restore(dynamic, totals)
-        if restored is not None:
-            dynamic, totals, history = restored
-    if runner.skipped_per_epoch:
-        history["skipped_examples_per_epoch"] = runner.skipped_per_epoch
-    saver.history = history
-    logs = EpochLogs(log_dir, tensorboard)
-    logs.start(history)
-
-    first_epoch = int(dynamic.epoch)
-    remaining = (
+    record = (
         None
-        if runner.steps_per_epoch is None
-        else (runner.steps_per_epoch * (epochs - first_epoch) - int(dynamic.batch))
+        if checkpoint_dir is None
+        else run_record(
+            data=describe_data(
+                None if runner.arrays is None else num_examples(runner.arrays),
+                runner.steps_per_epoch,
+            ),
+            batch_size=batch_size,
+            last_batch=last_batch,
+            accumulate=accumulate,
+            precision=precision,
+            loss=loss,
+            key=key,
+            model=dynamic.model,
+            opt_state=dynamic.opt_state,
+        )
     )
+    # Every argument is checked; from here on files are written and the folder is held.
+    saver = Saver(checkpoint_dir, checkpoint_every, keep, record=record, resume=resume)
+    logs = good = None
     try:
+        keep_best = early_stopping is not None and early_stopping.restore_best
+        if keep_best:
+            saver.best_model = _copied(dynamic.model)  # the start, until an epoch improves on it
+        totals, history = StepTotals.zeros(), new_history()
+        if resume:
+            restored = saver.restore(dynamic, totals)
+            if restored is not None:
+                dynamic, totals, history = restored
+        if runner.skipped_per_epoch:
+            history["skipped_examples_per_epoch"] = runner.skipped_per_epoch
+        saver.history = history
+        logs = EpochLogs(log_dir, tensorboard)
+        logs.start(history)
+        # What a stopped run hands back: the arrays of the last good model (the programs donate
+        # those of the state) and the history of its epochs.
+        good = _Good(_copied(dynamic.model), copy.deepcopy(history))
+
+        first_epoch = int(dynamic.epoch)
+        remaining = (
+            None
+            if runner.steps_per_epoch is None
+            else (runner.steps_per_epoch * (epochs - first_epoch) - int(dynamic.batch))
+        )
         with progress_bar(remaining, progress, epochs) as bar:
             for epoch in range(first_epoch, epochs):
                 if early_stopping is not None and early_stopping.decision(history).stop:
                     break  # a resumed run that had already stopped
                 bar.set_description(f"epoch {epoch + 1}/{epochs}")
                 start = time.perf_counter()
-                dynamic, totals = runner.run(dynamic, totals, bar, saver)
-                jax.block_until_ready(totals)  # programs run asynchronously: time the work
+                with _schedule_checked(programs, good):
+                    dynamic, totals = runner.run(dynamic, totals, bar, saver)
+                    jax.block_until_ready(totals)  # programs run asynchronously: time the work
                 seconds = time.perf_counter() - start
                 if on_nonfinite == "raise":
-                    _raise_if_not_finite(totals)
+                    _raise_if_not_finite(totals, programs, good)
                 dynamic = _next_epoch(dynamic)
                 state = programs.combine(dynamic)
                 eval_metrics = {}
@@ -309,7 +370,7 @@ def train(
                         argument="eval_data",
                     )
                 if eval_fn is not None:
-                    eval_metrics |= {k: float(v) for k, v in eval_fn(state.model).items()}
+                    eval_metrics |= arguments.checked_eval_figures(eval_fn(state.model))
                 record_epoch(
                     history,
                     epoch=epoch + 1,
@@ -319,8 +380,9 @@ def train(
                     opt_state=state.opt_state,
                     eval_metrics=eval_metrics,
                 )
+                good = _Good(_copied(dynamic.model), copy.deepcopy(history))
                 if keep_best and early_stopping.decision(history).best_epoch == epoch + 1:
-                    saver.best_model = _copied(dynamic.model)
+                    saver.best_model = good.model  # never donated: one copy serves both
                 saver.after_epoch(int(state.step), dynamic)
                 logs.after_epoch(history)
                 totals = StepTotals.zeros()
@@ -329,9 +391,20 @@ def train(
                     on_epoch(history)
                 if early_stopping is not None and early_stopping.decision(history).stop:
                     break
+    except KeyboardInterrupt as interrupt:
+        if good is None:  # stopped before training began: nothing to hand back
+            raise
+        raise TrainingInterrupted(
+            f"training was interrupted (KeyboardInterrupt) after {len(good.history['epoch'])} "
+            "completed epochs; the exception's .model and .history are the last completed "
+            "epoch's.",
+            model=programs.model_of(good.model),
+            history=good.history,
+        ) from interrupt
     finally:
         saver.close()  # waits for background saves: a returned or raised train has saved
-        logs.close()
+        if logs is not None:
+            logs.close()
     if early_stopping is None:
         return programs.combine(dynamic).model, history
     decision = early_stopping.decision(history)
@@ -340,6 +413,13 @@ def train(
     if keep_best and decision.best_epoch > 0:
         dynamic = eqx.tree_at(lambda s: s.model, dynamic, saver.best_model)
     return programs.combine(dynamic).model, history
+
+
+class _Good(NamedTuple):
+    """The last good model's arrays (a copy) and the history of its epochs."""
+
+    model: eqx.Module
+    history: dict
 
 
 def _copied(tree):
@@ -359,11 +439,32 @@ def _postfix(history: dict) -> dict[str, str]:
     return {name: f"{value:.4g}" for name, value in figures.items()}
 
 
-def _raise_if_not_finite(totals: StepTotals) -> None:
+@contextlib.contextmanager
+def _schedule_checked(programs: Programs, good: _Good):
+    """The step's check of a schedule's learning rate (`eqx.error_if`, under `jax.jit`) comes
+    as a runtime error whose message holds JAX's traceback: raised again, plainly, with what
+    trained."""
+    try:
+        yield
+    except Exception as error:  # JAX raises a ValueError or a JaxRuntimeError, by version
+        if SCHEDULE_ERROR not in str(error) or isinstance(error, LearningRateError):
+            raise
+        raise LearningRateError(
+            f"{SCHEDULE_ERROR} The exception's .model and .history are those of the last "
+            f"epoch before it (epoch {len(good.history['epoch'])}).",
+            model=programs.model_of(good.model),
+            history=good.history,
+        ) from None
+
+
+def _raise_if_not_finite(totals: StepTotals, programs: Programs, good: _Good) -> None:
     step = int(totals.first_nonfinite_step)
     if step >= 0:
-        raise FloatingPointError(
+        raise NonFiniteLossError(
             f"the loss became non-finite (nan or inf) at step {step}. Lower the learning rate, "
             "clip gradients with optax.chain(optax.clip_by_global_norm(1.0), ...), or check the "
-            "data for non-finite values."
+            "data for non-finite values. The exception's .model and .history are those of the "
+            f"last epoch before it (epoch {len(good.history['epoch'])}).",
+            model=programs.model_of(good.model),
+            history=good.history,
         )

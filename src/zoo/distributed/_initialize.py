@@ -1,5 +1,8 @@
 """`zoo.distributed.initialize`: join a multi-process run, CPU collectives included."""
 
+import socket
+import time
+
 import jax
 
 
@@ -46,8 +49,15 @@ def initialize(
 
     **Raises:**
 
-    `ValueError` for a malformed argument; `RuntimeError` (from JAX) if JAX has already
+    `ValueError` for a malformed argument; `TimeoutError` naming `coordinator_address` when a
+    process other than 0 finds no coordinator there within `timeout` (before JAX is touched:
+    JAX itself would abort the process); `RuntimeError` (from JAX) if JAX has already
     initialized its backends, i.e. when this is not the first JAX call of the process.
+
+    !!! warning
+        Once connected, JAX's coordination service aborts the process (`SIGABRT`), rather than
+        raising, when the others do not all join within `timeout` (process 0 waiting for a
+        process that never starts, say): that part is JAX's, and cannot be caught.
 
     **Example:**
 
@@ -69,6 +79,9 @@ def initialize(
     if cpu_devices is not None:
         _check_count("cpu_devices", cpu_devices, 1)
     _check_count("timeout", timeout, 1)
+    deadline = time.monotonic() + timeout
+    if process_id != 0:
+        _wait_for_coordinator(coordinator_address, timeout, deadline)
     if cpu_devices is not None:
         jax.config.update("jax_num_cpu_devices", cpu_devices)
     # Without cross-process collectives a CPU computation spanning processes cannot run.
@@ -79,5 +92,25 @@ def initialize(
         process_id,
         # Every parameter is given: do not let a cluster environment (Slurm, MPI) override it.
         cluster_detection_method="deactivate",
-        initialization_timeout=timeout,
+        initialization_timeout=max(1, round(deadline - time.monotonic())),
     )
+
+
+def _wait_for_coordinator(coordinator_address: str, timeout: int, deadline: float) -> None:
+    """Waits until process 0's coordinator accepts connections. JAX's own wait ends in an
+    abort of the process, which no caller can catch; this one raises."""
+    host, _, port = coordinator_address.rpartition(":")
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=max(left, 0.1)):
+                return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"coordinator_address={coordinator_address!r}: no coordinator answered "
+                    f"within timeout={timeout} s ({error}). Process 0 serves it: start it too, "
+                    "and check the address and port (e.g. '10.0.0.1:1234', the address of "
+                    "process 0's machine)."
+                ) from None
+            time.sleep(min(0.1, max(left, 0)))
