@@ -10,9 +10,12 @@ recorded run argument) does not depend on how the caller spelled it.
 """
 
 import math
+import os
+import pathlib
 from collections.abc import Collection
 from typing import Any
 
+import jax
 import numpy as np
 
 
@@ -31,9 +34,12 @@ def is_real(value: Any) -> bool:
     return is_int(value) or isinstance(value, float | np.floating)
 
 
-def integer(name: str, value: Any, *, example: str = "", minimum: int | None = None) -> int:
-    """`value` as an `int`, refused unless it is an integer (not a bool) `>= minimum`."""
-    expected = "an int" if minimum is None else f"an int >= {minimum}"
+def integer(
+    name: str, value: Any, *, example: str = "", minimum: int | None = None, expected: str = ""
+) -> int:
+    """`value` as an `int`, refused unless it is an integer (not a bool) `>= minimum`;
+    `expected` words what is wanted when the default (`an int >= minimum`) says it badly."""
+    expected = expected or ("an int" if minimum is None else f"an int >= {minimum}")
     return _bounded_int(name, value, expected, minimum, example)
 
 
@@ -116,3 +122,79 @@ def one_of(name: str, value: Any, choices: Collection, *, example: str = "") -> 
         listed = ", ".join(repr(choice) for choice in choices)
         _refuse(ValueError, name, f"one of {listed}", value, example)
     return value
+
+
+def key(name: str, value: Any, *, example: str = "") -> Any:
+    """`value` itself, refused unless it is a JAX PRNG key: a typed key (`jax.random.key(0)`)
+    or a legacy raw key (`jax.random.PRNGKey(0)`, uint32 of shape `(2,)`).
+
+    An int seed is the common mistake: JAX would fail deep inside `jax.random` with a message
+    about dtypes, so it is refused here by name.
+    """
+    if _is_key(value):
+        return value
+    expected = "a PRNG key such as jax.random.key(0)"
+    if is_int(value):
+        raise TypeError(
+            f"{name} must be {expected}; got {value!r}, an int seed. Make a key from the seed: "
+            f"{name}=jax.random.key({int(value)})."
+        )
+    _refuse(TypeError, name, expected, _short(value), example)
+
+
+def optional_key(name: str, value: Any, *, example: str = "") -> Any:
+    return None if value is None else key(name, value, example=example)
+
+
+def _is_key(value: Any) -> bool:
+    if not isinstance(value, jax.Array):  # tracers are jax.Arrays too
+        return False
+    if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        return True
+    return value.dtype == np.uint32 and value.shape[-1:] == (2,)
+
+
+def _short(value: Any) -> str:
+    """A value as a message shows it: arrays by dtype and shape, not their contents."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of dtype {value.dtype} and shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 80 else f"a {type(value).__name__}"
+
+
+def float_dtype(name: str, value: Any, *, example: str = "") -> Any:
+    """`value` itself (`None` passes: the default float), refused unless it names a floating
+    dtype. Not a dtype at all: `TypeError`; an integer or bool dtype: `ValueError`."""
+    if value is None:
+        return None
+    expected = "a floating dtype such as jnp.float32 or jnp.bfloat16"
+    try:
+        dtype = np.dtype(value)
+    except (TypeError, ValueError):
+        _refuse(TypeError, name, expected, value, example)
+    if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
+        _refuse(ValueError, name, expected, dtype.name, example)
+    return value
+
+
+def path(name: str, value: Any, *, example: str = "") -> pathlib.Path:
+    """`value` as a `pathlib.Path`, refused unless it is a `str` or `os.PathLike` (not `None`,
+    not empty)."""
+    if not isinstance(value, str | os.PathLike):
+        _refuse(TypeError, name, "a path (a str or pathlib.Path)", _short(value), example)
+    if isinstance(value, str) and not value.strip():
+        _refuse(ValueError, name, "a non-empty path", value, example)
+    return pathlib.Path(value)
+
+
+def positive_ints(name: str, value: Any, *, example: str = "") -> tuple[int, ...]:
+    """`value` as a tuple of ints, refused unless it is a sequence (not a str) of positive ints."""
+    expected = "a sequence of positive ints"
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        _refuse(TypeError, name, expected, value, example)
+    items = tuple(value)
+    if not all(is_int(item) for item in items):
+        _refuse(TypeError, name, expected, items, example)
+    if not all(item >= 1 for item in items):
+        _refuse(ValueError, name, expected, items, example)
+    return tuple(int(item) for item in items)

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from .. import _checks
 from .._custom_types import PyTree
 from . import _array_store as store
 from ._host_memory import Staging
@@ -80,13 +81,12 @@ class Checkpoints:
           each save. `None` keeps all.
         - `async_save`: write in a background thread (`True`), or before `save` returns.
         """
-        if not isinstance(directory, str | os.PathLike):
-            raise TypeError(f"directory must be a str or os.PathLike; got {directory!r}.")
-        _check_optional_positive("every_steps", every_steps)
-        _check_optional_positive("keep", keep)
-        if not isinstance(async_save, bool):
-            raise TypeError(f"async_save must be a bool; got {async_save!r}.")
-        self.directory = pathlib.Path(directory).absolute()
+        example = "zoo.Checkpoints('runs/x', every_steps=1000, keep=3)"
+        directory = _checks.path("directory", directory, example=example)
+        every_steps = _optional_positive("every_steps", every_steps, example)
+        keep = _optional_positive("keep", keep, example)
+        async_save = _checks.boolean("async_save", async_save, example=example)
+        self.directory = directory.absolute()
         self.every_steps = every_steps
         self._manager = _manager(self.directory, keep, async_save)
         self._staging = Staging()
@@ -252,9 +252,12 @@ def _manager(directory: pathlib.Path, keep: int | None, async_save: bool):
     )
 
 
-def _check_optional_positive(name: str, value) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be None or a positive int; got {value!r}.")
+def _optional_positive(name: str, value, example: str) -> int | None:
+    if value is None:
+        return None
+    return _checks.integer(
+        name, value, minimum=1, expected="None or a positive int", example=example
+    )
 
 
 def _checked_step(step) -> int:

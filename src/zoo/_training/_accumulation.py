@@ -10,16 +10,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .. import _checks
 from ._rules import DENSE, UpdateRule
 
 
 def check_accumulate(accumulate, batch_size: int, rule: UpdateRule) -> None:
     """Eager checks: a positive int that divides `batch_size`, with a dense optimizer."""
-    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
-        raise ValueError(
-            f"accumulate must be a positive int (micro-batches per optimizer step); got "
-            f"{accumulate!r}. For example zoo.train(..., batch_size=256, accumulate=4)."
-        )
+    accumulate = _checks.positive_int(
+        "accumulate", accumulate, example="zoo.train(..., batch_size=256, accumulate=4)"
+    )
     if batch_size % accumulate:
         divisors = [k for k in range(1, accumulate * 2 + 1) if batch_size % k == 0]
         raise ValueError(

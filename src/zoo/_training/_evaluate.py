@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .. import _checks
 from .._custom_types import Dataset
 from ..losses._losses import batched_predictions
 from ..metrics._metrics import Metric, resolve_metrics
@@ -54,8 +55,9 @@ def evaluate(
             raise ValueError(
                 f"data must hold inputs under 'x' and targets under 'y'; no {field!r}."
             )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    batch_size = _checks.positive_int(
+        "batch_size", batch_size, example="zoo.evaluate(model, data, batch_size=1024)"
+    )
     if not named:
         return {}
     count = num_examples(arrays)

@@ -209,8 +209,11 @@ def train(
     print(history["best_epoch"], history["stop_reason"])
     ```
     """
-    arguments.check_hyperparameters(
+    epochs, batch_size, eval_batch_size, steps_per_chunk = arguments.check_hyperparameters(
         epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk, on_nonfinite
+    )
+    arguments.check_flags(
+        fused=fused, progress=progress, stratify=stratify, tensorboard=tensorboard
     )
     arguments.check_checkpointing(checkpoint_dir, checkpoint_every, resume)
     check_validation_split(validation_split, stratify, data, eval_data)
@@ -229,7 +232,7 @@ def train(
         metrics = _DEFAULT_METRICS.get(loss, ()) if isinstance(loss, str) else ()
     # Fail on a bad name before any training, not after an epoch.
     metric_names = list(resolve_metrics(metrics))
-    key = jax.random.key(0) if key is None else key
+    key = arguments.training_key(key)
     if validation_split is not None:
         arrays = checked_dataset(data, argument="data")
         data, eval_data = split_validation(

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
+from .. import _checks
 from ._dataset import host_rows, num_examples
 
 
@@ -18,7 +19,7 @@ def check_validation_split(fraction, stratify: bool, data, eval_data) -> None:
                 "zoo.train(..., validation_split=0.1, stratify=True)."
             )
         return
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+    if not _checks.is_real(fraction):
         raise TypeError(f"validation_split must be a float in (0, 1); got {fraction!r}.")
     if not 0 < fraction < 1:
         raise ValueError(

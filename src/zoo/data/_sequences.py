@@ -3,6 +3,7 @@
 import numpy as np
 from jaxtyping import Int32
 
+from .. import _checks
 from ._interactions import Interactions
 
 _EXAMPLE = "zoo.data.sequences(train, max_len=50)"
@@ -99,5 +100,4 @@ def _check(interactions, max_len) -> None:
             "interactions need a 'timestamp' column to order each user's events; they hold "
             f"{sorted(interactions)}. Example: {_EXAMPLE}"
         )
-    if isinstance(max_len, bool) or not isinstance(max_len, int | np.integer) or max_len < 1:
-        raise ValueError(f"max_len must be a positive int; got {max_len!r}. Example: {_EXAMPLE}")
+    _checks.positive_int("max_len", max_len, example=_EXAMPLE)

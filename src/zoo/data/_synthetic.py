@@ -4,6 +4,7 @@ import jax
 import numpy as np
 from jaxtyping import Float32, Integer, PRNGKeyArray
 
+from .. import _checks
 from ._interactions import Interactions
 
 _USERS_PER_CHUNK = 256  # bounds memory: one chunk holds (users, num_items) logits
@@ -109,8 +110,7 @@ def _check_sizes(example: str, sizes: dict, per_user: str, count) -> None:
     """Positive ints, and `count` (each user's distinct items, named `per_user`) at most
     `num_items`."""
     for name, value in {**sizes, per_user: count}.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}. Example: {example}")
+        _checks.positive_int(name, value, example=example)
     if count > sizes["num_items"]:
         raise ValueError(
             f"{per_user}={count} exceeds num_items={sizes['num_items']}: each user picks "

@@ -2,10 +2,13 @@
 
 import jax
 
+from .. import _checks
+
 
 def _check_count(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
+    _checks.integer(
+        name, value, minimum=minimum, example="zoo.distributed.initialize('127.0.0.1:1234', 2, 0)"
+    )
 
 
 def _check_address(coordinator_address) -> None:

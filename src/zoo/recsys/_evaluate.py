@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Int, PRNGKeyArray
 
+from .. import _checks
 from ._baselines import Popularity, RandomScores
 from ._factorized import is_factorized
 from ._losses import pair_scores
@@ -148,21 +149,21 @@ def _sampled_sums(model, sampler, batches: _Batches, num_negatives, cutoffs, key
 
 def _num_items(model) -> int:
     num_items = getattr(model, "num_items", None)
-    if isinstance(num_items, bool) or not isinstance(num_items, int):
+    if not _checks.is_int(num_items):
         raise TypeError(
             "model must be a recommender scoring model(user, item) with a num_items attribute "
             f"(zoo.MatrixFactorization, zoo.TwoTower, zoo.recsys.DLRMRecommender, ...); got "
             f"{type(model).__name__}."
         )
-    return num_items
+    return int(num_items)
 
 
 def _batch_size(batch_size: int | None, num_items: int) -> int:
     if batch_size is None:
         return int(np.clip(_SCORES_PER_BATCH // num_items, 1, 4096))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int or None; got {batch_size!r}.")
-    return batch_size
+    return _checks.positive_int(
+        "batch_size", batch_size, example="zoo.recsys.evaluate_ranking(..., batch_size=256)"
+    )
 
 
 def _models(model, train, num_items: int, baselines: bool, key: PRNGKeyArray) -> dict:

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
+from .. import _checks
 from .._custom_types import Batch, LossFn
 from ._factorized import is_factorized
 from ._sampling import NegativeSampler
@@ -74,8 +75,11 @@ def _check_sampler(sampler, num_negatives: int, loss: str) -> None:
             f"{loss} needs a zoo.recsys.NegativeSampler; got {type(sampler).__name__}. Example: "
             f"zoo.recsys.{loss}(zoo.recsys.NegativeSampler(num_items), num_negatives=4)"
         )
-    if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
-        raise ValueError(f"num_negatives must be a positive int; got {num_negatives!r}.")
+    _checks.positive_int(
+        "num_negatives",
+        num_negatives,
+        example=f"zoo.recsys.{loss}(zoo.recsys.NegativeSampler(num_items), num_negatives=4)",
+    )
 
 
 def bpr_loss(sampler: NegativeSampler, *, num_negatives: int = 1) -> LossFn:

@@ -9,22 +9,25 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float, Int, Integer
+
+from .. import _checks
 
 Cutoffs = int | Sequence[int]
 
 
 def checked_cutoffs(k: Cutoffs) -> tuple[int, ...]:
     """`k` as a sorted tuple of distinct positive ints, or a `ValueError` naming `k`."""
-    cutoffs = (k,) if isinstance(k, int | np.integer) else tuple(k)
-    if not cutoffs or any(
-        isinstance(c, bool) or not isinstance(c, int | np.integer) or c < 1 for c in cutoffs
-    ):
+    cutoffs = (k,) if _checks.is_int(k) else tuple(k) if _iterable(k) else ()
+    if not cutoffs or any(not _checks.is_int(c) or c < 1 for c in cutoffs):
         raise ValueError(
             f"k must be a positive int or a sequence of them, e.g. k=(10, 20); got {k!r}."
         )
     return tuple(sorted({int(c) for c in cutoffs}))
+
+
+def _iterable(value) -> bool:
+    return hasattr(value, "__iter__") and not isinstance(value, str | bytes)
 
 
 def _ideal_dcg(relevant: Int[Array, " users"], k: int) -> Float[Array, " users"]:

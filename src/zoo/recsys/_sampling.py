@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from .. import _checks
 from ._factorized import check_counts
 
 Distribution = Literal["uniform", "popularity"]
@@ -120,8 +121,7 @@ class NegativeSampler(eqx.Module):
         - `max_redraws`: how many times a draw that hit a positive is drawn again.
         """
         check_counts(_EXAMPLE, num_items=num_items)
-        if isinstance(max_redraws, bool) or not isinstance(max_redraws, int) or max_redraws < 0:
-            raise ValueError(f"max_redraws must be an int >= 0; got {max_redraws!r}.")
+        _checks.integer("max_redraws", max_redraws, minimum=0, example=_EXAMPLE)
         if distribution not in ("uniform", "popularity"):
             raise ValueError(
                 f'distribution must be "uniform" or "popularity"; got {distribution!r}. '

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Scalar
 
+from .. import _checks
 from .._custom_types import Batch, LossFn
 from ._sampling import NegativeSampler
 
@@ -171,8 +172,6 @@ def _checked(kind, num_negatives, sampler) -> int:
             f"Example: {_EXAMPLE}"
         )
     num_negatives = _DEFAULT_NEGATIVES[kind] if num_negatives is None else num_negatives
-    if kind != "softmax" and (
-        isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1
-    ):
-        raise ValueError(f"num_negatives must be a positive int; got {num_negatives!r}.")
+    if kind != "softmax":
+        num_negatives = _checks.positive_int("num_negatives", num_negatives, example=_EXAMPLE)
     return num_negatives

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from .. import _checks
 from .._custom_types import PyTree
 from ._rows import SparseRows, is_sparse_rows
 
@@ -84,11 +85,12 @@ class LazyAdamState(NamedTuple):
         return jax.tree.map(jnp.imag, self.moments)
 
 
-def _check_learning_rate(name: str, learning_rate: ScalarOrSchedule) -> None:
-    """Eagerly rejects a learning rate that cannot train: not positive, or not finite."""
+def _check_learning_rate(name: str, learning_rate: ScalarOrSchedule) -> ScalarOrSchedule:
+    """Eagerly rejects a learning rate that cannot train: not positive, or not finite. A NumPy
+    scalar comes back as a Python float (zoo's one rule for arguments, `zoo._checks`)."""
     if callable(learning_rate):
-        return
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float):
+        return learning_rate
+    if not _checks.is_real(learning_rate):
         raise TypeError(
             f"learning_rate of zoo.sparse.{name} must be a positive float or an optax schedule; "
             f"got {learning_rate!r}. For example zoo.sparse.{name}(0.05)."
@@ -98,6 +100,7 @@ def _check_learning_rate(name: str, learning_rate: ScalarOrSchedule) -> None:
             f"learning_rate of zoo.sparse.{name} must be positive and finite; got "
             f"{learning_rate!r}. For example zoo.sparse.{name}(0.05)."
         )
+    return float(learning_rate)
 
 
 def _learning_rate(learning_rate: ScalarOrSchedule, count: Int[ArrayLike, ""]):
@@ -176,7 +179,7 @@ def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
         ```
     """
 
-    _check_learning_rate("sgd", learning_rate)
+    learning_rate = _check_learning_rate("sgd", learning_rate)
 
     def init(params: PyTree) -> SGDState:
         del params
@@ -201,7 +204,10 @@ def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
 def _adagrad(
     name: str, learning_rate: ScalarOrSchedule, eps: float, init_value: float, rowwise: bool
 ) -> SparseGradientTransformation:
-    _check_learning_rate(name, learning_rate)
+    learning_rate = _check_learning_rate(name, learning_rate)
+    example = f"zoo.sparse.{name}(0.05, eps=1e-10)"
+    eps = _checks.real("eps", eps, low=0.0, example=example)
+    init_value = _checks.real("init_value", init_value, low=0.0, example=example)
     row_shape = (lambda w: w.shape[:1]) if rowwise else (lambda w: w.shape)
 
     def init(params: PyTree) -> AdagradState:
@@ -310,7 +316,11 @@ def lazy_adam(
     float16 table, where `v`'s updates of `1 - b2 = 0.001` times itself would round away.
     """
 
-    _check_learning_rate("lazy_adam", learning_rate)
+    learning_rate = _check_learning_rate("lazy_adam", learning_rate)
+    example = "zoo.sparse.lazy_adam(1e-3, b1=0.9, b2=0.999)"
+    b1 = _checks.real("b1", b1, low=0.0, high=1.0, high_open=True, example=example)
+    b2 = _checks.real("b2", b2, low=0.0, high=1.0, high_open=True, example=example)
+    eps = _checks.real("eps", eps, low=0.0, low_open=True, example=example)
 
     def init(params: PyTree) -> LazyAdamState:
         moments = jax.tree.map(lambda w: jnp.zeros(w.shape, _moments_dtype(w.dtype)), params)
