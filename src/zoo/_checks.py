@@ -21,7 +21,7 @@ import numpy as np
 
 def _refuse(error: type[Exception], name: str, expected: str, value: Any, example: str):
     suffix = f" For example: {example}" if example else ""
-    raise error(f"{name} must be {expected}; got {value!r}.{suffix}")
+    raise error(f"{name} must be {expected}; got {describe(value)}.{suffix}")
 
 
 def is_int(value: Any) -> bool:
@@ -139,7 +139,7 @@ def key(name: str, value: Any, *, example: str = "") -> Any:
             f"{name} must be {expected}; got {value!r}, an int seed. Make a key from the seed: "
             f"{name}=jax.random.key({int(value)})."
         )
-    _refuse(TypeError, name, expected, _short(value), example)
+    _refuse(TypeError, name, expected, value, example)
 
 
 def optional_key(name: str, value: Any, *, example: str = "") -> Any:
@@ -154,8 +154,9 @@ def _is_key(value: Any) -> bool:
     return value.dtype == np.uint32 and value.shape[-1:] == (2,)
 
 
-def _short(value: Any) -> str:
-    """A value as a message shows it: arrays by dtype and shape, not their contents."""
+def describe(value: Any) -> str:
+    """A value as a message shows it: its repr, but arrays by dtype and shape, not their
+    contents, and a long repr by its type."""
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return f"an array of dtype {value.dtype} and shape {tuple(value.shape)}"
     text = repr(value)
@@ -181,7 +182,7 @@ def path(name: str, value: Any, *, example: str = "") -> pathlib.Path:
     """`value` as a `pathlib.Path`, refused unless it is a `str` or `os.PathLike` (not `None`,
     not empty)."""
     if not isinstance(value, str | os.PathLike):
-        _refuse(TypeError, name, "a path (a str or pathlib.Path)", _short(value), example)
+        _refuse(TypeError, name, "a path (a str or pathlib.Path)", value, example)
     if isinstance(value, str) and not value.strip():
         _refuse(ValueError, name, "a non-empty path", value, example)
     return pathlib.Path(value)
@@ -198,3 +199,14 @@ def positive_ints(name: str, value: Any, *, example: str = "") -> tuple[int, ...
     if not all(item >= 1 for item in items):
         _refuse(ValueError, name, expected, items, example)
     return tuple(int(item) for item in items)
+
+
+def numeric_array(name: str, array: Any, *, example: str = "") -> Any:
+    """`array` itself, refused unless its dtype is numeric (bool, int, float or complex): a
+    column of strings, dates or Python objects would fail later, deep inside JAX."""
+    kind = np.dtype(array.dtype).kind
+    if kind == "O":
+        raise ValueError(f"{name} is ragged or not numeric: got an array of Python objects.")
+    if kind not in "biufc":
+        _refuse(TypeError, name, "a numeric array (bool, int or float)", array, example)
+    return array

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from .. import _checks
-from .._custom_types import PyTree
+from .._custom_types import IntLike, PyTree
 from . import _array_store as store
 from ._host_memory import Staging
 from ._rebuild import name_of
@@ -67,8 +67,8 @@ class Checkpoints:
         self,
         directory: str | os.PathLike,
         *,
-        every_steps: int | None = None,
-        keep: int | None = 3,
+        every_steps: IntLike | None = None,
+        keep: IntLike | None = 3,
         async_save: bool = True,
     ):
         """**Arguments:**
@@ -101,7 +101,7 @@ class Checkpoints:
         """The steps saved and kept, oldest first."""
         return sorted(self._manager.all_steps())
 
-    def should_save(self, step: int) -> bool:
+    def should_save(self, step: IntLike) -> bool:
         """Whether `save(step, ...)` would write a checkpoint: `step` is newer than the latest
         and, with `every_steps`, at least that many steps after it (or after step 0)."""
         step = _checked_step(step)
@@ -111,7 +111,7 @@ class Checkpoints:
         return self.every_steps is None or step - (latest or 0) >= self.every_steps
 
     def save(
-        self, step: int, state: PyTree, extra: dict | None = None, *, force: bool = False
+        self, step: IntLike, state: PyTree, extra: dict | None = None, *, force: bool = False
     ) -> bool:
         """Saves `state` and `extra` as the checkpoint of `step`, when due.
 
@@ -163,7 +163,7 @@ class Checkpoints:
         )
         return True
 
-    def restore(self, like: PyTree, *, step: int | None = None) -> tuple[PyTree, dict | None]:
+    def restore(self, like: PyTree, *, step: IntLike | None = None) -> tuple[PyTree, dict | None]:
         """Restores a checkpoint into the structure of `like`.
 
         **Arguments:**

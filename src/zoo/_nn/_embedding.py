@@ -10,6 +10,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .. import _checks
+from .._custom_types import IntLike
 from .._io._rebuild import Rebuildable
 
 Combiner = Literal["sum", "mean"]
@@ -105,10 +106,10 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
 
     def __init__(
         self,
-        num_embeddings: int,
-        embedding_dim: int,
+        num_embeddings: IntLike,
+        embedding_dim: IntLike,
         *,
-        padding_idx: int | None = None,
+        padding_idx: IntLike | None = None,
         combiner: str | None = None,  # checked below, with a message better than a type error
         init=default_init,
         dtype=jnp.float32,

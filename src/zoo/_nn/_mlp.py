@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .. import _checks
-from .._custom_types import DTypeLike
+from .._custom_types import DTypeLike, IntLike, RealLike
 from .._io._rebuild import Rebuildable
 from ._activations import activation_argument, resolve_activation
 
@@ -24,7 +24,13 @@ _EXAMPLE = "zoo.MLP(in_size=784, out_size=10, hidden=(256, 128), key=jax.random.
 
 
 def _check_arguments(
-    in_size: int, out_size: int, hidden: Sequence[int], dropout: float, init: str, dtype, key
+    in_size: IntLike,
+    out_size: IntLike,
+    hidden: Sequence[IntLike],
+    dropout: RealLike,
+    init: str,
+    dtype,
+    key,
 ) -> tuple[int, int, tuple[int, ...], float]:
     in_size = _checks.positive_int("in_size", in_size, example=_EXAMPLE)
     out_size = _checks.positive_int("out_size", out_size, example=_EXAMPLE)
@@ -75,13 +81,13 @@ class MLP(Rebuildable, saved_as="zoo.MLP"):
 
     def __init__(
         self,
-        in_size: int,
-        out_size: int,
-        hidden: Sequence[int] = (256, 128),
+        in_size: IntLike,
+        out_size: IntLike,
+        hidden: Sequence[IntLike] = (256, 128),
         *,
         activation: str | Callable[[Array], Array] = "relu",
         final_activation: str | Callable[[Array], Array] = "identity",
-        dropout: float = 0.0,
+        dropout: RealLike = 0.0,
         init: str = "he",
         use_bias: bool = True,
         dtype: DTypeLike | None = None,
@@ -162,7 +168,7 @@ class MLP(Rebuildable, saved_as="zoo.MLP"):
 
 
 def _initialised_linear(
-    fan_in: int, fan_out: int, use_bias: bool, dtype, init: str, key: PRNGKeyArray
+    fan_in: IntLike, fan_out: IntLike, use_bias: bool, dtype, init: str, key: PRNGKeyArray
 ) -> eqx.nn.Linear:
     linear_key, weight_key = jax.random.split(key)
     linear = eqx.nn.Linear(fan_in, fan_out, use_bias=use_bias, dtype=dtype, key=linear_key)

@@ -14,8 +14,9 @@ from .. import _checks
 from ._rules import DENSE, UpdateRule
 
 
-def check_accumulate(accumulate, batch_size: int, rule: UpdateRule) -> None:
-    """Eager checks: a positive int that divides `batch_size`, with a dense optimizer."""
+def check_accumulate(accumulate, batch_size: int, rule: UpdateRule) -> int:
+    """Eager checks: a positive int that divides `batch_size`, with a dense optimizer; returns
+    it as a Python int."""
     accumulate = _checks.positive_int(
         "accumulate", accumulate, example="zoo.train(..., batch_size=256, accumulate=4)"
     )
@@ -32,6 +33,7 @@ def check_accumulate(accumulate, batch_size: int, rule: UpdateRule) -> None:
             "accumulate > 1 does not work with zoo.sparse optimizers yet (their gradients are "
             "coalesced rows of one batch); use a larger batch_size instead, or an optax optimizer."
         )
+    return accumulate
 
 
 def accumulating(rule: UpdateRule, accumulate: int) -> UpdateRule:

@@ -36,6 +36,16 @@ def check_hyperparameters(
     return epochs, batch_size, eval_batch_size, steps_per_chunk
 
 
+def check_model(model) -> None:
+    """A model with no floating array has nothing to train (`None`, data passed as the model)."""
+    if not jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)):
+        raise TypeError(
+            f"model must be an equinox.Module holding floating arrays to train; got "
+            f"{_checks.describe(model)}. For example: zoo.train(zoo.MLP(64, 10, "
+            "key=jax.random.key(0)), data)"
+        )
+
+
 def check_flags(**flags) -> None:
     """Each flag is `True` or `False`; `fused` and `progress` may also be `None` (decide)."""
     for name, value in flags.items():

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int
 
+from .. import _checks
 from .._custom_types import Batch, Dataset
 
 
@@ -44,8 +45,7 @@ def _as_array(value, name: str) -> np.ndarray | Array:
         array = np.asarray(value)
     except ValueError as error:  # NumPy's message for ragged nested lists
         raise ValueError(f"{name} is ragged: its rows must all have the same shape.") from error
-    if array.dtype == object:
-        raise ValueError(f"{name} is ragged or not numeric: got an array of Python objects.")
+    _checks.numeric_array(name, array, example="np.asarray(column, np.float32)")
     return array if array.ndim else _scalar_error(name)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
 
 from .. import _checks
+from .._custom_types import IntLike, RealLike
 
 # Figures for which more is better; anything else is taken as a loss (less is better).
 _HIGHER_IS_BETTER = ("accuracy", "auc", "hr@", "ndcg@", "recall@", "precision@", "mrr")
@@ -49,8 +50,8 @@ class EarlyStopping:
 
     monitor: str
     mode: Literal["min", "max"] | None = None
-    patience: int = 3
-    min_delta: float = 0.0
+    patience: IntLike = 3
+    min_delta: RealLike = 0.0
     restore_best: bool = True
 
     def __post_init__(self):

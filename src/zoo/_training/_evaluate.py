@@ -9,7 +9,7 @@ import numpy as np
 from jax import lax
 
 from .. import _checks
-from .._custom_types import Dataset
+from .._custom_types import Dataset, IntLike
 from ..losses._losses import batched_predictions
 from ..metrics._metrics import Metric, resolve_metrics
 from ._dataset import checked_dataset, gather, num_examples, to_device
@@ -20,7 +20,7 @@ def evaluate(
     data: Dataset,
     metrics: Sequence[str | Metric] = ("accuracy",),
     *,
-    batch_size: int = 1024,
+    batch_size: IntLike = 1024,
 ) -> dict[str, float]:
     """Averages per-example metrics of `model` over every example of `data`.
 
@@ -48,6 +48,11 @@ def evaluate(
     # {'accuracy': ..., 'cross_entropy': ...}
     ```
     """
+    if not callable(model):
+        raise TypeError(
+            f"model must be a callable model mapping one input x to a prediction; got "
+            f"{_checks.describe(model)}. For example: zoo.evaluate(model, data, ['accuracy'])"
+        )
     named = resolve_metrics(metrics)
     arrays = checked_dataset(data, argument="data")
     for field in ("x", "y"):

@@ -7,6 +7,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from .. import _checks
+from .._custom_types import RealLike
 from ._dataset import host_rows, num_examples
 
 
@@ -39,13 +40,14 @@ def check_validation_split(fraction, stratify: bool, data, eval_data) -> None:
 
 
 def split_validation(
-    arrays: dict, fraction: float, *, stratify: bool, key: PRNGKeyArray
+    arrays: dict, fraction: RealLike, *, stratify: bool, key: PRNGKeyArray
 ) -> tuple[dict, dict]:
     """`(train, validation)`: disjoint rows of `arrays`, the validation rows drawn by `key`.
 
     With `stratify`, each class of `arrays["y"]` contributes `round(fraction * its count)`
     rows, so both sides keep the class proportions.
     """
+    fraction = float(fraction)  # a NumPy float32 is a float too (zoo._checks)
     count = num_examples(arrays)
     order = np.asarray(jax.random.permutation(key, count))
     if stratify:

@@ -5,6 +5,8 @@ from collections.abc import Mapping
 import numpy as np
 from jaxtyping import Integer
 
+from .. import _checks
+
 _EXAMPLE = (
     'zoo.data.Interactions({"user": users, "item": items}, user_ids=raw_users, item_ids=raw_items)'
 )
@@ -45,6 +47,11 @@ class Interactions(dict):
         - `user_ids`: the raw id of each user index.
         - `item_ids`: the raw id of each item index.
         """
+        if not isinstance(arrays, Mapping):
+            raise TypeError(
+                f"arrays must be a mapping of columns such as {{'user': ..., 'item': ...}}; got "
+                f"{type(arrays).__name__}. For example {_EXAMPLE}"
+            )
         super().__init__({name: np.asarray(value) for name, value in arrays.items()})
         self.user_ids = np.asarray(user_ids)
         self.item_ids = np.asarray(item_ids)
@@ -80,6 +87,8 @@ def _check_columns(data: Interactions) -> None:
     for name in ("user", "item"):
         if name not in data:
             raise ValueError(f"Interactions needs a {name!r} column; for example {_EXAMPLE}.")
+    for name, column in data.items():
+        _checks.numeric_array(f"Interactions[{name!r}]", column, example=_EXAMPLE)
     lengths = {name: len(column) for name, column in data.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"Interactions columns must have equal lengths; got {lengths}.")

@@ -4,12 +4,13 @@ import numpy as np
 from jaxtyping import Int32
 
 from .. import _checks
+from .._custom_types import IntLike
 from ._interactions import Interactions
 
 _EXAMPLE = "zoo.data.sequences(train, max_len=50)"
 
 
-def sequences(interactions: Interactions, max_len: int = 50) -> dict[str, np.ndarray]:
+def sequences(interactions: Interactions, max_len: IntLike = 50) -> dict[str, np.ndarray]:
     """Next-item training rows: each user's time-ordered items, each predicting the next.
 
     A user's events are put in order of `"timestamp"`, ties broken by their order in
@@ -63,7 +64,7 @@ def sequences(interactions: Interactions, max_len: int = 50) -> dict[str, np.nda
     return {"user": rows.astype(np.int32), "input": inputs, "target": targets}
 
 
-def histories(interactions: Interactions, max_len: int) -> Int32[np.ndarray, "users max_len"]:
+def histories(interactions: Interactions, max_len: IntLike) -> Int32[np.ndarray, "users max_len"]:
     """Every user's latest `max_len` items in time order, left-padded with `num_items`.
 
     Row `u` is user `u`'s history (all padding for a user without events): what a sequential
@@ -77,9 +78,9 @@ def histories(interactions: Interactions, max_len: int) -> Int32[np.ndarray, "us
     return out
 
 
-def _time_ordered(interactions: Interactions, max_len: int):
+def _time_ordered(interactions: Interactions, max_len: IntLike):
     """Users and items sorted by (user, timestamp, row), each user's first position and count."""
-    _check(interactions, max_len)
+    max_len = _check(interactions, max_len)
     rows = np.arange(len(interactions["user"]))
     order = np.lexsort((rows, interactions["timestamp"], interactions["user"]))
     users = interactions["user"][order].astype(np.int64)
@@ -88,7 +89,7 @@ def _time_ordered(interactions: Interactions, max_len: int):
     return users, interactions["item"][order].astype(np.int32), starts, lengths
 
 
-def _check(interactions, max_len) -> None:
+def _check(interactions, max_len) -> int:
     if not isinstance(interactions, Interactions):
         raise TypeError(
             "interactions must be zoo.data.Interactions (from zoo.data.movielens, "
@@ -100,4 +101,4 @@ def _check(interactions, max_len) -> None:
             "interactions need a 'timestamp' column to order each user's events; they hold "
             f"{sorted(interactions)}. Example: {_EXAMPLE}"
         )
-    _checks.positive_int("max_len", max_len, example=_EXAMPLE)
+    return _checks.positive_int("max_len", max_len, example=_EXAMPLE)

@@ -5,19 +5,20 @@ import numpy as np
 from jaxtyping import Float32, Integer, PRNGKeyArray
 
 from .. import _checks
+from .._custom_types import IntLike, RealLike
 from ._interactions import Interactions
 
 _USERS_PER_CHUNK = 256  # bounds memory: one chunk holds (users, num_items) logits
 
 
 def synthetic_interactions(
-    num_users: int = 2000,
-    num_items: int = 1000,
+    num_users: IntLike = 2000,
+    num_items: IntLike = 1000,
     *,
-    interactions_per_user: int = 20,
-    rank: int = 8,
-    signal: float = 3.0,
-    popularity: float = 1.0,
+    interactions_per_user: IntLike = 20,
+    rank: IntLike = 8,
+    signal: RealLike = 3.0,
+    popularity: RealLike = 1.0,
     key: PRNGKeyArray,
 ) -> Interactions:
     """Implicit feedback drawn from planted low-rank user and item factors plus popularity skew.
@@ -82,7 +83,7 @@ def _pick(
     users: Float32[np.ndarray, "users rank"],
     items: Float32[np.ndarray, "items rank"],
     bias: Float32[np.ndarray, " items"],
-    count: int,
+    count: IntLike,
     rng: np.random.Generator,
 ) -> Integer[np.ndarray, "users count"]:
     """`count` distinct items per user, drawn without replacement by Gumbel top-k."""
@@ -90,7 +91,7 @@ def _pick(
 
 
 def _gumbel_top_k(
-    logits: Float32[np.ndarray, "users items"], count: int, rng: np.random.Generator
+    logits: Float32[np.ndarray, "users items"], count: IntLike, rng: np.random.Generator
 ) -> Integer[np.ndarray, "users count"]:
     """`count` distinct columns per row, drawn with probabilities `softmax(logits)` without
     replacement (a logit of -inf is never drawn)."""
@@ -103,6 +104,7 @@ def _gumbel_top_k(
 def _rng(key: PRNGKeyArray) -> np.random.Generator:
     """NumPy, seeded by the key's bits: the same key gives the same data, with nothing to
     compile."""
+    _checks.key("key", key, example="zoo.data.synthetic_interactions(2000, 1000, key=key)")
     return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
 
 
@@ -119,13 +121,13 @@ def _check_sizes(example: str, sizes: dict, per_user: str, count) -> None:
 
 
 def synthetic_sequences(
-    num_users: int = 2000,
-    num_items: int = 1000,
+    num_users: IntLike = 2000,
+    num_items: IntLike = 1000,
     *,
-    length: int = 20,
-    successors: int = 3,
-    order: float = 0.8,
-    popularity: float = 1.0,
+    length: IntLike = 20,
+    successors: IntLike = 3,
+    order: RealLike = 0.8,
+    popularity: RealLike = 1.0,
     key: PRNGKeyArray,
 ) -> Interactions:
     """Implicit feedback whose order matters: each user walks a planted graph of successors.

@@ -3,6 +3,7 @@
 import jax
 
 from .. import _checks
+from .._custom_types import IntLike
 
 
 def _check_count(name: str, value, minimum: int) -> None:
@@ -22,11 +23,11 @@ def _check_address(coordinator_address) -> None:
 
 def initialize(
     coordinator_address: str,
-    num_processes: int,
-    process_id: int,
+    num_processes: IntLike,
+    process_id: IntLike,
     *,
-    cpu_devices: int | None = None,
-    timeout: int = 300,
+    cpu_devices: IntLike | None = None,
+    timeout: IntLike = 300,
 ) -> None:
     """Joins this process to a run of `num_processes` processes: `jax.distributed.initialize`
     with cross-process collectives on CPU too.

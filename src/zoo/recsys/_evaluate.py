@@ -10,6 +10,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Int, PRNGKeyArray
 
 from .. import _checks
+from .._custom_types import IntLike
 from ._baselines import Popularity, RandomScores
 from ._factorized import is_factorized
 from ._losses import pair_scores
@@ -147,6 +148,9 @@ def _sampled_sums(model, sampler, batches: _Batches, num_negatives, cutoffs, key
     return jax.tree.map(jnp.sum, jax.lax.map(one_batch, (batches, indices)))
 
 
+_KEY_EXAMPLE = "zoo.recsys.evaluate_ranking(model, train, test, key=jax.random.key(0))"
+
+
 def _num_items(model) -> int:
     num_items = getattr(model, "num_items", None)
     if not _checks.is_int(num_items):
@@ -195,7 +199,7 @@ def evaluate_ranking(
     test: Mapping[str, np.ndarray],
     *,
     k: Cutoffs = 10,
-    batch_size: int | None = None,
+    batch_size: IntLike | None = None,
     baselines: bool = True,
     key: PRNGKeyArray | None = None,
 ) -> Report:
@@ -244,7 +248,7 @@ def evaluate_ranking(
     """
     num_items = _num_items(model)
     cutoffs = checked_cutoffs(k)
-    key = jax.random.key(0) if key is None else key
+    key = jax.random.key(0) if key is None else _checks.key("key", key, example=_KEY_EXAMPLE)
     batches = _user_batches(train, test, num_items, _batch_size(batch_size, num_items))
     count = int(batches.valid.sum())
     batches = jax.tree.map(jnp.asarray, batches)
@@ -259,9 +263,9 @@ def evaluate_sampled(
     train: Mapping[str, np.ndarray],
     test: Mapping[str, np.ndarray],
     *,
-    num_negatives: int = 100,
+    num_negatives: IntLike = 100,
     k: Cutoffs = 10,
-    batch_size: int = 1024,
+    batch_size: IntLike = 1024,
     baselines: bool = True,
     key: PRNGKeyArray | None = None,
 ) -> Report:
@@ -301,7 +305,7 @@ def evaluate_sampled(
     """
     num_items = _num_items(model)
     cutoffs = checked_cutoffs(k)
-    key = jax.random.key(0) if key is None else key
+    key = jax.random.key(0) if key is None else _checks.key("key", key, example=_KEY_EXAMPLE)
     _checked_splits(train, test, num_items)
     everything = {
         c: np.concatenate([np.asarray(train[c]), np.asarray(test[c])]) for c in ("user", "item")

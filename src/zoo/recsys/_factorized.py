@@ -63,7 +63,9 @@ def is_factorized(model) -> bool:
     )
 
 
-def check_counts(example: str, **counts) -> None:
-    """Refuses (`zoo._checks.positive_int`) any of `counts` that is not a positive int."""
-    for name, value in counts.items():
-        _checks.positive_int(name, value, example=example)
+def check_counts(example: str, **counts) -> tuple[int, ...]:
+    """`counts` as Python ints, in order; refuses (`zoo._checks.positive_int`) any that is not a
+    positive int. Static fields then hold ints, whichever integer type the caller passed."""
+    return tuple(
+        _checks.positive_int(name, value, example=example) for name, value in counts.items()
+    )

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, Integer
 
 from .. import _checks
+from .._custom_types import IntLike
 
-Cutoffs = int | Sequence[int]
+Cutoffs = int | Sequence[IntLike]
 
 
 def checked_cutoffs(k: Cutoffs) -> tuple[int, ...]:

@@ -10,6 +10,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from .. import _checks
+from .._custom_types import IntLike, RealLike
 from ._factorized import check_counts
 
 Distribution = Literal["uniform", "popularity"]
@@ -20,7 +21,7 @@ _EXAMPLE = (
 )
 
 
-def item_counts(interactions: Mapping[str, np.ndarray], num_items: int) -> np.ndarray:
+def item_counts(interactions: Mapping[str, np.ndarray], num_items: IntLike) -> np.ndarray:
     """How many interactions each item has: `(num_items,)` int64 counts.
 
     **Arguments:**
@@ -100,13 +101,13 @@ class NegativeSampler(eqx.Module):
 
     def __init__(
         self,
-        num_items: int,
+        num_items: IntLike,
         *,
         distribution: str = "uniform",
         interactions: Mapping[str, np.ndarray] | None = None,
         exclude_positives: bool = False,
-        alpha: float = 1.0,
-        max_redraws: int = 8,
+        alpha: RealLike = 1.0,
+        max_redraws: IntLike = 8,
     ):
         """**Arguments:**
 
@@ -120,8 +121,8 @@ class NegativeSampler(eqx.Module):
         - `alpha`: the exponent of the popularity counts (word2vec uses 0.75).
         - `max_redraws`: how many times a draw that hit a positive is drawn again.
         """
-        check_counts(_EXAMPLE, num_items=num_items)
-        _checks.integer("max_redraws", max_redraws, minimum=0, example=_EXAMPLE)
+        (num_items,) = check_counts(_EXAMPLE, num_items=num_items)
+        max_redraws = _checks.integer("max_redraws", max_redraws, minimum=0, example=_EXAMPLE)
         if distribution not in ("uniform", "popularity"):
             raise ValueError(
                 f'distribution must be "uniform" or "popularity"; got {distribution!r}. '
@@ -149,7 +150,7 @@ class NegativeSampler(eqx.Module):
         self.search_steps = int(np.ceil(np.log2(longest + 1))) + 1
 
     def __call__(
-        self, key: PRNGKeyArray, users: Int[Array, " batch"], num: int
+        self, key: PRNGKeyArray, users: Int[Array, " batch"], num: IntLike
     ) -> Int[Array, "batch {num}"]:
         """**Arguments:**
 
@@ -161,6 +162,7 @@ class NegativeSampler(eqx.Module):
 
         `(len(users), num)` item ids.
         """
+        _checks.key("key", key, example="sampler(jax.random.key(0), users, 4)")
         shape = (users.shape[0], num)
         items = self._draw(jax.random.fold_in(key, 0), shape)
         if self.positives is None:

@@ -6,7 +6,7 @@ import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Scalar
 
 from .. import _checks
-from .._custom_types import Batch, LossFn
+from .._custom_types import Batch, IntLike, LossFn
 from ._sampling import NegativeSampler
 
 _KINDS = ("bce", "softmax", "sampled_softmax")
@@ -17,7 +17,7 @@ _EXAMPLE = 'zoo.recsys.sequence_loss("sampled_softmax", num_negatives=128)'
 def sequence_loss(
     kind: str = "softmax",  # checked below, with a clearer message than a type error's
     *,
-    num_negatives: int | None = None,
+    num_negatives: IntLike | None = None,
     sampler: NegativeSampler | None = None,
 ) -> LossFn:
     """The next-item loss of a sequential recommender ([`zoo.SASRec`][]), at every position.
@@ -136,7 +136,9 @@ def _drawer(num_items: int, sampler: NegativeSampler | None, key, users):
     return lambda num: sampler(key, users, num)
 
 
-def _log_q(num_items: int, sampler: NegativeSampler | None) -> Float[Array, " num_items_plus_1"]:
+def _log_q(
+    num_items: IntLike, sampler: NegativeSampler | None
+) -> Float[Array, " num_items_plus_1"]:
     """Log-probability of each item under the sampler; the padding id's entry is unused."""
     if sampler is None or sampler.cumulative is None:
         probabilities = jnp.full(num_items, 1.0 / num_items)

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from .. import _checks
+from .._custom_types import IntLike, RealLike
 from .._io._rebuild import Rebuildable
 from .._nn._embedding import Embedding
 from .._nn._mlp import MLP
@@ -109,16 +111,16 @@ class TwoTower(Factorized, Rebuildable, saved_as="zoo.TwoTower"):
 
     def __init__(
         self,
-        num_users: int,
-        num_items: int,
-        dim: int = 32,
+        num_users: IntLike,
+        num_items: IntLike,
+        dim: IntLike = 32,
         *,
-        hidden: Sequence[int] = (64,),
-        embedding_dim: int | None = None,
+        hidden: Sequence[IntLike] = (64,),
+        embedding_dim: IntLike | None = None,
         user_features: ArrayLike | None = None,
         item_features: ArrayLike | None = None,
         similarity: str = "dot",
-        temperature: float = 1.0,
+        temperature: RealLike = 1.0,
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -135,8 +137,9 @@ class TwoTower(Factorized, Rebuildable, saved_as="zoo.TwoTower"):
             0.05 to 0.2 suits `"cosine"`).
         - `key`: a `jax.random.key` for the initialisation.
         """
+        _checks.key("key", key, example=_EXAMPLE)
         embedding_dim = dim if embedding_dim is None else embedding_dim
-        check_counts(
+        num_users, num_items, dim, embedding_dim = check_counts(
             _EXAMPLE, num_users=num_users, num_items=num_items, dim=dim, embedding_dim=embedding_dim
         )
         if similarity not in ("dot", "cosine"):

@@ -16,10 +16,10 @@ import optax
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .. import _checks
-from .._custom_types import PyTree
+from .._custom_types import PyTree, RealLike
 from ._rows import SparseRows, is_sparse_rows
 
-ScalarOrSchedule = float | Callable[[Int[Array, ""]], Float[Array, ""]]
+ScalarOrSchedule = RealLike | Callable[[Int[Array, ""]], Float[Array, ""]]
 
 
 class SparseGradientTransformation(NamedTuple):
@@ -101,6 +101,19 @@ def _check_learning_rate(name: str, learning_rate: ScalarOrSchedule) -> ScalarOr
             f"{learning_rate!r}. For example zoo.sparse.{name}(0.05)."
         )
     return float(learning_rate)
+
+
+def checked_state(name: str, state, kind: type):
+    """`state`, refused unless it is `kind`, the state of `zoo.sparse.{name}`: the state of an
+    optax optimizer (or of another sparse one) would fail deep inside the step."""
+    if not isinstance(state, kind):
+        raise TypeError(
+            f"opt_state of zoo.sparse.{name} must be its {kind.__name__}, made by its init; got "
+            f"{type(state).__name__} (the state of another optimizer, an optax one?). For "
+            "example: opt = zoo.sparse.partition(dense=optax.adam(1e-3), "
+            "embeddings=zoo.sparse.sgd(0.1)); opt_state = opt.init(model)."
+        )
+    return state
 
 
 def _learning_rate(learning_rate: ScalarOrSchedule, count: Int[ArrayLike, ""]):
@@ -187,6 +200,7 @@ def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
 
     def update(grads: PyTree, state: SGDState, params: PyTree = None):
         del params
+        checked_state("sgd", state, SGDState)
         lr = _learning_rate(learning_rate, state.count)
 
         def rows(g: SparseRows):
@@ -196,13 +210,14 @@ def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
         return updates, SGDState(optax.safe_int32_increment(state.count))
 
     def in_place_scale(state: SGDState) -> Float[Array, ""]:
+        checked_state("sgd", state, SGDState)
         return -jnp.asarray(_learning_rate(learning_rate, state.count), jnp.float32)
 
     return SparseGradientTransformation(init, update, in_place_scale)
 
 
 def _adagrad(
-    name: str, learning_rate: ScalarOrSchedule, eps: float, init_value: float, rowwise: bool
+    name: str, learning_rate: ScalarOrSchedule, eps: RealLike, init_value: RealLike, rowwise: bool
 ) -> SparseGradientTransformation:
     learning_rate = _check_learning_rate(name, learning_rate)
     example = f"zoo.sparse.{name}(0.05, eps=1e-10)"
@@ -216,6 +231,7 @@ def _adagrad(
 
     def update(grads: PyTree, state: AdagradState, params: PyTree = None):
         del params
+        checked_state(name, state, AdagradState)
         lr = _learning_rate(learning_rate, state.count)
 
         def rows(g: SparseRows, sums: Array):
@@ -232,7 +248,7 @@ def _adagrad(
 
 
 def rowwise_adagrad(
-    learning_rate: ScalarOrSchedule, eps: float = 1e-8, initial_accumulator_value: float = 0.0
+    learning_rate: ScalarOrSchedule, eps: RealLike = 1e-8, initial_accumulator_value: RealLike = 0.0
 ) -> SparseGradientTransformation:
     """Row-wise Adagrad, as FBGEMM's `EXACT_ROWWISE_ADAGRAD` and torchrec: one accumulator per row.
 
@@ -263,7 +279,9 @@ def rowwise_adagrad(
 
 
 def adagrad(
-    learning_rate: ScalarOrSchedule, eps: float = 1e-10, initial_accumulator_value: float = 0.0
+    learning_rate: ScalarOrSchedule,
+    eps: RealLike = 1e-10,
+    initial_accumulator_value: RealLike = 0.0,
 ) -> SparseGradientTransformation:
     """Element-wise Adagrad, as `torch.optim.Adagrad` on a sparse gradient.
 
@@ -285,7 +303,7 @@ def adagrad(
 
 
 def lazy_adam(
-    learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+    learning_rate: ScalarOrSchedule, b1: RealLike = 0.9, b2: RealLike = 0.999, eps: RealLike = 1e-8
 ) -> SparseGradientTransformation:
     """Lazy Adam, as `torch.optim.SparseAdam` (and TF's `LazyAdam`).
 
@@ -328,6 +346,7 @@ def lazy_adam(
 
     def update(grads: PyTree, state: LazyAdamState, params: PyTree = None):
         del params
+        checked_state("lazy_adam", state, LazyAdamState)
         count = optax.safe_int32_increment(state.count)
         t = count.astype(jnp.float32)
         step_size = _learning_rate(learning_rate, state.count) * jnp.sqrt(1 - b2**t) / (1 - b1**t)
