@@ -151,6 +151,10 @@ def _one_event_per_user():
     return zoo.data.Interactions(arrays, user_ids=np.arange(3), item_ids=np.arange(1))
 
 
+_TOO_LARGE_BATCH = ("train", "recommender", "--model", "mf", "--data", "synthetic:20x30")
+_TOO_LARGE_BATCH += ("--batch-size", "100000", "--quiet")
+
+
 def _embedding(**kwargs):
     return zoo.Embedding(10, 4, key=jax.random.key(0), **kwargs)
 
@@ -829,8 +833,225 @@ CASES: list[Case] = [
     #
     #
     # -- One rule for arguments: zoo's own errors, never JAX's, pathlib's or optax's. --
-    #
-    #
+    # (In zoo's tests beartype may name a mistyped parameter first: `|parameter .name.`.)
+    Case(
+        "key-int-seed",
+        "zoo.MLP",
+        "an int seed as `key`",
+        lambda tmp: zoo.MLP(4, 3, key=0),
+        TypeError,
+        r"key must be a PRNG key such as jax\.random\.key\(0\); got 0|parameter .key.",
+        "Make a key from the seed: `key=jax.random.key(0)`.",
+    ),
+    Case(
+        "train-key-int-seed",
+        "zoo.train",
+        "an int seed as `key`",
+        _train(key=1),
+        TypeError,
+        r"key must be a PRNG key such as jax\.random\.key\(0\); got 1|parameter .key.",
+        "Pass `key=jax.random.key(1)`.",
+    ),
+    Case(
+        "sampler-int-key",
+        "zoo.recsys.NegativeSampler",
+        "an int seed as the sampler's `key`",
+        lambda tmp: zoo.recsys.NegativeSampler(10)(0, jnp.zeros(3, jnp.int32), 2),
+        TypeError,
+        r"key must be a PRNG key such as jax\.random\.key\(0\); got 0|parameter .key.",
+        "Pass a key: `sampler(jax.random.key(0), users, 4)`.",
+    ),
+    Case(
+        "train-string-column",
+        "zoo.train",
+        "a column of strings in `data`",
+        _train({"x": np.full((8, 4), "a"), "y": np.zeros(8, np.int32)}),
+        TypeError,
+        r"data\['x'\] must be a numeric array \(bool, int or float\); got an array of dtype <U1",
+        "Convert the column to numbers first, e.g. `np.asarray(column, np.float32)`.",
+    ),
+    Case(
+        "interactions-string-column",
+        "zoo.data.Interactions",
+        "user ids given as strings",
+        lambda tmp: zoo.data.Interactions(
+            {"user": np.array(["a", "b"]), "item": np.zeros(2, np.int32)},
+            user_ids=np.arange(2),
+            item_ids=np.arange(1),
+        ),
+        TypeError,
+        r"Interactions\['user'\] must be a numeric array \(bool, int or float\)",
+        "Map raw ids to indices first: `np.unique(raw, return_inverse=True)`.",
+    ),
+    Case(
+        "mlp-integer-dtype",
+        "zoo.MLP",
+        "an integer `dtype`",
+        lambda tmp: zoo.MLP(4, 3, dtype=jnp.int32, key=jax.random.key(0)),
+        ValueError,
+        r"dtype must be a floating dtype such as jnp\.float32 or jnp\.bfloat16; got 'int32'",
+        "Use a floating dtype, e.g. `dtype=jnp.bfloat16`.",
+    ),
+    Case(
+        "embedding-float-padding",
+        "zoo.Embedding",
+        "a float `padding_idx`",
+        lambda tmp: _embedding(padding_idx=1.0),
+        TypeError,
+        r"padding_idx must be an int; got 1\.0|parameter .padding_idx.",
+        "Give the id as an int: `padding_idx=0`.",
+    ),
+    Case(
+        "load-none",
+        "zoo.load",
+        "`None` as the path",
+        lambda tmp: zoo.load(None),
+        TypeError,
+        r"path must be a path \(a str or pathlib\.Path\); got None|parameter .path.",
+        "Name the save's folder: `zoo.load('models/mlp')`.",
+    ),
+    Case(
+        "save-swapped",
+        "zoo.save",
+        "the model and the path swapped",
+        lambda tmp: zoo.save(_mlp(), tmp / "model"),
+        TypeError,
+        r"path must be a path \(a str or pathlib\.Path\); got a MLP: the path comes first"
+        r"|parameter .path.",
+        "The path comes first: `zoo.save(path, model)`.",
+    ),
+    Case(
+        "save-no-arrays",
+        "zoo.save",
+        "`None` as the model",
+        lambda tmp: zoo.save(tmp / "model", None),
+        TypeError,
+        r"model must be an equinox\.Module or pytree holding arrays; got None",
+        "Pass the model: `zoo.save(path, model)`.",
+    ),
+    Case(
+        "save-overwrite-int",
+        "zoo.save",
+        "`overwrite=1`",
+        lambda tmp: zoo.save(tmp / "model", _mlp(), overwrite=1),
+        TypeError,
+        r"overwrite must be True or False; got 1|parameter .overwrite.",
+        "Pass `overwrite=True`.",
+    ),
+    Case(
+        "partition-swapped",
+        "zoo.sparse.partition",
+        "`dense` and `embeddings` swapped",
+        lambda tmp: zoo.sparse.partition(dense=zoo.sparse.sgd(0.1), embeddings=optax.adam(1e-3)),
+        TypeError,
+        r"dense must be an optax optimizer such as optax\.adam\(1e-3\); got a zoo\.sparse "
+        r"optimizer|parameter .dense.",
+        "`dense=` takes the optax optimizer, `embeddings=` the zoo.sparse one.",
+    ),
+    Case(
+        "sparse-dense-state",
+        "zoo.sparse.value_and_update",
+        "an optax optimizer's state with a sparse optimizer",
+        lambda tmp: zoo.sparse.value_and_update(_tied_loss, zoo.sparse.sgd(0.1))(
+            _embedding(), optax.adam(1e-3).init(_embedding()), jnp.array([1])
+        ),
+        TypeError,
+        r"opt_state of zoo\.sparse\.sgd must be its SGDState, made by its init; got tuple"
+        r"|parameter .state.",
+        "Make the state with the same optimizer: `opt_state = opt.init(model)`.",
+    ),
+    Case(
+        "train-numpy-bool-batch-size",
+        "zoo.train",
+        "`batch_size=np.bool_(True)`",
+        _train(batch_size=np.bool_(True)),
+        TypeError,
+        r"batch_size must be a positive int; got np\.True_|parameter .batch_size.",
+        "A bool is never a count; NumPy integers such as `np.int64(32)` are accepted.",
+    ),
+    Case(
+        "sparse-nan-learning-rate",
+        "zoo.sparse",
+        "a NaN learning rate",
+        lambda tmp: zoo.sparse.sgd(float("nan")),
+        ValueError,
+        "learning_rate of zoo.sparse.sgd must be positive and finite; got nan",
+        "Use a positive learning rate, e.g. `zoo.sparse.sgd(0.05)`.",
+    ),
+    Case(
+        "lazy-adam-b1",
+        "zoo.sparse.lazy_adam",
+        "`b1=1.0`",
+        lambda tmp: zoo.sparse.lazy_adam(1e-3, b1=1.0),
+        ValueError,
+        r"b1 must be a finite float in \[0, 1\); got 1\.0",
+        "Use a decay rate below 1, e.g. `b1=0.9`.",
+    ),
+    Case(
+        "early-stopping-nan-delta",
+        "zoo.EarlyStopping",
+        "a NaN `min_delta`",
+        lambda tmp: zoo.EarlyStopping("accuracy", min_delta=float("nan")),
+        ValueError,
+        r"EarlyStopping's min_delta must be a finite float >= 0; got nan",
+        "Use a finite improvement threshold, e.g. `min_delta=0.001`.",
+    ),
+    Case(
+        "checkpoints-directory-none",
+        "zoo.Checkpoints",
+        "`None` as the folder",
+        lambda tmp: zoo.Checkpoints(None),
+        TypeError,
+        r"directory must be a path \(a str or pathlib\.Path\); got None|parameter .directory.",
+        "Name the folder: `zoo.Checkpoints('runs/x')`.",
+    ),
+    Case(
+        "train-log-dir-int",
+        "zoo.train",
+        "an int as `log_dir`",
+        _train(log_dir=3),
+        TypeError,
+        r"log_dir must be a path \(a str or pathlib\.Path\); got 3|parameter .log_dir.",
+        "Name the folder: `log_dir='runs/x'`.",
+    ),
+    Case(
+        "movielens-root-none",
+        "zoo.data.movielens",
+        "`None` as the folder",
+        lambda tmp: zoo.data.movielens(None),
+        TypeError,
+        r"root must be a path \(a str or pathlib\.Path\); got None|parameter .root.",
+        "Name the unzipped folder: `zoo.data.movielens('~/data/ml-1m')`.",
+    ),
+    Case(
+        "evaluate-not-a-model",
+        "zoo.evaluate",
+        "`None` as the model",
+        lambda tmp: zoo.evaluate(None, _classification()),
+        TypeError,
+        r"model must be a model \(an equinox\.Module\) mapping one input x to a prediction; "
+        r"got None|parameter .model.",
+        "Pass the model first: `zoo.evaluate(model, data)`.",
+    ),
+    Case(
+        "cli-out-file",
+        "zoo train mlp",
+        "`--out` naming a file",
+        lambda tmp: _cli("train", "mlp", "--out", str(tmp / "taken"))(tmp),
+        SystemExit,
+        r"exit status 2: zoo: error: --out .*taken is a file, not a folder; name a folder",
+        "Name a new or existing folder.",
+        setup=_write_bytes("taken", b"a file"),
+    ),
+    Case(
+        "cli-batch-size-too-large",
+        "zoo train recommender",
+        "`--batch-size` larger than the data",
+        lambda tmp: _cli(*_TOO_LARGE_BATCH, "--out", str(tmp / "run"))(tmp),
+        SystemExit,
+        r"exit status 2: zoo: error: --batch-size 100000 exceeds the \d+ training examples",
+        "Use at most the number of training examples the message gives.",
+    ),
 ]
 
 
@@ -856,6 +1077,20 @@ def render(messages: dict[str, str]) -> str:
         "the same table `tests/test_bad_input.py` asserts, so every message below is real.",
         "Messages are shown as a user sees them, without beartype; in zoo's own tests, where",
         "jaxtyping and beartype check annotations, a type mistake may be reported by them first.",
+        "",
+        "One rule for arguments holds at every public entry point (`zoo._checks`):",
+        "",
+        "- Python and NumPy scalars are alike: `np.int64(32)` is a batch size, `np.float32(0.1)` a",
+        "  learning rate.",
+        "- A bool is never a number (`batch_size=True` is refused), and `nan` or `inf` never a valid",
+        "  one.",
+        "- A wrong type is a `TypeError`, a wrong value a `ValueError`; the message names the",
+        "  argument, what it expected and the value it got, and shows a right call.",
+        "- A `key` is a PRNG key (`jax.random.key(0)`), never an int seed; paths are `str` or",
+        "  `pathlib.Path`; a model's `dtype` is a floating dtype; data columns are numeric.",
+        "- The command line says the same in one line, naming its flags (`--batch-size`, not",
+        "  `batch_size`): exit status 2 for a flag's value, 1 for a run that failed, and no folder",
+        "  left behind.",
         "",
         "| where | bad input | error | message (first line) | fix |",
         "| --- | --- | --- | --- | --- |",

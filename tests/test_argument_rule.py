@@ -50,6 +50,11 @@ def test_a_bool_is_never_a_number(value):
         _checks.real("rate", value)
 
 
+def test_a_numpy_bool_is_shown_as_itself():
+    with pytest.raises(TypeError, match=r"^batch_size must be a positive int; got np\.True_\.$"):
+        _checks.positive_int("batch_size", np.bool_(True))
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), np.float32("-inf")])
 def test_non_finite_numbers_are_refused(value):
     with pytest.raises(ValueError, match="rate must be a finite float"):

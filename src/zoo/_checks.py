@@ -157,7 +157,7 @@ def _is_key(value: Any) -> bool:
 def describe(value: Any) -> str:
     """A value as a message shows it: its repr, but arrays by dtype and shape, not their
     contents, and a long repr by its type."""
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, np.generic):
         return f"an array of dtype {value.dtype} and shape {tuple(value.shape)}"
     text = repr(value)
     return text if len(text) <= 80 else f"a {type(value).__name__}"

@@ -50,7 +50,7 @@ def evaluate(
     """
     if not callable(model):
         raise TypeError(
-            f"model must be a callable model mapping one input x to a prediction; got "
+            f"model must be a model (an equinox.Module) mapping one input x to a prediction; got "
             f"{_checks.describe(model)}. For example: zoo.evaluate(model, data, ['accuracy'])"
         )
     named = resolve_metrics(metrics)
