@@ -38,7 +38,9 @@ def check_hyperparameters(
 
 def check_model(model) -> None:
     """A model with no floating array has nothing to train (`None`, data passed as the model)."""
-    if not jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)):
+    if not isinstance(model, eqx.Module) or not jax.tree.leaves(
+        eqx.filter(model, eqx.is_inexact_array)
+    ):
         raise TypeError(
             f"model must be an equinox.Module holding floating arrays to train; got "
             f"{_checks.describe(model)}. For example: zoo.train(zoo.MLP(64, 10, "

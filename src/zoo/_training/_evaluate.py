@@ -12,7 +12,10 @@ from .. import _checks
 from .._custom_types import Dataset, IntLike
 from ..losses._losses import batched_predictions
 from ..metrics._metrics import Metric, resolve_metrics
+from ._arguments import check_class_labels
 from ._dataset import checked_dataset, gather, num_examples, to_device
+
+_CLASSIFICATION = {"accuracy", "cross_entropy"}  # metrics whose targets are class labels
 
 
 def evaluate(
@@ -63,6 +66,9 @@ def evaluate(
     batch_size = _checks.positive_int(
         "batch_size", batch_size, example="zoo.evaluate(model, data, batch_size=1024)"
     )
+    if _CLASSIFICATION & set(named):
+        # An out-of-range label would only show as a wrong figure, never as an error.
+        check_class_labels(model, arrays, "data")
     if not named:
         return {}
     count = num_examples(arrays)

@@ -59,6 +59,8 @@ def synthetic_interactions(
     example = "zoo.data.synthetic_interactions(2000, 1000, interactions_per_user=20, key=key)"
     sizes = {"num_users": num_users, "num_items": num_items, "rank": rank}
     _check_sizes(example, sizes, "interactions_per_user", interactions_per_user)
+    _checks.real("signal", signal, example=example)
+    _checks.real("popularity", popularity, example=example)
     rng = _rng(key)
     users = rng.standard_normal((num_users, rank), np.float32) / np.float32(np.sqrt(rank))
     items = signal * rng.standard_normal((num_items, rank), np.float32)
@@ -169,8 +171,10 @@ def synthetic_sequences(
     example = "zoo.data.synthetic_sequences(2000, 1000, length=20, key=key)"
     sizes = {"num_users": num_users, "num_items": num_items, "successors": successors}
     _check_sizes(example, sizes, "length", length)
-    if not 0 <= order <= 1:
+    if _checks.is_real(order) and not 0 <= order <= 1:
         raise ValueError(f"order must be a probability in [0, 1]; got {order!r}. {example}")
+    _checks.real("order", order, low=0.0, high=1.0, example=example)
+    _checks.real("popularity", popularity, example=example)
     rng = _rng(key)
     bias = (-popularity * np.log1p(rng.permutation(num_items))).astype(np.float32)
     planted = rng.integers(0, num_items, (num_items, successors))
