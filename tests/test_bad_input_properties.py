@@ -399,3 +399,10 @@ def test_interactions_refuse_bad_columns(column):
     arrays = {"user": users, "item": np.zeros(2, np.int32)}
     call = lambda: zoo.data.Interactions(arrays, user_ids=np.arange(2), item_ids=np.arange(1))  # noqa: E731
     assert_refused_by_zoo(call, "Interactions['user']")
+
+
+@_SETTINGS
+@given(fn=st.sampled_from([None, 3, "loss", MODEL.layers[0].weight]))
+def test_sparse_gradients_refuse_what_is_not_a_loss(fn):
+    assert_refused_by_zoo(lambda: zoo.sparse.value_and_grad(fn), "fn")
+    assert_refused_by_zoo(lambda: zoo.sparse.value_and_update(fn, zoo.sparse.sgd(0.1)), "fn")

@@ -123,6 +123,7 @@ class NegativeSampler(eqx.Module):
         """
         (num_items,) = check_counts(_EXAMPLE, num_items=num_items)
         max_redraws = _checks.integer("max_redraws", max_redraws, minimum=0, example=_EXAMPLE)
+        alpha = _checks.real("alpha", alpha, example=_EXAMPLE)
         if distribution not in ("uniform", "popularity"):
             raise ValueError(
                 f'distribution must be "uniform" or "popularity"; got {distribution!r}. '
