@@ -6,7 +6,6 @@ import datetime
 import json
 import pathlib
 import re
-import shutil
 import sys
 
 from ..data._download import DatasetNotFoundError
@@ -19,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
 
     A mistake is one line on stderr, `zoo: error: ...`, naming the flag: exit status 2 for a
     flag's value (argparse's own complaints also show the usage), 1 for a failure while
-    running (missing or malformed data). A run that fails leaves no folder behind.
+    running (missing or malformed data). A run that fails leaves no empty folder behind.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -73,15 +72,23 @@ def _in_flags(message: str, flags: dict[str, str]) -> tuple[str, bool]:
 
 @contextlib.contextmanager
 def _removed_on_failure(*folders: pathlib.Path):
-    """Removes what of `folders` (and their new parents) the run created, if the run fails."""
+    """If the run fails, removes the folders of `folders` (and new parents) that it created and
+    left empty: a mistake leaves nothing behind, while a run that failed after writing logs (or
+    downloading data) keeps them."""
     missing = [_first_missing(folder) for folder in folders]
     try:
         yield
     except BaseException:
         for created in missing:
-            if created is not None and created.exists():
-                shutil.rmtree(created, ignore_errors=True)
+            if created is not None and created.is_dir():
+                _remove_if_empty(created)
         raise
+
+
+def _remove_if_empty(folder: pathlib.Path) -> None:
+    for path in [*sorted(folder.rglob("*"), reverse=True), folder]:  # children first
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def _first_missing(folder: pathlib.Path) -> pathlib.Path | None:
