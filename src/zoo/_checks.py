@@ -6,7 +6,8 @@
 - A refusal names the argument, the value it got and what it expected, and shows a right call.
 
 Each check returns the value as a plain Python scalar, so what is stored (a static field, a
-recorded run argument) does not depend on how the caller spelled it.
+recorded run argument) does not depend on how the caller spelled it. Beside the scalars: a PRNG
+`key` (never an int seed), a `path`, a floating `dtype`, a `numeric_array` column.
 """
 
 import math
@@ -142,10 +143,6 @@ def key(name: str, value: Any, *, example: str = "") -> Any:
     _refuse(TypeError, name, expected, value, example)
 
 
-def optional_key(name: str, value: Any, *, example: str = "") -> Any:
-    return None if value is None else key(name, value, example=example)
-
-
 def _is_key(value: Any) -> bool:
     if not isinstance(value, jax.Array):  # tracers are jax.Arrays too
         return False
@@ -186,19 +183,6 @@ def path(name: str, value: Any, *, example: str = "") -> pathlib.Path:
     if isinstance(value, str) and not value.strip():
         _refuse(ValueError, name, "a non-empty path", value, example)
     return pathlib.Path(value)
-
-
-def positive_ints(name: str, value: Any, *, example: str = "") -> tuple[int, ...]:
-    """`value` as a tuple of ints, refused unless it is a sequence (not a str) of positive ints."""
-    expected = "a sequence of positive ints"
-    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
-        _refuse(TypeError, name, expected, value, example)
-    items = tuple(value)
-    if not all(is_int(item) for item in items):
-        _refuse(TypeError, name, expected, items, example)
-    if not all(item >= 1 for item in items):
-        _refuse(ValueError, name, expected, items, example)
-    return tuple(int(item) for item in items)
 
 
 def numeric_array(name: str, array: Any, *, example: str = "") -> Any:
