@@ -91,3 +91,65 @@ def test_help_states_each_default_once(model, capsys):
         assert option.count("(default") <= 1, option
     assert "(default: None)" not in text and "(default: False)" not in text
     assert "(default: 0)" in text  # --seed's default is still shown
+
+
+# -- mistakes: one line naming the flag, exit 2 for a flag's value and 1 for a failed run, and no
+# folder left behind --------------------------------------------------------------------------
+
+
+def _one_line_error(capsys, args, status):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == status
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("zoo: error: ") and "\n" not in err, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_out_that_is_a_file_is_one_line_exit_2(capsys, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    err = _one_line_error(capsys, ["train", "mlp", "--out", str(taken / "run")], 2)
+    assert re.search(r"--out .*taken is a file, not a folder", err), err
+    assert taken.read_text() == "not a folder" and sorted(tmp_path.iterdir()) == [taken]
+
+
+def test_batch_size_larger_than_the_data_names_the_flag(capsys, tmp_path):
+    args = ["train", "recommender", "--model", "mf", "--data", "synthetic:20x30"]
+    args += ["--batch-size", "100000", "--quiet", "--out", str(tmp_path / "runs" / "x")]
+    err = _one_line_error(capsys, args, 2)
+    assert re.search(r"--batch-size 100000 exceeds the \d+ training examples", err), err
+    assert "batch_size" not in err and list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_dataset_folder_is_one_line_exit_1(capsys, tmp_path):
+    args = ["train", "recommender", "--model", "mf", "--data", f"movielens:{tmp_path / 'none'}"]
+    err = _one_line_error(capsys, [*args, "--out", str(tmp_path / "run")], 1)
+    assert "MovieLens folder" in err and "--data movielens:PATH" in err and "root=" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_mnist_names_the_flag_and_leaves_no_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_MNIST_MIRROR", "http://127.0.0.1:9/")  # closed port: offline
+    args = ["train", "mlp", "--dataset", "mnist", "--data-dir", str(tmp_path / "none")]
+    err = _one_line_error(capsys, [*args, "--out", str(tmp_path / "run")], 1)
+    assert "train-images-idx3-ubyte.gz" in err and "pass --data-dir a folder" in err
+    assert list(tmp_path.iterdir()) == []  # neither the run folder nor the data folder
+
+
+def test_zoo_messages_are_put_in_flags():
+    from zoo._cli._main import _MLP_FLAGS, _in_flags
+
+    message = "batch_size must be a positive int; got 0. For example: zoo.train(..., batch_size=1)"
+    assert _in_flags(message, _MLP_FLAGS) == ("--batch-size must be a positive int; got 0.", True)
+    message = "put the files in /d, or pass root= a folder that holds them"
+    assert _in_flags(message, _MLP_FLAGS) == (
+        "put the files in /d, or pass --data-dir a folder that holds them",
+        True,
+    )
+    # Prose that merely contains a name is left alone, and does not count as naming a flag.
+    assert _in_flags("one width per hidden layer", _MLP_FLAGS) == (
+        "one width per hidden layer",
+        False,
+    )

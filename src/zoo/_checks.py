@@ -6,10 +6,13 @@
 - A refusal names the argument, the value it got and what it expected, and shows a right call.
 
 Each check returns the value as a plain Python scalar, so what is stored (a static field, a
-recorded run argument) does not depend on how the caller spelled it.
+recorded run argument) does not depend on how the caller spelled it. Beside the scalars: a PRNG
+`key` (never an int seed), a `path`, a floating `dtype`, a `numeric_array` column.
 """
 
 import math
+import os
+import pathlib
 from collections.abc import Collection
 from typing import Any
 
@@ -19,7 +22,7 @@ import numpy as np
 
 def _refuse(error: type[Exception], name: str, expected: str, value: Any, example: str):
     suffix = f" For example: {example}" if example else ""
-    raise error(f"{name} must be {expected}; got {value!r}.{suffix}")
+    raise error(f"{name} must be {expected}; got {describe(value)}.{suffix}")
 
 
 def is_int(value: Any) -> bool:
@@ -32,9 +35,12 @@ def is_real(value: Any) -> bool:
     return is_int(value) or isinstance(value, float | np.floating)
 
 
-def integer(name: str, value: Any, *, example: str = "", minimum: int | None = None) -> int:
-    """`value` as an `int`, refused unless it is an integer (not a bool) `>= minimum`."""
-    expected = "an int" if minimum is None else f"an int >= {minimum}"
+def integer(
+    name: str, value: Any, *, example: str = "", minimum: int | None = None, expected: str = ""
+) -> int:
+    """`value` as an `int`, refused unless it is an integer (not a bool) `>= minimum`;
+    `expected` words what is wanted when the default (`an int >= minimum`) says it badly."""
+    expected = expected or ("an int" if minimum is None else f"an int >= {minimum}")
     return _bounded_int(name, value, expected, minimum, example)
 
 
@@ -155,3 +161,74 @@ def fits_int32(name: str, values: Any, *, dtype: Any = None, example: str = "") 
         f"{value}{' at ' + where if where else ''} ({array.dtype}), which JAX would silently "
         f"wrap into another value. For example: {suffix}"
     )
+
+
+def key(name: str, value: Any, *, example: str = "") -> Any:
+    """`value` itself, refused unless it is a JAX PRNG key: a typed key (`jax.random.key(0)`)
+    or a legacy raw key (`jax.random.PRNGKey(0)`, uint32 of shape `(2,)`).
+
+    An int seed is the common mistake: JAX would fail deep inside `jax.random` with a message
+    about dtypes, so it is refused here by name.
+    """
+    if _is_key(value):
+        return value
+    expected = "a PRNG key such as jax.random.key(0)"
+    if is_int(value):
+        raise TypeError(
+            f"{name} must be {expected}; got {value!r}, an int seed. Make a key from the seed: "
+            f"{name}=jax.random.key({int(value)})."
+        )
+    _refuse(TypeError, name, expected, value, example)
+
+
+def _is_key(value: Any) -> bool:
+    if not isinstance(value, jax.Array):  # tracers are jax.Arrays too
+        return False
+    if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        return True
+    return value.dtype == np.uint32 and value.shape[-1:] == (2,)
+
+
+def describe(value: Any) -> str:
+    """A value as a message shows it: its repr, but arrays by dtype and shape, not their
+    contents, and a long repr by its type."""
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, np.generic):
+        return f"an array of dtype {value.dtype} and shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 80 else f"a {type(value).__name__}"
+
+
+def float_dtype(name: str, value: Any, *, example: str = "") -> Any:
+    """`value` itself (`None` passes: the default float), refused unless it names a floating
+    dtype. Not a dtype at all: `TypeError`; an integer or bool dtype: `ValueError`."""
+    if value is None:
+        return None
+    expected = "a floating dtype such as jnp.float32 or jnp.bfloat16"
+    try:
+        dtype = np.dtype(value)
+    except (TypeError, ValueError):
+        _refuse(TypeError, name, expected, value, example)
+    if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
+        _refuse(ValueError, name, expected, dtype.name, example)
+    return value
+
+
+def path(name: str, value: Any, *, example: str = "") -> pathlib.Path:
+    """`value` as a `pathlib.Path`, refused unless it is a `str` or `os.PathLike` (not `None`,
+    not empty)."""
+    if not isinstance(value, str | os.PathLike):
+        _refuse(TypeError, name, "a path (a str or pathlib.Path)", value, example)
+    if isinstance(value, str) and not value.strip():
+        _refuse(ValueError, name, "a non-empty path", value, example)
+    return pathlib.Path(value)
+
+
+def numeric_array(name: str, array: Any, *, example: str = "") -> Any:
+    """`array` itself, refused unless its dtype is numeric (bool, int, float or complex): a
+    column of strings, dates or Python objects would fail later, deep inside JAX."""
+    kind = np.dtype(array.dtype).kind
+    if kind == "O":
+        raise ValueError(f"{name} is ragged or not numeric: got an array of Python objects.")
+    if kind not in "biufc":
+        _refuse(TypeError, name, "a numeric array (bool, int or float)", array, example)
+    return array

@@ -4,6 +4,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
 import equinox as eqx
+import numpy as np
 from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
@@ -15,6 +16,10 @@ Batch: TypeAlias = Mapping[str, Array]
 LossFn: TypeAlias = Callable[[eqx.Module, Batch, PRNGKeyArray | None], Scalar]
 #: An optimizer: an optax `GradientTransformation`, or a sparse-embedding one from `zoo.sparse`.
 Optimizer: TypeAlias = Any
+#: An integer argument: a Python or NumPy int (`zoo._checks` refuses a bool).
+IntLike: TypeAlias = int | np.integer
+#: A real-number argument: a Python or NumPy float or int (`zoo._checks` refuses nan and inf).
+RealLike: TypeAlias = float | int | np.floating | np.integer
 #: Any pytree.
 PyTree: TypeAlias = Any
 
@@ -26,9 +31,11 @@ __all__ = [
     "Dataset",
     "Float",
     "Int",
+    "IntLike",
     "LossFn",
     "Optimizer",
     "PRNGKeyArray",
     "PyTree",
+    "RealLike",
     "Scalar",
 ]

@@ -1,19 +1,99 @@
 """The `zoo` command line: `zoo train mlp ...` and `zoo train recommender ...`."""
 
 import argparse
+import contextlib
 import datetime
 import json
 import pathlib
+import re
 import sys
+
+from ..data._download import DatasetNotFoundError
 
 _DATASETS = ("digits", "mnist")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `zoo` console script."""
+    """Entry point of the `zoo` console script.
+
+    A mistake is one line on stderr, `zoo: error: ...`, naming the flag: exit status 2 for a
+    flag's value (argparse's own complaints also show the usage), 1 for a failure while
+    running (missing or malformed data). A run that fails leaves no empty folder behind.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
-    return args.run(args, parser)
+    try:
+        args.out = _run_folder(args)
+    except _UsageError as error:
+        return _fail(args, str(error), 2)
+    made = [args.out, getattr(args, "data_dir", None)]  # what a failed run must not leave
+    try:
+        with _removed_on_failure(*[folder for folder in made if folder is not None]):
+            return args.run(args, parser)
+    except _UsageError as error:
+        return _fail(args, str(error), 2)
+    except _USER_ERRORS as error:
+        message, names_a_flag = _in_flags(str(error), args.flags)
+        usage = names_a_flag and isinstance(error, ValueError | TypeError)
+        return _fail(args, message, 2 if usage else 1)
+
+
+class _UsageError(Exception):
+    """A flag's value that the command refuses before any work (exit status 2)."""
+
+
+# What zoo raises for a user's mistake; anything else is a bug, and keeps its traceback.
+_USER_ERRORS = (ValueError, TypeError, OSError, FloatingPointError, DatasetNotFoundError)
+
+
+def _fail(args, message: str, status: int) -> int:
+    line = " ".join(message.split())  # one line, however the message was wrapped
+    print(f"zoo: error: {line}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _in_flags(message: str, flags: dict[str, str]) -> tuple[str, bool]:
+    """`message` in the command line's words, and whether it names one of the flags.
+
+    zoo's messages name Python arguments (`batch_size`, `root=`) and end with a Python call
+    (`For example: zoo.train(...)`); the CLI user typed flags, so each argument becomes its
+    flag and the Python example is dropped. The one place that translates.
+    """
+    message = re.split(r"\s*\b(?:For example|Example)\b:?", message)[0].strip()
+    found = False
+    for argument, flag in flags.items():
+        # The argument as such: `batch_size=8`, `root= a folder`, `epochs must be ...`.
+        named = rf"(?<![\w.'\"-]){argument}(?:=\s*|(?=\s+must\b))"
+        message, count = re.subn(named, flag + " ", message)
+        message = message.replace(flag + "  ", flag + " ")
+        found = found or count > 0
+    return message, found
+
+
+@contextlib.contextmanager
+def _removed_on_failure(*folders: pathlib.Path):
+    """If the run fails, removes the folders of `folders` (and new parents) that it created and
+    left empty: a mistake leaves nothing behind, while a run that failed after writing logs (or
+    downloading data) keeps them."""
+    missing = [_first_missing(folder) for folder in folders]
+    try:
+        yield
+    except BaseException:
+        for created in missing:
+            if created is not None and created.is_dir():
+                _remove_if_empty(created)
+        raise
+
+
+def _remove_if_empty(folder: pathlib.Path) -> None:
+    for path in [*sorted(folder.rglob("*"), reverse=True), folder]:  # children first
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def _first_missing(folder: pathlib.Path) -> pathlib.Path | None:
+    """The outermost of `folder` and its parents that does not exist yet."""
+    return next((p for p in reversed((folder, *folder.parents)) if not p.exists()), None)
 
 
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -39,6 +119,21 @@ def _parser() -> argparse.ArgumentParser:
     _add_mlp(models)
     _add_recommender(models)
     return parser
+
+
+# zoo's argument names, as each command's flags (see `_in_flags`).
+_COMMON_FLAGS = {
+    "batch_size": "--batch-size",
+    "epochs": "--epochs",
+    "learning_rate": "--lr",
+    "log_dir": "--out",
+}
+_MLP_FLAGS = _COMMON_FLAGS | {"root": "--data-dir", "hidden": "--hidden", "dropout": "--dropout"}
+_RECOMMENDER_FLAGS = _COMMON_FLAGS | {
+    "root": "--data movielens:PATH",
+    "dim": "--dim",
+    "max_len": "--max-len",
+}
 
 
 def _add_mlp(models) -> None:
@@ -83,7 +178,7 @@ def _add_mlp(models) -> None:
         "--out", type=pathlib.Path, default=None, help="run folder (default: runs/<timestamp>)"
     )
     mlp.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
-    mlp.set_defaults(run=_train_mlp)
+    mlp.set_defaults(run=_train_mlp, flags=_MLP_FLAGS)
 
 
 def _train_mlp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -96,7 +191,7 @@ def _train_mlp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     epochs = args.epochs or (20 if digits else 10)
     batch_size = args.batch_size or (32 if digits else 128)
     train_data, test_data = _load(args)
-    out = _run_folder(args)
+    out = args.out
 
     init_key, train_key = jax.random.split(jax.random.key(args.seed))
     in_size, out_size = train_data["x"].shape[1], 10
@@ -130,6 +225,7 @@ def _train_mlp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         log_dir=out,
         tensorboard=_tensorboard(args),
     )
+    out.mkdir(parents=True, exist_ok=True)  # zoo.train made it; unless epochs ran none
     (out / "history.json").write_text(json.dumps(history, indent=2))
     zoo.plot_history(history, out / "training_curve.png")
     print(
@@ -202,7 +298,7 @@ def _add_recommender(models) -> None:
         "--out", type=pathlib.Path, default=None, help="run folder (default: runs/<timestamp>)"
     )
     recommender.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
-    recommender.set_defaults(run=_train_recommender)
+    recommender.set_defaults(run=_train_recommender, flags=_RECOMMENDER_FLAGS)
 
 
 def _interaction_data(text: str):
@@ -238,13 +334,18 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
         parser.error("--loss sampled-softmax is for sasrec; use bpr, bce or softmax")
     learning_rate = args.lr or recipes.learning_rate(args.model, args.optimizer)
     batch_size = args.batch_size or recipes.DEFAULT_BATCH_SIZE.get(args.model, 512)
-    out = _run_folder(args)
+    out = args.out
     data_key, init_key, train_key = recipes.split_keys(args.seed)
-    try:
-        train, test = recipes.load(*args.data, data_key, sequential=sequential)
-    except zoo.data.DatasetNotFoundError as error:
-        print(f"zoo: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from error
+    train, test = recipes.load(*args.data, data_key, sequential=sequential)
+    training = recipes.training_data(args.model, train, args.max_len)
+    examples = len(next(iter(training.values())))
+    if batch_size > examples:
+        # The last, partial batch is dropped (see zoo.train below): no step would run.
+        raise _UsageError(
+            f"--batch-size {batch_size}{'' if args.batch_size else ' (the default)'} exceeds "
+            f"the {examples} training examples of "
+            f"{args.data[0]}; use at most {examples}"
+        )
     model = recipes.build_model(args.model, train, args.dim, init_key, max_len=args.max_len)
     _say(
         args,
@@ -271,7 +372,7 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
 
     model, history = zoo.train(
         model,
-        recipes.training_data(args.model, train, args.max_len),
+        training,
         loss=recipes.build_loss(loss_name, train, model=args.model),
         optimizer=recipes.build_optimizer(args.optimizer, learning_rate),
         epochs=args.epochs,
@@ -286,6 +387,7 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
         tensorboard=_tensorboard(args),
     )
     history["baselines"] = baselines
+    out.mkdir(parents=True, exist_ok=True)  # zoo.train made it; unless epochs ran none
     (out / "history.json").write_text(json.dumps(history, indent=2))
     zoo.plot_history(history, out / "training_curve.png")
     final = {"model": {name: values[-1] for name, values in history["eval"].items()}}
@@ -295,8 +397,12 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
 
 
 def _run_folder(args) -> pathlib.Path:
+    """Where the run writes; made by the run itself (`zoo.train`'s `log_dir`), not here, so that
+    a run that fails early leaves nothing."""
     out = args.out or pathlib.Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise _UsageError(f"--out {out}: {existing} is a file, not a folder; name a folder")
     return out
 
 
@@ -319,14 +425,7 @@ def _load(args):
 
     if args.dataset == "digits":
         return zoo.data.digits("train"), zoo.data.digits("test")
-    try:
-        return (
-            zoo.data.mnist("train", root=args.data_dir),
-            zoo.data.mnist("test", root=args.data_dir),
-        )
-    except zoo.data.DatasetNotFoundError as error:
-        print(f"zoo: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from error
+    return zoo.data.mnist("train", root=args.data_dir), zoo.data.mnist("test", root=args.data_dir)
 
 
 def _say(args, line: str) -> None:

@@ -1,11 +1,14 @@
 """A pytree's arrays as a flat, described, checksummed list: what `zoo.save` and `zoo.Checkpoints`
 both write through Orbax and check on the way back.
 
-Only arrays are stored. Everything else about a pytree (its structure, static fields, non-array
-leaves) comes back from the template it is loaded into, which is checked against the *manifest*
-saved beside the arrays: one entry per array with its path, dtype, shape and checksum. Orbax sees a
-flat dict `{"a0": ..., "a1": ...}`, so any pytree (modules, NamedTuple optimizer states, typed PRNG
-keys) stores the same way; typed keys are stored as their `jax.random.key_data`.
+Arrays are stored through Orbax; `zoo.save` also records the JSON-able scalar leaves (a Python
+int, float, bool or str, a NumPy scalar) with `scalar_leaves` and restores them exactly with
+`with_scalars`. Everything else about a pytree (its structure, static fields, other leaves such
+as functions) comes back from the template it is loaded into, which is checked against the
+*manifest* saved beside the arrays: one entry per array with its path, dtype, shape and
+checksum. Orbax sees a flat dict `{"a0": ..., "a1": ...}`, so any pytree (modules, NamedTuple
+optimizer states, typed PRNG keys) stores the same way; typed keys are stored as their
+`jax.random.key_data`.
 """
 
 import zlib
@@ -268,3 +271,46 @@ def _as_leaf(array: np.ndarray, entry: dict, like) -> Any:
     if isinstance(like, np.ndarray):
         return array
     return jax.device_put(array, getattr(like, "sharding", None))
+
+
+_SCALARS = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+def scalar_leaves(tree: PyTree) -> list[dict]:
+    """The leaves of `tree` that are Python or NumPy scalars, as JSON: path, type and value.
+
+    Orbax stores only arrays: without this a Python int inside a model (a step count, a
+    hyperparameter that is not a static field) would come back as whatever the template holds.
+    """
+    entries = []
+    for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_array_like)[0]:
+        if isinstance(x, np.generic) and x.dtype.kind in "biuf":
+            entry = {"type": "numpy", "dtype": str(x.dtype), "value": x.item()}
+        elif type(x) in _SCALARS.values():
+            entry = {"type": type(x).__name__, "value": x}
+        else:
+            continue
+        entries.append({"path": _format_path(path)} | entry)
+    return entries
+
+
+def with_scalars(skeleton: PyTree, saved: list[dict], where: str) -> PyTree:
+    """`skeleton` with the scalar leaves recorded by `scalar_leaves` put back at their paths; a
+    `ValueError` when the skeleton has no leaf at a recorded path."""
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(skeleton, is_leaf=_is_array_like)
+    position = {_format_path(path): i for i, (path, _) in enumerate(with_paths)}
+    flat = [x for _, x in with_paths]
+    for entry in saved:
+        if entry["path"] not in position or _is_array_like(flat[position[entry["path"]]]):
+            raise ValueError(
+                f"{where} does not match the model at {entry['path']}: the save holds the value "
+                f"{entry['value']!r} there and the model has no such non-array leaf."
+            )
+        flat[position[entry["path"]]] = _scalar(entry)
+    return jax.tree.unflatten(treedef, flat)
+
+
+def _scalar(entry: dict):
+    if entry["type"] == "numpy":
+        return np.dtype(entry["dtype"]).type(entry["value"])
+    return _SCALARS[entry["type"]](entry["value"])

@@ -11,7 +11,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from .._custom_types import PyTree
+from .. import _checks
+from .._custom_types import IntLike, PyTree
 from . import _array_store as store
 from ._folder_lock import FolderLock
 from ._host_memory import Staging
@@ -76,8 +77,8 @@ class Checkpoints:
         self,
         directory: str | os.PathLike,
         *,
-        every_steps: int | None = None,
-        keep: int | None = 3,
+        every_steps: IntLike | None = None,
+        keep: IntLike | None = 3,
         async_save: bool = True,
     ):
         """**Arguments:**
@@ -90,13 +91,12 @@ class Checkpoints:
           each save. `None` keeps all.
         - `async_save`: write in a background thread (`True`), or before `save` returns.
         """
-        if not isinstance(directory, str | os.PathLike):
-            raise TypeError(f"directory must be a str or os.PathLike; got {directory!r}.")
-        _check_optional_positive("every_steps", every_steps)
-        _check_optional_positive("keep", keep)
-        if not isinstance(async_save, bool):
-            raise TypeError(f"async_save must be a bool; got {async_save!r}.")
-        self.directory = pathlib.Path(directory).absolute()
+        example = "zoo.Checkpoints('runs/x', every_steps=1000, keep=3)"
+        directory = _checks.path("directory", directory, example=example)
+        every_steps = _optional_positive("every_steps", every_steps, example)
+        keep = _optional_positive("keep", keep, example)
+        async_save = _checks.boolean("async_save", async_save, example=example)
+        self.directory = directory.absolute()
         if self.directory.exists() and not self.directory.is_dir():
             raise ValueError(
                 f"directory must be a folder for checkpoints; {self.directory} is a file. "
@@ -122,7 +122,7 @@ class Checkpoints:
         """The steps saved and kept, oldest first."""
         return sorted(self._manager.all_steps())
 
-    def should_save(self, step: int) -> bool:
+    def should_save(self, step: IntLike) -> bool:
         """Whether `save(step, ...)` would write a checkpoint: `step` is newer than the latest
         and, with `every_steps`, at least that many steps after it (or after step 0)."""
         step = _checked_step(step)
@@ -132,7 +132,7 @@ class Checkpoints:
         return self.every_steps is None or step - (latest or 0) >= self.every_steps
 
     def save(
-        self, step: int, state: PyTree, extra: dict | None = None, *, force: bool = False
+        self, step: IntLike, state: PyTree, extra: dict | None = None, *, force: bool = False
     ) -> bool:
         """Saves `state` and `extra` as the checkpoint of `step`, when due.
 
@@ -186,7 +186,7 @@ class Checkpoints:
             )
         return True
 
-    def restore(self, like: PyTree, *, step: int | None = None) -> tuple[PyTree, dict | None]:
+    def restore(self, like: PyTree, *, step: IntLike | None = None) -> tuple[PyTree, dict | None]:
         """Restores a checkpoint into the structure of `like`.
 
         **Arguments:**
@@ -324,9 +324,12 @@ def _manager(directory: pathlib.Path, keep: int | None, async_save: bool):
     )
 
 
-def _check_optional_positive(name: str, value) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be None or a positive int; got {value!r}.")
+def _optional_positive(name: str, value, example: str) -> int | None:
+    if value is None:
+        return None
+    return _checks.integer(
+        name, value, minimum=1, expected="None or a positive int", example=example
+    )
 
 
 def _checked_step(step) -> int:

@@ -23,8 +23,10 @@ import shutil
 from importlib import metadata as _package_metadata
 from typing import Any
 
+import equinox as eqx
 import jax
 
+from .. import _checks
 from .._custom_types import PyTree
 from .._version import __version__
 from . import _array_store as store
@@ -52,8 +54,10 @@ def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> 
 
     - `path`: a directory, created if needed. It must not exist, be empty, or hold a save.
     - `model`: any `equinox.Module` or pytree of arrays (a zoo model, a `zoo.TrainState`, ...).
-      Only its arrays are stored: the rest comes back from the model's constructor or from
-      `like=` when loading.
+      Its arrays are stored, and so are its scalar leaves (a Python `int`, `float`, `bool` or
+      `str`, a NumPy scalar), which come back exactly, of the same type. The rest (the
+      structure, static fields, other leaves such as functions) comes back from the model's
+      constructor or from `like=` when loading.
     - `overwrite`: replace a save already at `path` (the old one stays intact until the new one
       is complete). Without it, saving over a save raises `FileExistsError`.
 
@@ -69,7 +73,9 @@ def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> 
     model = zoo.load("models/mnist-mlp")  # rebuilt from the recorded arguments
     ```
     """
-    path = _checked_path(path)
+    path = _checked_path(path, "zoo.save('models/mlp', model)")
+    _checks.boolean("overwrite", overwrite, example="zoo.save(path, model, overwrite=True)")
+    _check_model(model)
     item, manifest = store.to_store(model, argument="model")
     _prepare_directory(path, overwrite)
     arrays = f"arrays-{secrets.token_hex(8)}"
@@ -81,6 +87,7 @@ def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> 
         "model": _model_info(model, manifest),
         "arrays": arrays,
         "manifest": manifest,
+        "scalars": store.scalar_leaves(model),
     }
     _write_json_atomically(path / _METADATA, info)
     _remove_leftovers(path, keep=arrays)
@@ -124,7 +131,7 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
     model = zoo.load("models/my-model", like=eqx.filter_eval_shape(MyModel, 64, key=key))
     ```
     """
-    path = pathlib.Path(path)
+    path = _checked_path(path, "zoo.load('models/mlp')")
     where = f"the checkpoint at {path}"
     info = _read_info(path)
     skeleton = _skeleton(info["model"], like, where)
@@ -139,13 +146,27 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
             )
         )
 
-    return store.from_store(skeleton, info["manifest"], read, where)
+    model = store.from_store(skeleton, info["manifest"], read, where)
+    return store.with_scalars(model, info.get("scalars", []), where)
 
 
-def _checked_path(path) -> pathlib.Path:
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}.")
-    return pathlib.Path(path)
+def _checked_path(path, example: str) -> pathlib.Path:
+    if isinstance(path, eqx.Module):
+        raise TypeError(
+            f"path must be a path (a str or pathlib.Path); got a {type(path).__name__}: the "
+            f"path comes first. For example: {example}"
+        )
+    return _checks.path("path", path, example=example)
+
+
+def _check_model(model: PyTree) -> None:
+    """A model with no array to store is a mistake (`None`, a path passed as the model)."""
+    if not store.leaves(model):
+        raise TypeError(
+            f"model must be an equinox.Module or pytree holding arrays; got "
+            f"{_checks.describe(model)}, which holds none. For example: "
+            "zoo.save('models/mlp', model)"
+        )
 
 
 def _versions() -> dict[str, str]:
@@ -253,6 +274,8 @@ def _check_info(info: dict) -> None:
         raise ValueError(f"malformed arrays directory {info['arrays']!r}")
     if not isinstance(info["manifest"], list) or not isinstance(info["model"]["class"], str):
         raise ValueError("malformed manifest or model")
+    if not isinstance(info.get("scalars", []), list):
+        raise ValueError("malformed scalars")
 
 
 def _why_missing(path: pathlib.Path) -> str:

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from .._checks import fits_int32
+from .. import _checks
+from .._custom_types import IntLike
 from .._io._rebuild import Rebuildable
 
 Combiner = Literal["sum", "mean"]
@@ -105,10 +106,10 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
 
     def __init__(
         self,
-        num_embeddings: int,
-        embedding_dim: int,
+        num_embeddings: IntLike,
+        embedding_dim: IntLike,
         *,
-        padding_idx: int | None = None,
+        padding_idx: IntLike | None = None,
         combiner: str | None = None,  # checked below, with a message better than a type error
         init=default_init,
         dtype=jnp.float32,
@@ -127,24 +128,34 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
         - `dtype`: the floating dtype of the table.
         - `key`: a `jax.random` key for `init`. (Keyword only.)
         """
-        _check_size("num_embeddings", num_embeddings)
-        _check_size("embedding_dim", embedding_dim)
-        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
-            raise ValueError(
-                f"padding_idx must be a valid id, 0 <= padding_idx < num_embeddings="
-                f"{num_embeddings}; got {padding_idx}. For example "
-                f"zoo.Embedding({num_embeddings}, {embedding_dim}, padding_idx=0, key=key)."
-            )
-        if combiner not in (None, "sum", "mean"):
+        num_embeddings = _checks.positive_int("num_embeddings", num_embeddings, example=_RIGHT_CALL)
+        embedding_dim = _checks.positive_int("embedding_dim", embedding_dim, example=_RIGHT_CALL)
+        padding_example = (
+            f"zoo.Embedding({num_embeddings}, {embedding_dim}, padding_idx=0, key=key)"
+        )
+        if padding_idx is not None:
+            padding_idx = _checks.integer("padding_idx", padding_idx, example=padding_example)
+            if not 0 <= padding_idx < num_embeddings:
+                raise ValueError(
+                    f"padding_idx must be a valid id, 0 <= padding_idx < num_embeddings="
+                    f"{num_embeddings}; got {padding_idx}. For example {padding_example}."
+                )
+        if not isinstance(combiner, str | None) or combiner not in (None, "sum", "mean"):
             raise ValueError(
                 f'combiner must be None, "sum" or "mean"; got {combiner!r}. For example '
                 f'zoo.Embedding({num_embeddings}, {embedding_dim}, combiner="mean", key=key).'
             )
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(
-                f"dtype must be a floating dtype; got {dtype}. For example "
-                f"zoo.Embedding({num_embeddings}, {embedding_dim}, dtype=jnp.bfloat16, key=key)."
+        _checks.float_dtype(
+            "dtype",
+            dtype,
+            example=f"zoo.Embedding({num_embeddings}, {embedding_dim}, dtype=jnp.float16, key=k)",
+        )
+        if not callable(init):
+            raise TypeError(
+                f"init must be a function init(key, shape, dtype) such as "
+                f"jax.nn.initializers.normal(0.01); got {init!r}."
             )
+        _checks.key("key", key, example=_RIGHT_CALL)
         weight = init(key, (num_embeddings, embedding_dim), dtype)
         if padding_idx is not None:
             weight = weight.at[padding_idx].set(0)
@@ -204,7 +215,7 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
     def _checked(self, ids: Int[ArrayLike, "..."]) -> Int[Array, "..."]:
         if not isinstance(ids, jax.Array):
             # Host ids are checked before JAX stores them: int64 would wrap into valid rows.
-            ids = fits_int32("ids", ids)
+            ids = _checks.fits_int32("ids", ids)
         ids = jnp.asarray(ids)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise TypeError(
@@ -225,8 +236,3 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
         if concrete.size and (concrete.min() < 0 or concrete.max() >= self.num_embeddings):
             raise ValueError(f"{message}; got ids from {concrete.min()} to {concrete.max()}.")
         return ids
-
-
-def _check_size(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}: {_RIGHT_CALL}.")

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._custom_types import DTypeLike
+from .. import _checks
+from .._custom_types import DTypeLike, IntLike, RealLike
 from .._io._rebuild import Rebuildable
 from ._activations import activation_argument, resolve_activation
 
@@ -19,30 +20,37 @@ _WEIGHT_INITIALIZERS = {
 }
 
 
+_EXAMPLE = "zoo.MLP(in_size=784, out_size=10, hidden=(256, 128), key=jax.random.key(0))"
+
+
 def _check_arguments(
-    in_size: int, out_size: int, hidden: Sequence[int], dropout: float, init: str
-) -> None:
-    example = "zoo.MLP(in_size=784, out_size=10, hidden=(256, 128), key=jax.random.key(0))"
-    for name, value in (("in_size", in_size), ("out_size", out_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}. Example: {example}")
-    if isinstance(hidden, int | str) or not all(
-        isinstance(width, int) and not isinstance(width, bool) for width in hidden
-    ):
+    in_size: IntLike,
+    out_size: IntLike,
+    hidden: Sequence[IntLike],
+    dropout: RealLike,
+    init: str,
+    dtype,
+    key,
+) -> tuple[int, int, tuple[int, ...], float]:
+    in_size = _checks.positive_int("in_size", in_size, example=_EXAMPLE)
+    out_size = _checks.positive_int("out_size", out_size, example=_EXAMPLE)
+    if isinstance(hidden, int | str) or not all(_checks.is_int(width) for width in hidden):
         raise TypeError(
             f"hidden must be a sequence of ints, one width per hidden layer; "
-            f"got {hidden!r}. Example: {example}"
+            f"got {hidden!r}. Example: {_EXAMPLE}"
         )
     if not all(width >= 1 for width in hidden):
         raise ValueError(
             f"hidden must hold positive widths, one per hidden layer; "
-            f"got {hidden!r}. Example: {example}"
+            f"got {hidden!r}. Example: {_EXAMPLE}"
         )
-    if not 0.0 <= dropout < 1.0:
+    if _checks.is_real(dropout) and not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be a probability in [0, 1); got {dropout!r}.")
-    if init not in _WEIGHT_INITIALIZERS:
-        known = ", ".join(repr(name) for name in _WEIGHT_INITIALIZERS)
-        raise ValueError(f"init must be one of {known}; got {init!r}.")
+    dropout = _checks.real("dropout", dropout, low=0.0, high=1.0, high_open=True, example=_EXAMPLE)
+    _checks.one_of("init", init, tuple(_WEIGHT_INITIALIZERS), example=_EXAMPLE)
+    _checks.float_dtype("dtype", dtype, example="zoo.MLP(784, 10, dtype=jnp.bfloat16, key=key)")
+    _checks.key("key", key, example=_EXAMPLE)
+    return in_size, out_size, tuple(int(width) for width in hidden), dropout
 
 
 class MLP(Rebuildable, saved_as="zoo.MLP"):
@@ -73,13 +81,13 @@ class MLP(Rebuildable, saved_as="zoo.MLP"):
 
     def __init__(
         self,
-        in_size: int,
-        out_size: int,
-        hidden: Sequence[int] = (256, 128),
+        in_size: IntLike,
+        out_size: IntLike,
+        hidden: Sequence[IntLike] = (256, 128),
         *,
         activation: str | Callable[[Array], Array] = "relu",
         final_activation: str | Callable[[Array], Array] = "identity",
-        dropout: float = 0.0,
+        dropout: RealLike = 0.0,
         init: str = "he",
         use_bias: bool = True,
         dtype: DTypeLike | None = None,
@@ -101,7 +109,9 @@ class MLP(Rebuildable, saved_as="zoo.MLP"):
         - `key`: a `jax.random.key` for the initialisation.
         """
         hidden = tuple(hidden) if not isinstance(hidden, int | str) else hidden
-        _check_arguments(in_size, out_size, hidden, dropout, init)
+        in_size, out_size, hidden, dropout = _check_arguments(
+            in_size, out_size, hidden, dropout, init, dtype, key
+        )
         sizes = (in_size, *hidden, out_size)
         keys = jax.random.split(key, len(sizes) - 1)
         self.layers = tuple(
@@ -158,7 +168,7 @@ class MLP(Rebuildable, saved_as="zoo.MLP"):
 
 
 def _initialised_linear(
-    fan_in: int, fan_out: int, use_bias: bool, dtype, init: str, key: PRNGKeyArray
+    fan_in: IntLike, fan_out: IntLike, use_bias: bool, dtype, init: str, key: PRNGKeyArray
 ) -> eqx.nn.Linear:
     linear_key, weight_key = jax.random.split(key)
     linear = eqx.nn.Linear(fan_in, fan_out, use_bias=use_bias, dtype=dtype, key=linear_key)

@@ -10,16 +10,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .. import _checks
 from ._rules import DENSE, UpdateRule
 
 
-def check_accumulate(accumulate, batch_size: int, rule: UpdateRule) -> None:
-    """Eager checks: a positive int that divides `batch_size`, with a dense optimizer."""
-    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
-        raise ValueError(
-            f"accumulate must be a positive int (micro-batches per optimizer step); got "
-            f"{accumulate!r}. For example zoo.train(..., batch_size=256, accumulate=4)."
-        )
+def check_accumulate(accumulate, batch_size: int, rule: UpdateRule) -> int:
+    """Eager checks: a positive int that divides `batch_size`, with a dense optimizer; returns
+    it as a Python int."""
+    accumulate = _checks.positive_int(
+        "accumulate", accumulate, example="zoo.train(..., batch_size=256, accumulate=4)"
+    )
     if batch_size % accumulate:
         divisors = [k for k in range(1, accumulate * 2 + 1) if batch_size % k == 0]
         raise ValueError(
@@ -33,6 +33,7 @@ def check_accumulate(accumulate, batch_size: int, rule: UpdateRule) -> None:
             "accumulate > 1 does not work with zoo.sparse optimizers yet (their gradients are "
             "coalesced rows of one batch); use a larger batch_size instead, or an optax optimizer."
         )
+    return accumulate
 
 
 def accumulating(rule: UpdateRule, accumulate: int) -> UpdateRule:

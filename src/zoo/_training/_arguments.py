@@ -6,6 +6,7 @@ import pathlib
 from collections.abc import Iterator, Mapping
 
 import equinox as eqx
+import jax
 import numpy as np
 
 from .. import _checks
@@ -18,13 +19,15 @@ _EXAMPLE = "zoo.train(model, data, epochs=10, batch_size=128)"
 
 def check_hyperparameters(
     epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk, on_nonfinite
-) -> None:
-    _checks.integer("epochs", epochs, minimum=0, example=_EXAMPLE)
-    _checks.positive_int("batch_size", batch_size, example=_EXAMPLE)
-    _checks.positive_int(
+) -> tuple[int, int, int, int | None]:
+    """Checks the loop's counts and modes; returns the counts as Python ints (a NumPy scalar
+    such as `np.int64(32)` is accepted, and recorded as the int it is)."""
+    epochs = _checks.integer("epochs", epochs, minimum=0, example=_EXAMPLE)
+    batch_size = _checks.positive_int("batch_size", batch_size, example=_EXAMPLE)
+    eval_batch_size = _checks.positive_int(
         "eval_batch_size", eval_batch_size, example="zoo.train(..., eval_batch_size=1024)"
     )
-    _checks.optional_positive_int(
+    steps_per_chunk = _checks.optional_positive_int(
         "steps_per_chunk", steps_per_chunk, example="zoo.train(..., steps_per_chunk=100)"
     )
     _checks.one_of(
@@ -36,10 +39,39 @@ def check_hyperparameters(
         ("raise", "skip"),
         example="zoo.train(..., on_nonfinite='skip')",
     )
+    return epochs, batch_size, eval_batch_size, steps_per_chunk
+
+
+def check_model(model) -> None:
+    """A model with no floating array has nothing to train (`None`, data passed as the model)."""
+    if not isinstance(model, eqx.Module) or not jax.tree.leaves(
+        eqx.filter(model, eqx.is_inexact_array)
+    ):
+        raise TypeError(
+            f"model must be an equinox.Module holding floating arrays to train; got "
+            f"{_checks.describe(model)}. For example: zoo.train(zoo.MLP(64, 10, "
+            "key=jax.random.key(0)), data)"
+        )
+
+
+def check_flags(**flags) -> None:
+    """Each flag is `True` or `False`; `fused` and `progress` may also be `None` (decide)."""
+    for name, value in flags.items():
+        if value is not None or name not in ("fused", "progress"):
+            _checks.boolean(name, value, example=f"zoo.train(..., {name}=True)")
+
+
+def training_key(key):
+    """The key of the run: `key`, checked, or `jax.random.key(0)` when it is `None`."""
+    if key is None:
+        return jax.random.key(0)
+    return _checks.key("key", key, example="zoo.train(model, data, key=jax.random.key(0))")
 
 
 def check_checkpointing(checkpoint_dir, checkpoint_every, resume) -> None:
     example = "zoo.train(..., checkpoint_dir='runs/x', checkpoint_every=500, resume=True)"
+    if checkpoint_dir is not None:
+        _checks.path("checkpoint_dir", checkpoint_dir, example=example)
     _checks.optional_positive_int("checkpoint_every", checkpoint_every, example=example)
     _checks.boolean("resume", resume, example=example)
     if checkpoint_dir is not None:

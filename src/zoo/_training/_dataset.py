@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int
 
-from .._checks import fits_int32
+from .. import _checks
 from .._custom_types import Batch, Dataset
 
 
@@ -45,10 +45,9 @@ def _as_array(value, name: str) -> np.ndarray | Array:
         array = np.asarray(value)
     except ValueError as error:  # NumPy's message for ragged nested lists
         raise ValueError(f"{name} is ragged: its rows must all have the same shape.") from error
-    if array.dtype == object:
-        raise ValueError(f"{name} is ragged or not numeric: got an array of Python objects.")
+    _checks.numeric_array(name, array, example="np.asarray(column, np.float32)")
     # Sent to the device as is: an int64 column must fit what JAX stores it as (int32).
-    array = fits_int32(name, array)
+    array = _checks.fits_int32(name, array)
     return array if array.ndim else _scalar_error(name)
 
 

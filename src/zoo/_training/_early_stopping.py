@@ -10,6 +10,9 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
 
+from .. import _checks
+from .._custom_types import IntLike, RealLike
+
 # Figures for which more is better; anything else is taken as a loss (less is better).
 _HIGHER_IS_BETTER = ("accuracy", "auc", "hr@", "ndcg@", "recall@", "precision@", "mrr")
 
@@ -47,11 +50,12 @@ class EarlyStopping:
 
     monitor: str
     mode: Literal["min", "max"] | None = None
-    patience: int = 3
-    min_delta: float = 0.0
+    patience: IntLike = 3
+    min_delta: RealLike = 0.0
     restore_best: bool = True
 
     def __post_init__(self):
+        example = "zoo.EarlyStopping(monitor='accuracy', patience=3, min_delta=0.001)"
         if not isinstance(self.monitor, str) or not self.monitor:
             raise TypeError(
                 f"EarlyStopping's monitor must name an eval figure such as 'accuracy'; got "
@@ -62,18 +66,15 @@ class EarlyStopping:
                 f"EarlyStopping's mode must be 'min', 'max' or None; got {self.mode!r}. For "
                 "example zoo.EarlyStopping(monitor='accuracy', mode='max')."
             )
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int):
-            raise TypeError(f"EarlyStopping's patience must be an int; got {self.patience!r}.")
+        _checks.integer("EarlyStopping's patience", self.patience, example=example)
         if self.patience < 0:
             raise ValueError(
                 f"EarlyStopping's patience must be >= 0 (epochs without improvement before "
                 f"stopping); got {self.patience}. For example zoo.EarlyStopping("
                 f"monitor={self.monitor!r}, patience=3)."
             )
-        if not (isinstance(self.min_delta, int | float) and 0 <= self.min_delta < math.inf):
-            raise ValueError(
-                f"EarlyStopping's min_delta must be a finite number >= 0; got {self.min_delta!r}."
-            )
+        _checks.real("EarlyStopping's min_delta", self.min_delta, low=0.0, example=example)
+        _checks.boolean("EarlyStopping's restore_best", self.restore_best, example=example)
 
     @property
     def resolved_mode(self) -> Literal["min", "max"]:

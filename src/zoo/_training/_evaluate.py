@@ -10,10 +10,14 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array
 
-from .._custom_types import Dataset
+from .. import _checks
+from .._custom_types import Dataset, IntLike
 from ..losses._losses import batched_predictions
 from ..metrics._metrics import Metric, resolve_metrics
+from ._arguments import check_class_labels
 from ._dataset import checked_dataset, gather, num_examples, to_device
+
+_CLASSIFICATION = {"accuracy", "cross_entropy"}  # metrics whose targets are class labels
 
 
 def evaluate(
@@ -21,7 +25,7 @@ def evaluate(
     data: Dataset,
     metrics: Sequence[str | Metric] = ("accuracy",),
     *,
-    batch_size: int = 1024,
+    batch_size: IntLike = 1024,
 ) -> dict[str, float]:
     """Averages per-example metrics of `model` over every example of `data`.
 
@@ -54,6 +58,11 @@ def evaluate(
 
 def evaluated(model, data, metrics, *, batch_size: int, argument: str) -> dict[str, float]:
     """`evaluate`, its errors naming `argument` (`"eval_data"` inside `zoo.train`)."""
+    if not callable(model):
+        raise TypeError(
+            f"model must be a model (an equinox.Module) mapping one input x to a prediction; got "
+            f"{_checks.describe(model)}. For example: zoo.evaluate(model, data, ['accuracy'])"
+        )
     named = resolve_metrics(metrics)
     arrays = checked_dataset(data, argument=argument)
     for field in ("x", "y"):
@@ -61,8 +70,12 @@ def evaluated(model, data, metrics, *, batch_size: int, argument: str) -> dict[s
             raise ValueError(
                 f"{argument} must hold inputs under 'x' and targets under 'y'; no {field!r}."
             )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    batch_size = _checks.positive_int(
+        "batch_size", batch_size, example="zoo.evaluate(model, data, batch_size=1024)"
+    )
+    if _CLASSIFICATION & set(named):
+        # An out-of-range label would only show as a wrong figure, never as an error.
+        check_class_labels(model, arrays, argument)
     if not named:
         return {}
     count = num_examples(arrays)

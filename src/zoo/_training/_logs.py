@@ -4,10 +4,14 @@ import json
 import os
 import pathlib
 
+from .. import _checks
+
 LOG_FILE = "history.jsonl"
 
 
 def check_logging(log_dir, tensorboard: bool) -> None:
+    if log_dir is not None:
+        _checks.path("log_dir", log_dir, example="zoo.train(..., log_dir='runs/x')")
     if tensorboard and log_dir is None:
         raise ValueError(
             "tensorboard=True needs log_dir, the folder for the event files: "

@@ -20,7 +20,7 @@ import optax
 from jax.sharding import Mesh
 from jaxtyping import PRNGKeyArray
 
-from .._custom_types import Dataset, LossFn, Optimizer
+from .._custom_types import Dataset, IntLike, LossFn, Optimizer, RealLike
 from ..losses._losses import resolve_loss
 from ..metrics._metrics import Metric, resolve_metrics
 from . import _arguments as arguments
@@ -59,29 +59,29 @@ def train(
     *,
     loss: str | LossFn = "cross_entropy",
     optimizer: Optimizer | None = None,
-    epochs: int = 1,
-    batch_size: int = 128,
+    epochs: IntLike = 1,
+    batch_size: IntLike = 128,
     key: PRNGKeyArray | None = None,
     eval_data: Dataset | None = None,
     metrics: Sequence[str | Metric] | None = None,
-    eval_batch_size: int = 1024,
+    eval_batch_size: IntLike = 1024,
     last_batch: LastBatch = "keep",
     fused: bool | None = None,
-    steps_per_chunk: int | None = None,
+    steps_per_chunk: IntLike | None = None,
     progress: bool | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     on_nonfinite: Literal["raise", "skip"] = "raise",
     checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every: int | None = None,
-    keep: int | None = 3,
+    checkpoint_every: IntLike | None = None,
+    keep: IntLike | None = 3,
     resume: bool = False,
     mesh: Mesh | None = None,
     eval_fn: Callable[[eqx.Module], Mapping[str, float]] | None = None,
-    validation_split: float | None = None,
+    validation_split: RealLike | None = None,
     stratify: bool = False,
     early_stopping: EarlyStopping | None = None,
     precision: str = "float32",
-    accumulate: int = 1,
+    accumulate: IntLike = 1,
     log_dir: str | os.PathLike | None = None,
     tensorboard: bool = False,
 ) -> tuple[eqx.Module, dict]:
@@ -239,8 +239,12 @@ def train(
     print(history["best_epoch"], history["stop_reason"])
     ```
     """
-    arguments.check_hyperparameters(
+    epochs, batch_size, eval_batch_size, steps_per_chunk = arguments.check_hyperparameters(
         epochs, batch_size, eval_batch_size, last_batch, steps_per_chunk, on_nonfinite
+    )
+    arguments.check_model(model)
+    arguments.check_flags(
+        fused=fused, progress=progress, stratify=stratify, tensorboard=tensorboard
     )
     arguments.check_checkpointing(checkpoint_dir, checkpoint_every, resume)
     arguments.check_callbacks(on_epoch, eval_fn)
@@ -252,7 +256,7 @@ def train(
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     arguments.check_optimizer(optimizer)
     rule = rule_for(optimizer, in_place=on_nonfinite == "raise" and mesh is None)
-    check_accumulate(accumulate, batch_size, rule)
+    accumulate = check_accumulate(accumulate, batch_size, rule)
     arguments.check_precision_for(rule, precision)
     loss_fn = with_precision(resolve_loss(loss), precision)
     if precision == "float16":
@@ -262,7 +266,7 @@ def train(
     # Fail on a bad name before any training, not after an epoch.
     metric_fns = resolve_metrics(metrics)
     metric_names = list(metric_fns)
-    key = jax.random.key(0) if key is None else key
+    key = arguments.training_key(key)
     if validation_split is not None:
         arrays = checked_dataset(data, argument="data")
         data, eval_data = split_validation(

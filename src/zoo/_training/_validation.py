@@ -6,6 +6,8 @@ import jax
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
+from .. import _checks
+from .._custom_types import RealLike
 from ._dataset import host_rows, num_examples
 
 
@@ -18,7 +20,7 @@ def check_validation_split(fraction, stratify: bool, data, eval_data) -> None:
                 "zoo.train(..., validation_split=0.1, stratify=True)."
             )
         return
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+    if not _checks.is_real(fraction):
         raise TypeError(f"validation_split must be a float in (0, 1); got {fraction!r}.")
     if not 0 < fraction < 1:
         raise ValueError(
@@ -38,13 +40,14 @@ def check_validation_split(fraction, stratify: bool, data, eval_data) -> None:
 
 
 def split_validation(
-    arrays: dict, fraction: float, *, stratify: bool, key: PRNGKeyArray
+    arrays: dict, fraction: RealLike, *, stratify: bool, key: PRNGKeyArray
 ) -> tuple[dict, dict]:
     """`(train, validation)`: disjoint rows of `arrays`, the validation rows drawn by `key`.
 
     With `stratify`, each class of `arrays["y"]` contributes `round(fraction * its count)`
     rows, so both sides keep the class proportions.
     """
+    fraction = float(fraction)  # a NumPy float32 is a float too (zoo._checks)
     count = num_examples(arrays)
     order = np.asarray(jax.random.permutation(key, count))
     if stratify:

@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import numpy as np
 from jaxtyping import Float32, Int32
 
+from .. import _checks
+
 
 def labelled_dataset(
     x: Float32[np.ndarray, " n *features"], y: Int32[np.ndarray, " n"]
@@ -19,6 +21,4 @@ def labelled_dataset(
 
 def check_split(split: str, allowed: Sequence[str]) -> None:
     """Raises `ValueError` unless `split` is one of `allowed`."""
-    if split not in allowed:
-        choices = ", ".join(repr(choice) for choice in allowed)
-        raise ValueError(f"split must be one of {choices}; got {split!r}")
+    _checks.one_of("split", split, allowed)

@@ -8,6 +8,7 @@ import io
 import numpy as np
 from jaxtyping import Float32, Int, Integer, UInt8
 
+from .. import _checks
 from ._dataset import check_split, labelled_dataset
 
 _SPLITS = ("train", "test", "all")
@@ -83,8 +84,11 @@ def digits(
     ```
     """
     check_split(split, _SPLITS)
-    if not 0 < test_fraction < 1:
+    example = "zoo.data.digits('train', test_fraction=0.25, seed=0)"
+    _checks.integer("seed", seed, minimum=0, example=example)
+    if _checks.is_real(test_fraction) and not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie strictly between 0 and 1; got {test_fraction!r}")
+    _checks.probability("test_fraction", test_fraction, example=example)
     table = _load_table()
     labels = table[:, _NUM_PIXELS]
     if split == "all":

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 import numpy as np
 from jaxtyping import Integer
 
-from .._checks import fits_int32
+from .. import _checks
 
 _EXAMPLE = (
     'zoo.data.Interactions({"user": users, "item": items}, user_ids=raw_users, item_ids=raw_items)'
@@ -47,6 +47,11 @@ class Interactions(dict):
         - `user_ids`: the raw id of each user index.
         - `item_ids`: the raw id of each item index.
         """
+        if not isinstance(arrays, Mapping):
+            raise TypeError(
+                f"arrays must be a mapping of columns such as {{'user': ..., 'item': ...}}; got "
+                f"{type(arrays).__name__}. For example {_EXAMPLE}"
+            )
         super().__init__({name: np.asarray(value) for name, value in arrays.items()})
         self.user_ids = np.asarray(user_ids)
         self.item_ids = np.asarray(item_ids)
@@ -82,6 +87,8 @@ def _check_columns(data: Interactions) -> None:
     for name in ("user", "item"):
         if name not in data:
             raise ValueError(f"Interactions needs a {name!r} column; for example {_EXAMPLE}.")
+    for name, column in data.items():
+        _checks.numeric_array(f"Interactions[{name!r}]", column, example=_EXAMPLE)
     lengths = {name: len(column) for name, column in data.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"Interactions columns must have equal lengths; got {lengths}.")
@@ -91,7 +98,7 @@ def _check_columns(data: Interactions) -> None:
             raise TypeError(
                 f"Interactions[{name!r}] must hold integer indices; got {column.dtype}."
             )
-        fits_int32(f"Interactions[{name!r}]", column, example=_EXAMPLE)
+        _checks.fits_int32(f"Interactions[{name!r}]", column, example=_EXAMPLE)
         if column.size and (column.min() < 0 or column.max() >= size):
             raise ValueError(
                 f"Interactions[{name!r}] must lie in [0, {size}) (len({name}_ids)); got "

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from jaxtyping import Float32, UInt8
 
+from .. import _checks
 from ._dataset import check_split, labelled_dataset
 from ._download import AllMirrorsFailedError, DatasetNotFoundError, download_from_mirrors
 from ._idx import read_idx
@@ -95,6 +96,7 @@ def mnist(
     """
     check_split(split, _SPLITS)
     folder = _resolve_folder(root)
+    _checks.boolean("download", download, example="zoo.data.mnist('train', download=False)")
     images_name, labels_name = _FILES[split]
     _ensure_files(folder, split, download=download, mirrors=_resolve_mirrors(mirror))
     images = read_idx(folder / images_name, magic=_IMAGES_MAGIC, item_shape=_IMAGE_SHAPE)
@@ -110,7 +112,8 @@ def mnist(
 
 def _resolve_folder(root: str | os.PathLike[str] | None) -> pathlib.Path:
     if root is not None:
-        return pathlib.Path(root).expanduser()
+        example = "zoo.data.mnist('train', root='~/data/mnist')"
+        return _checks.path("root", root, example=example).expanduser()
     if data_dir := os.environ.get(_DATA_DIR_VARIABLE):
         return pathlib.Path(data_dir).expanduser() / "mnist"
     return pathlib.Path.home() / ".cache" / "zoo" / "mnist"

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _checks
 from ._download import DatasetNotFoundError
 from ._interactions import Interactions
 
@@ -95,7 +96,7 @@ def movielens(root: str | os.PathLike[str]) -> Interactions:
     train, test = zoo.data.leave_last_out(liked)
     ```
     """
-    folder = pathlib.Path(root).expanduser()
+    folder = _checks.path("root", root, example="zoo.data.movielens('~/data/ml-1m')").expanduser()
     path, fmt = _find_ratings_file(folder)
     columns = _read(path, fmt)
     user_ids, users = np.unique(columns["user"], return_inverse=True)

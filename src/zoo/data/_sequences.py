@@ -3,12 +3,14 @@
 import numpy as np
 from jaxtyping import Int32
 
+from .. import _checks
+from .._custom_types import IntLike
 from ._interactions import Interactions
 
 _EXAMPLE = "zoo.data.sequences(train, max_len=50)"
 
 
-def sequences(interactions: Interactions, max_len: int = 50) -> dict[str, np.ndarray]:
+def sequences(interactions: Interactions, max_len: IntLike = 50) -> dict[str, np.ndarray]:
     """Next-item training rows: each user's time-ordered items, each predicting the next.
 
     A user's events are put in order of `"timestamp"`, ties broken by their order in
@@ -62,7 +64,7 @@ def sequences(interactions: Interactions, max_len: int = 50) -> dict[str, np.nda
     return {"user": rows.astype(np.int32), "input": inputs, "target": targets}
 
 
-def histories(interactions: Interactions, max_len: int) -> Int32[np.ndarray, "users max_len"]:
+def histories(interactions: Interactions, max_len: IntLike) -> Int32[np.ndarray, "users max_len"]:
     """Every user's latest `max_len` items in time order, left-padded with `num_items`.
 
     Row `u` is user `u`'s history (all padding for a user without events): what a sequential
@@ -76,9 +78,9 @@ def histories(interactions: Interactions, max_len: int) -> Int32[np.ndarray, "us
     return out
 
 
-def _time_ordered(interactions: Interactions, max_len: int):
+def _time_ordered(interactions: Interactions, max_len: IntLike):
     """Users and items sorted by (user, timestamp, row), each user's first position and count."""
-    _check(interactions, max_len)
+    max_len = _check(interactions, max_len)
     rows = np.arange(len(interactions["user"]))
     order = np.lexsort((rows, interactions["timestamp"], interactions["user"]))
     users = interactions["user"][order].astype(np.int64)
@@ -87,7 +89,7 @@ def _time_ordered(interactions: Interactions, max_len: int):
     return users, interactions["item"][order].astype(np.int32), starts, lengths
 
 
-def _check(interactions, max_len) -> None:
+def _check(interactions, max_len) -> int:
     if not isinstance(interactions, Interactions):
         raise TypeError(
             "interactions must be zoo.data.Interactions (from zoo.data.movielens, "
@@ -99,5 +101,4 @@ def _check(interactions, max_len) -> None:
             "interactions need a 'timestamp' column to order each user's events; they hold "
             f"{sorted(interactions)}. Example: {_EXAMPLE}"
         )
-    if isinstance(max_len, bool) or not isinstance(max_len, int | np.integer) or max_len < 1:
-        raise ValueError(f"max_len must be a positive int; got {max_len!r}. Example: {_EXAMPLE}")
+    return _checks.positive_int("max_len", max_len, example=_EXAMPLE)

@@ -4,20 +4,21 @@ import jax
 import numpy as np
 from jaxtyping import Float32, Integer, PRNGKeyArray
 
-from .._checks import real
+from .. import _checks
+from .._custom_types import IntLike, RealLike
 from ._interactions import Interactions
 
 _USERS_PER_CHUNK = 256  # bounds memory: one chunk holds (users, num_items) logits
 
 
 def synthetic_interactions(
-    num_users: int = 2000,
-    num_items: int = 1000,
+    num_users: IntLike = 2000,
+    num_items: IntLike = 1000,
     *,
-    interactions_per_user: int = 20,
-    rank: int = 8,
-    signal: float = 3.0,
-    popularity: float = 1.0,
+    interactions_per_user: IntLike = 20,
+    rank: IntLike = 8,
+    signal: RealLike = 3.0,
+    popularity: RealLike = 1.0,
     key: PRNGKeyArray,
 ) -> Interactions:
     """Implicit feedback drawn from planted low-rank user and item factors plus popularity skew.
@@ -59,8 +60,8 @@ def synthetic_interactions(
     sizes = {"num_users": num_users, "num_items": num_items, "rank": rank}
     _check_sizes(example, sizes, "interactions_per_user", interactions_per_user)
     # An infinite scale makes every probability NaN: no draw would follow the planted factors.
-    signal = real("signal", signal, low=0.0, example=example)
-    popularity = real("popularity", popularity, low=0.0, example=example)
+    signal = _checks.real("signal", signal, low=0.0, example=example)
+    popularity = _checks.real("popularity", popularity, low=0.0, example=example)
     rng = _rng(key)
     users = rng.standard_normal((num_users, rank), np.float32) / np.float32(np.sqrt(rank))
     items = signal * rng.standard_normal((num_items, rank), np.float32)
@@ -85,7 +86,7 @@ def _pick(
     users: Float32[np.ndarray, "users rank"],
     items: Float32[np.ndarray, "items rank"],
     bias: Float32[np.ndarray, " items"],
-    count: int,
+    count: IntLike,
     rng: np.random.Generator,
 ) -> Integer[np.ndarray, "users count"]:
     """`count` distinct items per user, drawn without replacement by Gumbel top-k."""
@@ -93,7 +94,7 @@ def _pick(
 
 
 def _gumbel_top_k(
-    logits: Float32[np.ndarray, "users items"], count: int, rng: np.random.Generator
+    logits: Float32[np.ndarray, "users items"], count: IntLike, rng: np.random.Generator
 ) -> Integer[np.ndarray, "users count"]:
     """`count` distinct columns per row, drawn with probabilities `softmax(logits)` without
     replacement (a logit of -inf is never drawn)."""
@@ -106,6 +107,7 @@ def _gumbel_top_k(
 def _rng(key: PRNGKeyArray) -> np.random.Generator:
     """NumPy, seeded by the key's bits: the same key gives the same data, with nothing to
     compile."""
+    _checks.key("key", key, example="zoo.data.synthetic_interactions(2000, 1000, key=key)")
     return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
 
 
@@ -113,8 +115,7 @@ def _check_sizes(example: str, sizes: dict, per_user: str, count) -> None:
     """Positive ints, and `count` (each user's distinct items, named `per_user`) at most
     `num_items`."""
     for name, value in {**sizes, per_user: count}.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}. Example: {example}")
+        _checks.positive_int(name, value, example=example)
     if count > sizes["num_items"]:
         raise ValueError(
             f"{per_user}={count} exceeds num_items={sizes['num_items']}: each user picks "
@@ -123,13 +124,13 @@ def _check_sizes(example: str, sizes: dict, per_user: str, count) -> None:
 
 
 def synthetic_sequences(
-    num_users: int = 2000,
-    num_items: int = 1000,
+    num_users: IntLike = 2000,
+    num_items: IntLike = 1000,
     *,
-    length: int = 20,
-    successors: int = 3,
-    order: float = 0.8,
-    popularity: float = 1.0,
+    length: IntLike = 20,
+    successors: IntLike = 3,
+    order: RealLike = 0.8,
+    popularity: RealLike = 1.0,
     key: PRNGKeyArray,
 ) -> Interactions:
     """Implicit feedback whose order matters: each user walks a planted graph of successors.
@@ -171,8 +172,10 @@ def synthetic_sequences(
     example = "zoo.data.synthetic_sequences(2000, 1000, length=20, key=key)"
     sizes = {"num_users": num_users, "num_items": num_items, "successors": successors}
     _check_sizes(example, sizes, "length", length)
-    order = real("order", order, low=0.0, high=1.0, example=example)
-    popularity = real("popularity", popularity, low=0.0, example=example)
+    if _checks.is_real(order) and not 0 <= order <= 1:
+        raise ValueError(f"order must be a probability in [0, 1]; got {order!r}. {example}")
+    order = _checks.real("order", order, low=0.0, high=1.0, example=example)
+    popularity = _checks.real("popularity", popularity, low=0.0, example=example)
     rng = _rng(key)
     bias = (-popularity * np.log1p(rng.permutation(num_items))).astype(np.float32)
     planted = rng.integers(0, num_items, (num_items, successors))

@@ -5,10 +5,14 @@ import time
 
 import jax
 
+from .. import _checks
+from .._custom_types import IntLike
+
 
 def _check_count(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
+    _checks.integer(
+        name, value, minimum=minimum, example="zoo.distributed.initialize('127.0.0.1:1234', 2, 0)"
+    )
 
 
 def _check_address(coordinator_address) -> None:
@@ -22,11 +26,11 @@ def _check_address(coordinator_address) -> None:
 
 def initialize(
     coordinator_address: str,
-    num_processes: int,
-    process_id: int,
+    num_processes: IntLike,
+    process_id: IntLike,
     *,
-    cpu_devices: int | None = None,
-    timeout: int = 300,
+    cpu_devices: IntLike | None = None,
+    timeout: IntLike = 300,
 ) -> None:
     """Joins this process to a run of `num_processes` processes: `jax.distributed.initialize`
     with cross-process collectives on CPU too.

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from .. import _checks
 from ._factorized import Factorized
 from ._sampling import item_counts
 
@@ -66,8 +67,8 @@ class RandomScores(eqx.Module):
         - `num_items`: the size of the item id space.
         - `key`: a `jax.random` key; the same key gives the same scores.
         """
-        self.key = key
-        self.num_items = num_items
+        self.key = _checks.key("key", key, example="zoo.recsys.RandomScores(num_items, key=key)")
+        self.num_items = _checks.positive_int("num_items", num_items)
 
     def __call__(
         self, user: Int[Array, ""], item: Int[Array, ""], *, key: PRNGKeyArray | None = None

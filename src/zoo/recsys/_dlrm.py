@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from .. import _checks
+from .._custom_types import IntLike
 from .._io._rebuild import Rebuildable
 from .._nn._embedding import Embedding
 from .._nn._mlp import MLP
@@ -48,12 +50,12 @@ class DLRM(Rebuildable, saved_as="zoo.DLRM"):
 
     def __init__(
         self,
-        num_dense: int,
-        vocab_sizes: Sequence[int],
-        dim: int = 16,
+        num_dense: IntLike,
+        vocab_sizes: Sequence[IntLike],
+        dim: IntLike = 16,
         *,
-        bottom: Sequence[int] = (64,),
-        top: Sequence[int] = (64, 32),
+        bottom: Sequence[IntLike] = (64,),
+        top: Sequence[IntLike] = (64, 32),
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -69,7 +71,9 @@ class DLRM(Rebuildable, saved_as="zoo.DLRM"):
         if not vocab_sizes:
             raise ValueError(f"vocab_sizes must name at least one categorical feature: {_EXAMPLE}")
         sizes = {f"vocab_sizes[{j}]": size for j, size in enumerate(vocab_sizes)}
-        check_counts(_EXAMPLE, num_dense=num_dense, dim=dim, **sizes)
+        num_dense, dim, *vocab_sizes = check_counts(_EXAMPLE, num_dense=num_dense, dim=dim, **sizes)
+        vocab_sizes = tuple(vocab_sizes)
+        _checks.key("key", key, example=_EXAMPLE)
         keys = jax.random.split(key, 2 + len(vocab_sizes))
         self.bottom = MLP(num_dense, dim, tuple(bottom), final_activation="relu", key=keys[0])
         self.embeddings = tuple(
@@ -149,13 +153,13 @@ class DLRMRecommender(Rebuildable, saved_as="zoo.recsys.DLRMRecommender"):
 
     def __init__(
         self,
-        num_users: int,
-        num_items: int,
+        num_users: IntLike,
+        num_items: IntLike,
         item_counts: ArrayLike,
         *,
-        dim: int = 16,
-        bottom: Sequence[int] = (64,),
-        top: Sequence[int] = (64, 32),
+        dim: IntLike = 16,
+        bottom: Sequence[IntLike] = (64,),
+        top: Sequence[IntLike] = (64, 32),
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -167,7 +171,8 @@ class DLRMRecommender(Rebuildable, saved_as="zoo.recsys.DLRMRecommender"):
         - `key`: a `jax.random.key` for the initialisation.
         """
         example = "zoo.recsys.DLRMRecommender(num_users, num_items, counts, key=key)"
-        check_counts(example, num_users=num_users, num_items=num_items)
+        num_users, num_items = check_counts(example, num_users=num_users, num_items=num_items)
+        _checks.key("key", key, example=example)
         counts = np.asarray(item_counts)
         if counts.shape != (num_items,) or not np.issubdtype(counts.dtype, np.integer):
             raise ValueError(

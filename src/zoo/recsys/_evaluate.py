@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Int, PRNGKeyArray
 
-from .._checks import fits_int32, positive_int
+from .. import _checks
+from .._custom_types import IntLike
 from ._baselines import Popularity, RandomScores
 from ._factorized import is_factorized
 from ._losses import pair_scores
@@ -47,7 +48,7 @@ def _column(data: Mapping[str, np.ndarray], name: str, argument: str) -> np.ndar
             f"{argument} must be interactions with 'user' and 'item' columns, such as a split from "
             f"zoo.data.leave_last_out(data); got {type(data).__name__} without {name!r}."
         )
-    column = fits_int32(f"{argument}[{name!r}]", data[name])
+    column = _checks.fits_int32(f"{argument}[{name!r}]", data[name])
     if not np.issubdtype(column.dtype, np.integer):
         raise TypeError(
             f"{argument}[{name!r}] must hold integer indices; got {column.dtype}. Split with "
@@ -175,15 +176,18 @@ def _sampled_sums(model, sampler, batches: _Batches, num_negatives, cutoffs, key
     return jax.tree.map(jnp.sum, jax.lax.map(one_batch, (batches, indices)))
 
 
+_KEY_EXAMPLE = "zoo.recsys.evaluate_ranking(model, train, test, key=jax.random.key(0))"
+
+
 def _num_items(model) -> int:
     num_items = getattr(model, "num_items", None)
-    if isinstance(num_items, bool) or not isinstance(num_items, int):
+    if not _checks.is_int(num_items):
         raise TypeError(
             "model must be a recommender scoring model(user, item) with a num_items attribute "
             f"(zoo.MatrixFactorization, zoo.TwoTower, zoo.recsys.DLRMRecommender, ...); got "
             f"{type(model).__name__}."
         )
-    return num_items
+    return int(num_items)
 
 
 def _num_users(model) -> int | None:
@@ -196,9 +200,9 @@ def _num_users(model) -> int | None:
 def _batch_size(batch_size: int | None, num_items: int) -> int:
     if batch_size is None:
         return int(np.clip(_SCORES_PER_BATCH // num_items, 1, 4096))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int or None; got {batch_size!r}.")
-    return batch_size
+    return _checks.positive_int(
+        "batch_size", batch_size, example="zoo.recsys.evaluate_ranking(..., batch_size=256)"
+    )
 
 
 def _models(model, train, num_items: int, baselines: bool, key: PRNGKeyArray) -> dict:
@@ -239,7 +243,7 @@ def evaluate_ranking(
     test: Mapping[str, np.ndarray],
     *,
     k: Cutoffs = 10,
-    batch_size: int | None = None,
+    batch_size: IntLike | None = None,
     baselines: bool = True,
     key: PRNGKeyArray | None = None,
 ) -> Report:
@@ -288,7 +292,7 @@ def evaluate_ranking(
     """
     num_items = _num_items(model)
     cutoffs = checked_cutoffs(k)
-    key = jax.random.key(0) if key is None else key
+    key = jax.random.key(0) if key is None else _checks.key("key", key, example=_KEY_EXAMPLE)
     size = _batch_size(batch_size, num_items)
     batches = _user_batches(train, test, num_items, _num_users(model), size)
     count = int(batches.valid.sum())
@@ -304,9 +308,9 @@ def evaluate_sampled(
     train: Mapping[str, np.ndarray],
     test: Mapping[str, np.ndarray],
     *,
-    num_negatives: int = 100,
+    num_negatives: IntLike = 100,
     k: Cutoffs = 10,
-    batch_size: int = 1024,
+    batch_size: IntLike = 1024,
     baselines: bool = True,
     key: PRNGKeyArray | None = None,
 ) -> Report:
@@ -346,8 +350,8 @@ def evaluate_sampled(
     """
     num_items = _num_items(model)
     cutoffs = checked_cutoffs(k)
-    key = jax.random.key(0) if key is None else key
-    num_negatives = positive_int("num_negatives", num_negatives, example=_SAMPLED_EXAMPLE)
+    key = jax.random.key(0) if key is None else _checks.key("key", key, example=_KEY_EXAMPLE)
+    num_negatives = _checks.positive_int("num_negatives", num_negatives, example=_SAMPLED_EXAMPLE)
     train_users, train_items, test_users, test_items = _checked_splits(
         train, test, num_items, _num_users(model)
     )

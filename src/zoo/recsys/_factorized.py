@@ -5,8 +5,9 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from .. import _checks
 
 
 class Factorized(eqx.Module):
@@ -62,8 +63,9 @@ def is_factorized(model) -> bool:
     )
 
 
-def check_counts(example: str, **counts) -> None:
-    """Raises a `ValueError` naming the argument unless each of `counts` is a positive int."""
-    for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}. Example: {example}")
+def check_counts(example: str, **counts) -> tuple[int, ...]:
+    """`counts` as Python ints, in order; refuses (`zoo._checks.positive_int`) any that is not a
+    positive int. Static fields then hold ints, whichever integer type the caller passed."""
+    return tuple(
+        _checks.positive_int(name, value, example=example) for name, value in counts.items()
+    )

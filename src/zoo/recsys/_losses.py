@@ -12,7 +12,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
-from .._custom_types import Batch, LossFn
+from .. import _checks
+from .._custom_types import Batch, IntLike, LossFn
 from ._factorized import is_factorized
 from ._sampling import NegativeSampler
 
@@ -58,7 +59,7 @@ def _checked_key(key: PRNGKeyArray | None, loss: str) -> PRNGKeyArray:
             f"{loss} samples negatives and needs a key: loss(model, batch, key). zoo.train "
             "passes one at every step."
         )
-    return key
+    return _checks.key("key", key, example="loss(model, batch, jax.random.key(0))")
 
 
 def _sampled_scores(model, batch, key, sampler, num_negatives, loss) -> Float[Array, "b m"]:
@@ -74,11 +75,14 @@ def _check_sampler(sampler, num_negatives: int, loss: str) -> None:
             f"{loss} needs a zoo.recsys.NegativeSampler; got {type(sampler).__name__}. Example: "
             f"zoo.recsys.{loss}(zoo.recsys.NegativeSampler(num_items), num_negatives=4)"
         )
-    if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
-        raise ValueError(f"num_negatives must be a positive int; got {num_negatives!r}.")
+    _checks.positive_int(
+        "num_negatives",
+        num_negatives,
+        example=f"zoo.recsys.{loss}(zoo.recsys.NegativeSampler(num_items), num_negatives=4)",
+    )
 
 
-def bpr_loss(sampler: NegativeSampler, *, num_negatives: int = 1) -> LossFn:
+def bpr_loss(sampler: NegativeSampler, *, num_negatives: IntLike = 1) -> LossFn:
     """Bayesian personalised ranking (Rendle et al., 2009): positives above sampled negatives.
 
     For each positive `(u, i)` and each of `num_negatives` items `j` drawn by `sampler`, the
@@ -116,7 +120,7 @@ def bpr_loss(sampler: NegativeSampler, *, num_negatives: int = 1) -> LossFn:
     return loss
 
 
-def bce_loss(sampler: NegativeSampler, *, num_negatives: int = 4) -> LossFn:
+def bce_loss(sampler: NegativeSampler, *, num_negatives: IntLike = 4) -> LossFn:
     """Binary cross-entropy with sampled negatives, as NCF trains: positives are labelled 1 and
     `num_negatives` sampled items per positive 0.
 

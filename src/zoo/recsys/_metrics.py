@@ -17,17 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Integer
 
-from .._checks import fits_int32
+from .. import _checks
+from .._custom_types import IntLike
 
-Cutoffs = int | Sequence[int]
+Cutoffs = int | Sequence[IntLike]
 
 
 def checked_cutoffs(k: Cutoffs) -> tuple[int, ...]:
     """`k` as a sorted tuple of distinct positive ints, or a `ValueError` naming `k`."""
-    cutoffs = (k,) if isinstance(k, int | np.integer) else tuple(k)
-    if not cutoffs or any(
-        isinstance(c, bool) or not isinstance(c, int | np.integer) or c < 1 for c in cutoffs
-    ):
+    cutoffs = (k,) if _checks.is_int(k) else tuple(k) if _iterable(k) else ()
+    if not cutoffs or any(not _checks.is_int(c) or c < 1 for c in cutoffs):
         raise ValueError(
             f"k must be a positive int or a sequence of them, e.g. k=(10, 20); got {k!r}."
         )
@@ -49,13 +48,17 @@ def checked_targets(targets, num_items: int) -> Array:
     """Host targets checked before JAX stores them (no wrapped id), then as a JAX array."""
     if isinstance(targets, jax.Array):
         return targets
-    concrete = fits_int32("targets", targets)
+    concrete = _checks.fits_int32("targets", targets)
     if concrete.size and (concrete.min() < -1 or concrete.max() >= num_items):
         raise ValueError(
             f"targets must be item ids in [0, num_items) = [0, {num_items}), padded with -1; "
             f"got {concrete.min()} to {concrete.max()}."
         )
     return jnp.asarray(concrete)
+
+
+def _iterable(value) -> bool:
+    return hasattr(value, "__iter__") and not isinstance(value, str | bytes)
 
 
 def _ideal_dcg(relevant: Int[Array, " users"], k: int) -> Float[Array, " users"]:

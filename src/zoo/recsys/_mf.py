@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from .. import _checks
+from .._custom_types import IntLike
 from .._io._rebuild import Rebuildable
 from .._nn._embedding import Embedding
 from ._factorized import Factorized, check_counts
@@ -50,9 +52,9 @@ class MatrixFactorization(Factorized, Rebuildable, saved_as="zoo.MatrixFactoriza
 
     def __init__(
         self,
-        num_users: int,
-        num_items: int,
-        dim: int = 32,
+        num_users: IntLike,
+        num_items: IntLike,
+        dim: IntLike = 32,
         *,
         user_bias: bool = True,
         item_bias: bool = True,
@@ -66,7 +68,10 @@ class MatrixFactorization(Factorized, Rebuildable, saved_as="zoo.MatrixFactoriza
         - `user_bias`, `item_bias`, `global_bias`: whether the score has each bias.
         - `key`: a `jax.random.key` for the embeddings' initialisation.
         """
-        check_counts(_EXAMPLE, num_users=num_users, num_items=num_items, dim=dim)
+        num_users, num_items, dim = check_counts(
+            _EXAMPLE, num_users=num_users, num_items=num_items, dim=dim
+        )
+        _checks.key("key", key, example=_EXAMPLE)
         user_key, item_key = jax.random.split(key)
         self.user_embedding = Embedding(num_users, dim, key=user_key)
         self.item_embedding = Embedding(num_items, dim, key=item_key)

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-from .._checks import fits_int32, integer, real
+from .. import _checks
+from .._custom_types import IntLike, RealLike
 from ._factorized import check_counts
 
 Distribution = Literal["uniform", "popularity"]
@@ -20,7 +21,7 @@ _EXAMPLE = (
 )
 
 
-def item_counts(interactions: Mapping[str, np.ndarray], num_items: int) -> np.ndarray:
+def item_counts(interactions: Mapping[str, np.ndarray], num_items: IntLike) -> np.ndarray:
     """How many interactions each item has: `(num_items,)` int64 counts.
 
     **Arguments:**
@@ -32,7 +33,7 @@ def item_counts(interactions: Mapping[str, np.ndarray], num_items: int) -> np.nd
 
     `counts[i]`, the number of rows of item `i` (0 for items without any).
     """
-    items = fits_int32("interactions['item']", interactions["item"])
+    items = _checks.fits_int32("interactions['item']", interactions["item"])
     if items.size and (items.min() < 0 or items.max() >= num_items):
         raise ValueError(
             f"item ids must lie in [0, num_items) = [0, {num_items}); got {items.min()} to "
@@ -43,8 +44,8 @@ def item_counts(interactions: Mapping[str, np.ndarray], num_items: int) -> np.nd
 
 def _positives_by_user(interactions) -> tuple[np.ndarray, np.ndarray]:
     """CSR of each user's distinct items: `items[indptr[u]:indptr[u + 1]]`, sorted."""
-    users = fits_int32("interactions['user']", interactions["user"])
-    items = fits_int32("interactions['item']", interactions["item"])
+    users = _checks.fits_int32("interactions['user']", interactions["user"])
+    items = _checks.fits_int32("interactions['item']", interactions["item"])
     pairs = np.unique(np.stack([users, items], axis=1), axis=0)
     num_users = int(users.max(initial=-1)) + 1
     indptr = np.zeros(num_users + 1, np.int64)
@@ -86,7 +87,7 @@ def _nth_outside(positives, starts, ends, ranks, steps: int):
 
 def _host_checked(name: str, ids) -> Array:
     """`ids` as a JAX array; host ids are checked first, so that none wraps into another."""
-    return ids if isinstance(ids, jax.Array) else jnp.asarray(fits_int32(name, ids))
+    return ids if isinstance(ids, jax.Array) else jnp.asarray(_checks.fits_int32(name, ids))
 
 
 def _check_something_left(indptr: np.ndarray, num_items: int) -> None:
@@ -138,13 +139,13 @@ class NegativeSampler(eqx.Module):
 
     def __init__(
         self,
-        num_items: int,
+        num_items: IntLike,
         *,
         distribution: str = "uniform",
         interactions: Mapping[str, np.ndarray] | None = None,
         exclude_positives: bool = False,
-        alpha: float = 1.0,
-        max_redraws: int = 8,
+        alpha: RealLike = 1.0,
+        max_redraws: IntLike = 8,
     ):
         """**Arguments:**
 
@@ -158,10 +159,10 @@ class NegativeSampler(eqx.Module):
         - `alpha`: the exponent of the popularity counts (word2vec uses 0.75).
         - `max_redraws`: how many times a draw that hit a positive is drawn again.
         """
-        check_counts(_EXAMPLE, num_items=num_items)
-        max_redraws = integer("max_redraws", max_redraws, minimum=0, example=_EXAMPLE)
+        (num_items,) = check_counts(_EXAMPLE, num_items=num_items)
+        max_redraws = _checks.integer("max_redraws", max_redraws, minimum=0, example=_EXAMPLE)
         # A negative or infinite exponent turns unseen items' zero counts into infinite weights.
-        alpha = real("alpha", alpha, low=0.0, example=_EXAMPLE)
+        alpha = _checks.real("alpha", alpha, low=0.0, example=_EXAMPLE)
         if distribution not in ("uniform", "popularity"):
             raise ValueError(
                 f'distribution must be "uniform" or "popularity"; got {distribution!r}. '
@@ -191,7 +192,7 @@ class NegativeSampler(eqx.Module):
         self.search_steps = int(np.ceil(np.log2(longest + 1))) + 1
 
     def __call__(
-        self, key: PRNGKeyArray, users: Int[ArrayLike, " batch"], num: int
+        self, key: PRNGKeyArray, users: Int[ArrayLike, " batch"], num: IntLike
     ) -> Int[Array, "batch {num}"]:
         """**Arguments:**
 
@@ -203,6 +204,7 @@ class NegativeSampler(eqx.Module):
 
         `(len(users), num)` item ids.
         """
+        _checks.key("key", key, example="sampler(jax.random.key(0), users, 4)")
         users = _host_checked("users", users)
         shape = (users.shape[0], num)
         if self.positives is not None and self.cumulative is None:

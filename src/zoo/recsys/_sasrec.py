@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-from .._checks import fits_int32
+from .. import _checks
+from .._custom_types import IntLike, RealLike
 from .._io._rebuild import Rebuildable
 from .._nn._embedding import Embedding
 from ..data import Interactions
@@ -118,12 +119,12 @@ class SASRec(Rebuildable, saved_as="zoo.SASRec"):
 
     def __init__(
         self,
-        num_items: int,
-        dim: int = 64,
-        num_blocks: int = 2,
-        num_heads: int = 1,
-        max_len: int = 50,
-        dropout: float = 0.2,
+        num_items: IntLike,
+        dim: IntLike = 64,
+        num_blocks: IntLike = 2,
+        num_heads: IntLike = 1,
+        max_len: IntLike = 50,
+        dropout: RealLike = 0.2,
         *,
         key: PRNGKeyArray,
     ):
@@ -139,7 +140,8 @@ class SASRec(Rebuildable, saved_as="zoo.SASRec"):
             attention and feed-forward layer, applied only when `__call__` gets a key.
         - `key`: a `jax.random.key` for the initialisation.
         """
-        check_counts(
+        _checks.key("key", key, example=_EXAMPLE)
+        num_items, dim, num_blocks, num_heads, max_len = check_counts(
             _EXAMPLE,
             num_items=num_items,
             dim=dim,
@@ -152,8 +154,9 @@ class SASRec(Rebuildable, saved_as="zoo.SASRec"):
                 f"num_heads must divide dim; got num_heads={num_heads}, dim={dim}. Example: "
                 f"{_EXAMPLE}"
             )
-        if not 0 <= dropout < 1:
+        if _checks.is_real(dropout) and not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a probability in [0, 1); got {dropout!r}.")
+        dropout = _checks.real("dropout", dropout, low=0.0, high=1.0, high_open=True)
         item_key, position_key, block_key = jax.random.split(key, 3)
         self.item_embedding = Embedding(num_items + 1, dim, padding_idx=num_items, key=item_key)
         self.positions = jax.random.normal(position_key, (max_len, dim)) * (1 / dim**0.5)
@@ -214,7 +217,7 @@ class SASRec(Rebuildable, saved_as="zoo.SASRec"):
 
     def _checked(self, sequence: Int[ArrayLike, " length"]) -> Int[Array, " length"]:
         if not isinstance(sequence, jax.Array):
-            sequence = fits_int32("sequence", sequence)  # before JAX could wrap an int64 id
+            sequence = _checks.fits_int32("sequence", sequence)  # before JAX could wrap an int64 id
         sequence = jnp.asarray(sequence)
         if not jnp.issubdtype(sequence.dtype, jnp.integer):
             raise TypeError(

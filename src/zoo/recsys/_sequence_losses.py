@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Scalar
 
-from .._custom_types import Batch, LossFn
+from .. import _checks
+from .._custom_types import Batch, IntLike, LossFn
 from ._sampling import NegativeSampler
 
 _KINDS = ("bce", "softmax", "sampled_softmax")
@@ -16,7 +17,7 @@ _EXAMPLE = 'zoo.recsys.sequence_loss("sampled_softmax", num_negatives=128)'
 def sequence_loss(
     kind: str = "softmax",  # checked below, with a clearer message than a type error's
     *,
-    num_negatives: int | None = None,
+    num_negatives: IntLike | None = None,
     sampler: NegativeSampler | None = None,
 ) -> LossFn:
     """The next-item loss of a sequential recommender ([`zoo.SASRec`][]), at every position.
@@ -135,7 +136,9 @@ def _drawer(num_items: int, sampler: NegativeSampler | None, key, users):
     return lambda num: sampler(key, users, num)
 
 
-def _log_q(num_items: int, sampler: NegativeSampler | None) -> Float[Array, " num_items_plus_1"]:
+def _log_q(
+    num_items: IntLike, sampler: NegativeSampler | None
+) -> Float[Array, " num_items_plus_1"]:
     """Log-probability of each item under the sampler; the padding id's entry is unused."""
     if sampler is None or sampler.cumulative is None:
         probabilities = jnp.full(num_items, 1.0 / num_items)
@@ -171,8 +174,6 @@ def _checked(kind, num_negatives, sampler) -> int:
             f"Example: {_EXAMPLE}"
         )
     num_negatives = _DEFAULT_NEGATIVES[kind] if num_negatives is None else num_negatives
-    if kind != "softmax" and (
-        isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1
-    ):
-        raise ValueError(f"num_negatives must be a positive int; got {num_negatives!r}.")
+    if kind != "softmax":
+        num_negatives = _checks.positive_int("num_negatives", num_negatives, example=_EXAMPLE)
     return num_negatives

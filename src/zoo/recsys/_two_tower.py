@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from .._checks import fits_int32, positive_real
+from .. import _checks
+from .._custom_types import IntLike, RealLike
 from .._io._rebuild import Rebuildable
 from .._nn._embedding import Embedding
 from .._nn._mlp import MLP
@@ -52,7 +53,7 @@ def _feature_table(kind: str, table: ArrayLike | None, num_ids: int) -> np.ndarr
     """`table` as a checked `(num_ids, num_features)` array of feature ids; `kind` names the id."""
     if table is None:
         return None
-    table = fits_int32(f"{kind}_features", table)
+    table = _checks.fits_int32(f"{kind}_features", table)
     if table.ndim == 1:
         table = table[:, None]
     if (
@@ -110,16 +111,16 @@ class TwoTower(Factorized, Rebuildable, saved_as="zoo.TwoTower"):
 
     def __init__(
         self,
-        num_users: int,
-        num_items: int,
-        dim: int = 32,
+        num_users: IntLike,
+        num_items: IntLike,
+        dim: IntLike = 32,
         *,
-        hidden: Sequence[int] = (64,),
-        embedding_dim: int | None = None,
+        hidden: Sequence[IntLike] = (64,),
+        embedding_dim: IntLike | None = None,
         user_features: ArrayLike | None = None,
         item_features: ArrayLike | None = None,
         similarity: str = "dot",
-        temperature: float = 1.0,
+        temperature: RealLike = 1.0,
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -136,8 +137,9 @@ class TwoTower(Factorized, Rebuildable, saved_as="zoo.TwoTower"):
             0.05 to 0.2 suits `"cosine"`).
         - `key`: a `jax.random.key` for the initialisation.
         """
+        _checks.key("key", key, example=_EXAMPLE)
         embedding_dim = dim if embedding_dim is None else embedding_dim
-        check_counts(
+        num_users, num_items, dim, embedding_dim = check_counts(
             _EXAMPLE, num_users=num_users, num_items=num_items, dim=dim, embedding_dim=embedding_dim
         )
         if similarity not in ("dot", "cosine"):
@@ -146,7 +148,7 @@ class TwoTower(Factorized, Rebuildable, saved_as="zoo.TwoTower"):
                 'zoo.TwoTower(943, 1682, similarity="cosine", temperature=0.1, key=key)'
             )
         # An infinite temperature would zero every score (and a NaN one make them all NaN).
-        temperature = positive_real(
+        temperature = _checks.positive_real(
             "temperature", temperature, example="zoo.TwoTower(..., temperature=0.1, key=key)"
         )
         user_table = _feature_table("user", user_features, num_users)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from .. import _checks
 from .._nn._embedding import Embedding, TableView
 from ._in_place import check_no_refs
 from ._lookups import looked_up_ids, swap_tables, tables
@@ -144,11 +145,21 @@ def value_and_grad(fn: Callable[..., Any], *, has_aux: bool = False) -> Callable
     return value_and_grad_with(fn, local_rows, has_aux=has_aux)
 
 
+def check_loss(fn) -> None:
+    """`fn` must be a loss function; a model or a number there fails only at the first step."""
+    if not callable(fn):
+        raise TypeError(
+            f"fn must be a loss function fn(model, *args) -> scalar; got {_checks.describe(fn)}. "
+            "For example: zoo.sparse.value_and_grad(lambda model, ids: jnp.sum(model(ids)))"
+        )
+
+
 def value_and_grad_with(fn: Callable[..., Any], gather: RowGather, *, has_aux: bool = False):
     """`value_and_grad`, with the looked-up rows of each table fetched by `gather`.
 
     `zoo.distributed` passes a `gather` that fetches rows from the devices that hold them.
     """
+    check_loss(fn)
 
     @functools.wraps(fn)
     def value_and_grad_fn(model, *args, **kwargs):

@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._custom_types import PyTree
+from .. import _checks
+from .._custom_types import PyTree, RealLike
 from ._rows import SparseRows, is_sparse_rows
 
-ScalarOrSchedule = float | Callable[[Int[Array, ""]], Float[Array, ""]]
+ScalarOrSchedule = RealLike | Callable[[Int[Array, ""]], Float[Array, ""]]
 
 
 class SparseGradientTransformation(NamedTuple):
@@ -84,11 +85,12 @@ class LazyAdamState(NamedTuple):
         return jax.tree.map(jnp.imag, self.moments)
 
 
-def _check_learning_rate(name: str, learning_rate: ScalarOrSchedule) -> None:
-    """Eagerly rejects a learning rate that cannot train: not positive, or not finite."""
+def _check_learning_rate(name: str, learning_rate: ScalarOrSchedule) -> ScalarOrSchedule:
+    """Eagerly rejects a learning rate that cannot train: not positive, or not finite. A NumPy
+    scalar comes back as a Python float (zoo's one rule for arguments, `zoo._checks`)."""
     if callable(learning_rate):
-        return
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float):
+        return learning_rate
+    if not _checks.is_real(learning_rate):
         raise TypeError(
             f"learning_rate of zoo.sparse.{name} must be a positive float or an optax schedule; "
             f"got {learning_rate!r}. For example zoo.sparse.{name}(0.05)."
@@ -98,6 +100,20 @@ def _check_learning_rate(name: str, learning_rate: ScalarOrSchedule) -> None:
             f"learning_rate of zoo.sparse.{name} must be positive and finite; got "
             f"{learning_rate!r}. For example zoo.sparse.{name}(0.05)."
         )
+    return float(learning_rate)
+
+
+def checked_state(name: str, state, kind: type):
+    """`state`, refused unless it is `kind`, the state of `zoo.sparse.{name}`: the state of an
+    optax optimizer (or of another sparse one) would fail deep inside the step."""
+    if not isinstance(state, kind):
+        raise TypeError(
+            f"opt_state of zoo.sparse.{name} must be its {kind.__name__}, made by its init; got "
+            f"{type(state).__name__} (the state of another optimizer, an optax one?). For "
+            "example: opt = zoo.sparse.partition(dense=optax.adam(1e-3), "
+            "embeddings=zoo.sparse.sgd(0.1)); opt_state = opt.init(model)."
+        )
+    return state
 
 
 def _learning_rate(learning_rate: ScalarOrSchedule, count: Int[ArrayLike, ""]):
@@ -176,7 +192,7 @@ def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
         ```
     """
 
-    _check_learning_rate("sgd", learning_rate)
+    learning_rate = _check_learning_rate("sgd", learning_rate)
 
     def init(params: PyTree) -> SGDState:
         del params
@@ -184,6 +200,7 @@ def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
 
     def update(grads: PyTree, state: SGDState, params: PyTree = None):
         del params
+        checked_state("sgd", state, SGDState)
         lr = _learning_rate(learning_rate, state.count)
 
         def rows(g: SparseRows):
@@ -193,15 +210,19 @@ def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
         return updates, SGDState(optax.safe_int32_increment(state.count))
 
     def in_place_scale(state: SGDState) -> Float[Array, ""]:
+        checked_state("sgd", state, SGDState)
         return -jnp.asarray(_learning_rate(learning_rate, state.count), jnp.float32)
 
     return SparseGradientTransformation(init, update, in_place_scale)
 
 
 def _adagrad(
-    name: str, learning_rate: ScalarOrSchedule, eps: float, init_value: float, rowwise: bool
+    name: str, learning_rate: ScalarOrSchedule, eps: RealLike, init_value: RealLike, rowwise: bool
 ) -> SparseGradientTransformation:
-    _check_learning_rate(name, learning_rate)
+    learning_rate = _check_learning_rate(name, learning_rate)
+    example = f"zoo.sparse.{name}(0.05, eps=1e-10)"
+    eps = _checks.real("eps", eps, low=0.0, example=example)
+    init_value = _checks.real("init_value", init_value, low=0.0, example=example)
     row_shape = (lambda w: w.shape[:1]) if rowwise else (lambda w: w.shape)
 
     def init(params: PyTree) -> AdagradState:
@@ -210,6 +231,7 @@ def _adagrad(
 
     def update(grads: PyTree, state: AdagradState, params: PyTree = None):
         del params
+        checked_state(name, state, AdagradState)
         lr = _learning_rate(learning_rate, state.count)
 
         def rows(g: SparseRows, sums: Array):
@@ -226,7 +248,7 @@ def _adagrad(
 
 
 def rowwise_adagrad(
-    learning_rate: ScalarOrSchedule, eps: float = 1e-8, initial_accumulator_value: float = 0.0
+    learning_rate: ScalarOrSchedule, eps: RealLike = 1e-8, initial_accumulator_value: RealLike = 0.0
 ) -> SparseGradientTransformation:
     """Row-wise Adagrad, as FBGEMM's `EXACT_ROWWISE_ADAGRAD` and torchrec: one accumulator per row.
 
@@ -257,7 +279,9 @@ def rowwise_adagrad(
 
 
 def adagrad(
-    learning_rate: ScalarOrSchedule, eps: float = 1e-10, initial_accumulator_value: float = 0.0
+    learning_rate: ScalarOrSchedule,
+    eps: RealLike = 1e-10,
+    initial_accumulator_value: RealLike = 0.0,
 ) -> SparseGradientTransformation:
     """Element-wise Adagrad, as `torch.optim.Adagrad` on a sparse gradient.
 
@@ -279,7 +303,7 @@ def adagrad(
 
 
 def lazy_adam(
-    learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+    learning_rate: ScalarOrSchedule, b1: RealLike = 0.9, b2: RealLike = 0.999, eps: RealLike = 1e-8
 ) -> SparseGradientTransformation:
     """Lazy Adam, as `torch.optim.SparseAdam` (and TF's `LazyAdam`).
 
@@ -310,7 +334,11 @@ def lazy_adam(
     float16 table, where `v`'s updates of `1 - b2 = 0.001` times itself would round away.
     """
 
-    _check_learning_rate("lazy_adam", learning_rate)
+    learning_rate = _check_learning_rate("lazy_adam", learning_rate)
+    example = "zoo.sparse.lazy_adam(1e-3, b1=0.9, b2=0.999)"
+    b1 = _checks.real("b1", b1, low=0.0, high=1.0, high_open=True, example=example)
+    b2 = _checks.real("b2", b2, low=0.0, high=1.0, high_open=True, example=example)
+    eps = _checks.real("eps", eps, low=0.0, low_open=True, example=example)
 
     def init(params: PyTree) -> LazyAdamState:
         moments = jax.tree.map(lambda w: jnp.zeros(w.shape, _moments_dtype(w.dtype)), params)
@@ -318,6 +346,7 @@ def lazy_adam(
 
     def update(grads: PyTree, state: LazyAdamState, params: PyTree = None):
         del params
+        checked_state("lazy_adam", state, LazyAdamState)
         count = optax.safe_int32_increment(state.count)
         t = count.astype(jnp.float32)
         step_size = _learning_rate(learning_rate, state.count) * jnp.sqrt(1 - b2**t) / (1 - b1**t)

@@ -6,9 +6,10 @@ import equinox as eqx
 import jax
 import optax
 
+from .. import _checks
 from .._custom_types import PyTree
 from ._lookups import split_params
-from ._optimizers import SparseGradientTransformation
+from ._optimizers import SparseGradientTransformation, checked_state
 from ._rows import SparseRows, is_sparse_rows
 
 
@@ -67,12 +68,14 @@ def partition(
     Gradient transformations in `dense` see only the dense gradients: a global-norm clip, for
     instance, ignores the tables.
     """
+    _check_parts(dense, embeddings)
 
     def init(model: PyTree) -> PartitionState:
         tables, rest = split_params(model)
         return PartitionState(dense=dense.init(rest), embeddings=embeddings.init(tables))
 
     def update(grads: PyTree, state: PartitionState, model: PyTree = None):
+        checked_state("partition", state, PartitionState)
         table_grads, rest_grads = _split_grads(grads)
         tables, rest = (None, None) if model is None else split_params(model)
         rest_updates, dense_state = dense.update(rest_grads, state.dense, rest)
@@ -82,9 +85,36 @@ def partition(
 
     in_place_scale = None
     if embeddings.in_place_scale is not None:
-        in_place_scale = lambda state: embeddings.in_place_scale(state.embeddings)  # noqa: E731
+        in_place_scale = lambda state: embeddings.in_place_scale(  # noqa: E731
+            checked_state("partition", state, PartitionState).embeddings
+        )
 
     return SparseGradientTransformation(init, update, in_place_scale)
+
+
+_PARTITION_EXAMPLE = (
+    "zoo.sparse.partition(dense=optax.adam(1e-3), embeddings=zoo.sparse.rowwise_adagrad(0.05))"
+)
+
+
+def _check_parts(dense, embeddings) -> None:
+    """`dense` an optax optimizer and `embeddings` a sparse one: swapped, each would be accepted
+    and fail only at the first step."""
+    if isinstance(dense, SparseGradientTransformation):
+        raise TypeError(
+            "dense must be an optax optimizer such as optax.adam(1e-3); got a zoo.sparse "
+            f"optimizer (are dense and embeddings swapped?). For example: {_PARTITION_EXAMPLE}"
+        )
+    if not (callable(getattr(dense, "init", None)) and callable(getattr(dense, "update", None))):
+        raise TypeError(
+            "dense must be an optax optimizer such as optax.adam(1e-3); got "
+            f"{_checks.describe(dense)}. For example: {_PARTITION_EXAMPLE}"
+        )
+    if not isinstance(embeddings, SparseGradientTransformation):
+        raise TypeError(
+            "embeddings must be a zoo.sparse optimizer such as zoo.sparse.rowwise_adagrad(0.05); "
+            f"got {type(embeddings).__name__}. For example: {_PARTITION_EXAMPLE}"
+        )
 
 
 def _apply(update, param):

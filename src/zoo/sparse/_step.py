@@ -4,7 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._custom_types import PyTree
-from ._grad import value_and_grad
+from ._grad import check_loss, value_and_grad
 from ._in_place import value_and_grad_in_place
 from ._optimizers import SparseGradientTransformation
 from ._partition import apply_updates
@@ -65,6 +65,7 @@ def value_and_update(
         loss, model, opt_state = step(model, opt.init(model), batch)
         ```
     """
+    check_loss(fn)
     if not isinstance(optimizer, SparseGradientTransformation):
         raise TypeError(
             "zoo.sparse.value_and_update takes a zoo.sparse optimizer; got "
