@@ -56,7 +56,7 @@ def evaluate(
     return evaluated(model, data, metrics, batch_size=batch_size, argument="data")
 
 
-def evaluated(model, data, metrics, *, batch_size: int, argument: str) -> dict[str, float]:
+def evaluated(model, data, metrics, *, batch_size, argument: str) -> dict[str, float]:
     """`evaluate`, its errors naming `argument` (`"eval_data"` inside `zoo.train`)."""
     if not callable(model):
         raise TypeError(

@@ -172,8 +172,6 @@ def synthetic_sequences(
     example = "zoo.data.synthetic_sequences(2000, 1000, length=20, key=key)"
     sizes = {"num_users": num_users, "num_items": num_items, "successors": successors}
     _check_sizes(example, sizes, "length", length)
-    if _checks.is_real(order) and not 0 <= order <= 1:
-        raise ValueError(f"order must be a probability in [0, 1]; got {order!r}. {example}")
     order = _checks.real("order", order, low=0.0, high=1.0, example=example)
     popularity = _checks.real("popularity", popularity, low=0.0, example=example)
     rng = _rng(key)
