@@ -1,6 +1,11 @@
 """The errors with which `zoo.train` stops early, carrying the model and history that trained."""
 
+import contextlib
+from typing import NamedTuple
+
 import equinox as eqx
+
+from ._programs import SCHEDULE_ERROR, Programs, StepTotals
 
 
 class TrainingStopped(BaseException):
@@ -45,3 +50,53 @@ class LearningRateError(TrainingStopped, ValueError):
     `optax.inject_hyperparams`) returns a negative or non-finite value at a step: a
     `ValueError` and a [`zoo.TrainingStopped`][], whose `model` and `history` are those of the
     last epoch before that step."""
+
+
+class Good(NamedTuple):
+    """The last good model's arrays (a copy) and the history of its epochs."""
+
+    model: eqx.Module
+    history: dict
+
+
+def interrupted(programs: Programs, good: Good) -> "TrainingInterrupted":
+    """The `TrainingInterrupted` to raise in place of a `KeyboardInterrupt`, carrying what
+    trained."""
+    return TrainingInterrupted(
+        f"training was interrupted (KeyboardInterrupt) after {len(good.history['epoch'])} "
+        "completed epochs; the exception's .model and .history are the last completed "
+        "epoch's.",
+        model=programs.model_of(good.model),
+        history=good.history,
+    )
+
+
+@contextlib.contextmanager
+def schedule_checked(programs: Programs, good: Good):
+    """The step's check of a schedule's learning rate (`eqx.error_if`, under `jax.jit`) comes
+    as a runtime error whose message holds JAX's traceback: raised again, plainly, with what
+    trained."""
+    try:
+        yield
+    except Exception as error:  # JAX raises a ValueError or a JaxRuntimeError, by version
+        if SCHEDULE_ERROR not in str(error) or isinstance(error, LearningRateError):
+            raise
+        raise LearningRateError(
+            f"{SCHEDULE_ERROR} The exception's .model and .history are those of the last "
+            f"epoch before it (epoch {len(good.history['epoch'])}).",
+            model=programs.model_of(good.model),
+            history=good.history,
+        ) from None
+
+
+def raise_if_not_finite(totals: StepTotals, programs: Programs, good: Good) -> None:
+    step = int(totals.first_nonfinite_step)
+    if step >= 0:
+        raise NonFiniteLossError(
+            f"the loss became non-finite (nan or inf) at step {step}. Lower the learning rate, "
+            "clip gradients with optax.chain(optax.clip_by_global_norm(1.0), ...), or check the "
+            "data for non-finite values. The exception's .model and .history are those of the "
+            f"last epoch before it (epoch {len(good.history['epoch'])}).",
+            model=programs.model_of(good.model),
+            history=good.history,
+        )

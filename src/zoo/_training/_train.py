@@ -5,13 +5,12 @@ epoch runner are built, then the epoch loop runs: each epoch is run (`_epochs`),
 recorded (`_history`), checkpointed (`_checkpointing`) and logged (`_logs`).
 """
 
-import contextlib
 import copy
 import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -33,14 +32,14 @@ from ._evaluate import evaluated
 from ._history import current_learning_rate, new_history, record_epoch
 from ._logs import EpochLogs, check_logging
 from ._precision import check_precision, dynamic_loss_scaling, with_precision
-from ._programs import SCHEDULE_ERROR, Programs, StepTotals, make_train_step
+from ._programs import Programs, StepTotals, make_train_step
 from ._progress import progress_bar
 from ._routing import routing_for
 from ._rules import rule_for
 from ._run_record import describe_data, run_record
 from ._sharded import Placement, shard_training, training_mesh
 from ._state import TrainState, initial_state, validation_key
-from ._stopped import LearningRateError, NonFiniteLossError, TrainingInterrupted
+from ._stopped import Good, interrupted, raise_if_not_finite, schedule_checked
 from ._validation import check_validation_split, split_validation
 
 LastBatch = Literal["keep", "drop"]
@@ -342,7 +341,7 @@ def train(
         logs.start(history)
         # What a stopped run hands back: the arrays of the last good model (the programs donate
         # those of the state) and the history of its epochs.
-        good = _Good(_copied(dynamic.model), copy.deepcopy(history))
+        good = Good(_copied(dynamic.model), copy.deepcopy(history))
 
         first_epoch = int(dynamic.epoch)
         remaining = (
@@ -356,25 +355,17 @@ def train(
                     break  # a resumed run that had already stopped
                 bar.set_description(f"epoch {epoch + 1}/{epochs}")
                 start = time.perf_counter()
-                with _schedule_checked(programs, good):
+                with schedule_checked(programs, good):
                     dynamic, totals = runner.run(dynamic, totals, bar, saver)
                     jax.block_until_ready(totals)  # programs run asynchronously: time the work
                 seconds = time.perf_counter() - start
                 if on_nonfinite == "raise":
-                    _raise_if_not_finite(totals, programs, good)
+                    raise_if_not_finite(totals, programs, good)
                 dynamic = _next_epoch(dynamic)
                 state = programs.combine(dynamic)
-                eval_metrics = {}
-                if eval_arrays is not None and metrics:
-                    eval_metrics = evaluated(
-                        state.model,
-                        eval_arrays,
-                        metrics,
-                        batch_size=eval_batch_size,
-                        argument="eval_data",
-                    )
-                if eval_fn is not None:
-                    eval_metrics |= arguments.checked_eval_figures(eval_fn(state.model))
+                eval_metrics = _evaluation(
+                    state.model, eval_arrays, metrics, eval_batch_size, eval_fn
+                )
                 record_epoch(
                     history,
                     epoch=epoch + 1,
@@ -384,7 +375,7 @@ def train(
                     opt_state=state.opt_state,
                     eval_metrics=eval_metrics,
                 )
-                good = _Good(_copied(dynamic.model), copy.deepcopy(history))
+                good = Good(_copied(dynamic.model), copy.deepcopy(history))
                 if keep_best and early_stopping.decision(history).best_epoch == epoch + 1:
                     saver.best_model = good.model  # never donated: one copy serves both
                 saver.after_epoch(int(state.step), dynamic)
@@ -398,13 +389,7 @@ def train(
     except KeyboardInterrupt as interrupt:
         if good is None:  # stopped before training began: nothing to hand back
             raise
-        raise TrainingInterrupted(
-            f"training was interrupted (KeyboardInterrupt) after {len(good.history['epoch'])} "
-            "completed epochs; the exception's .model and .history are the last completed "
-            "epoch's.",
-            model=programs.model_of(good.model),
-            history=good.history,
-        ) from interrupt
+        raise interrupted(programs, good) from interrupt
     finally:
         saver.close()  # waits for background saves: a returned or raised train has saved
         if logs is not None:
@@ -419,11 +404,16 @@ def train(
     return programs.combine(dynamic).model, history
 
 
-class _Good(NamedTuple):
-    """The last good model's arrays (a copy) and the history of its epochs."""
-
-    model: eqx.Module
-    history: dict
+def _evaluation(model, eval_arrays, metrics, eval_batch_size, eval_fn) -> dict[str, float]:
+    """The epoch's eval figures: the metrics on `eval_data`, then what `eval_fn` returns."""
+    figures = {}
+    if eval_arrays is not None and metrics:
+        figures = evaluated(
+            model, eval_arrays, metrics, batch_size=eval_batch_size, argument="eval_data"
+        )
+    if eval_fn is not None:
+        figures |= arguments.checked_eval_figures(eval_fn(model))
+    return figures
 
 
 def _copied(tree):
@@ -441,34 +431,3 @@ def _postfix(history: dict) -> dict[str, str]:
     figures = {"loss": history["train"]["loss"][-1]}
     figures.update({name: values[-1] for name, values in history["eval"].items()})
     return {name: f"{value:.4g}" for name, value in figures.items()}
-
-
-@contextlib.contextmanager
-def _schedule_checked(programs: Programs, good: _Good):
-    """The step's check of a schedule's learning rate (`eqx.error_if`, under `jax.jit`) comes
-    as a runtime error whose message holds JAX's traceback: raised again, plainly, with what
-    trained."""
-    try:
-        yield
-    except Exception as error:  # JAX raises a ValueError or a JaxRuntimeError, by version
-        if SCHEDULE_ERROR not in str(error) or isinstance(error, LearningRateError):
-            raise
-        raise LearningRateError(
-            f"{SCHEDULE_ERROR} The exception's .model and .history are those of the last "
-            f"epoch before it (epoch {len(good.history['epoch'])}).",
-            model=programs.model_of(good.model),
-            history=good.history,
-        ) from None
-
-
-def _raise_if_not_finite(totals: StepTotals, programs: Programs, good: _Good) -> None:
-    step = int(totals.first_nonfinite_step)
-    if step >= 0:
-        raise NonFiniteLossError(
-            f"the loss became non-finite (nan or inf) at step {step}. Lower the learning rate, "
-            "clip gradients with optax.chain(optax.clip_by_global_norm(1.0), ...), or check the "
-            "data for non-finite values. The exception's .model and .history are those of the "
-            f"last epoch before it (epoch {len(good.history['epoch'])}).",
-            model=programs.model_of(good.model),
-            history=good.history,
-        )
