@@ -29,6 +29,12 @@ def _data(n=64):
     }
 
 
+def _with_nan_input(data: dict, row: int) -> dict:
+    x = data["x"].copy()
+    x[row, 1] = np.nan
+    return data | {"x": x}
+
+
 def _batches(n=64, size=16):
     data = _data(n)
     return [{k: jnp.asarray(v[i : i + size]) for k, v in data.items()} for i in range(0, n, size)]
@@ -247,8 +253,12 @@ def test_what_eval_fn_returns_is_checked(returned, error, message):
     [
         (_data(8) | {"x": np.zeros((8, 6), np.float32)}, r"eval_data does not fit the model"),
         ({"x": _data(8)["x"]}, r"eval_data must hold .* and no 'y'"),
+        (
+            _with_nan_input(_data(8), row=3),
+            r"eval_data\['x'\] must be finite; 1 of 8 examples .*the first at row 3",
+        ),
     ],
-    ids=["features", "no-labels"],
+    ids=["features", "no-labels", "nan-inputs"],
 )
 def test_bad_eval_data_is_refused_before_the_first_step(monkeypatch, eval_data, message):
     steps = _count_steps(monkeypatch)

@@ -1,8 +1,6 @@
 """`zoo.train`'s argument checks: every one runs before the first step, and names its argument."""
 
 import math
-import os
-import pathlib
 from collections.abc import Iterator, Mapping
 
 import equinox as eqx
@@ -11,6 +9,7 @@ import numpy as np
 
 from .. import _checks
 from ..losses._losses import batched_predictions
+from ._dataset import inputs_not_finite
 from ._early_stopping import EarlyStopping
 from ._rules import DENSE, UpdateRule
 
@@ -68,23 +67,25 @@ def training_key(key):
     return _checks.key("key", key, example="zoo.train(model, data, key=jax.random.key(0))")
 
 
-def check_checkpointing(checkpoint_dir, checkpoint_every, resume) -> None:
+def check_checkpointing(
+    checkpoint_dir, checkpoint_every, keep, resume
+) -> tuple[int | None, int | None]:
+    """Checks the checkpointing arguments; returns `checkpoint_every` and `keep` as ints."""
     example = "zoo.train(..., checkpoint_dir='runs/x', checkpoint_every=500, resume=True)"
     if checkpoint_dir is not None:
-        _checks.path("checkpoint_dir", checkpoint_dir, example=example)
-    _checks.optional_positive_int("checkpoint_every", checkpoint_every, example=example)
-    _checks.boolean("resume", resume, example=example)
-    if checkpoint_dir is not None:
-        if not isinstance(checkpoint_dir, str | os.PathLike):
-            raise TypeError(
-                f"checkpoint_dir must be a folder path (a str or pathlib.Path); got "
-                f"{checkpoint_dir!r}. For example {example}"
-            )
-        if pathlib.Path(checkpoint_dir).exists() and not pathlib.Path(checkpoint_dir).is_dir():
+        directory = _checks.path("checkpoint_dir", checkpoint_dir, example=example)
+        if directory.exists() and not directory.is_dir():
             raise ValueError(
                 f"checkpoint_dir must be a folder, but {checkpoint_dir} is a file. Pass a new or "
                 f"empty folder for the checkpoints: {example}"
             )
+    checkpoint_every = _checks.optional_positive_int(
+        "checkpoint_every", checkpoint_every, example=example
+    )
+    keep = _checks.optional_positive_int(
+        "keep", keep, example="zoo.train(..., checkpoint_dir='runs/x', keep=3)"
+    )
+    _checks.boolean("resume", resume, example=example)
     if checkpoint_every is not None and checkpoint_dir is None:
         raise ValueError(f"checkpoint_every needs checkpoint_dir: where should they go? {example}")
     if resume and checkpoint_dir is None:
@@ -92,6 +93,7 @@ def check_checkpointing(checkpoint_dir, checkpoint_every, resume) -> None:
             "resume=True needs checkpoint_dir, the folder of the run to continue: "
             "zoo.train(..., checkpoint_dir='runs/x', resume=True)."
         )
+    return checkpoint_every, keep
 
 
 def check_optimizer(optimizer) -> None:
@@ -213,6 +215,17 @@ def check_eval_data_fits(model: eqx.Module, eval_arrays: dict | None, metrics: d
         raise ValueError(
             f"eval_data does not fit the model and metrics {list(metrics)}: {error}"
         ) from error
+    _check_finite_inputs(eval_arrays["x"])
+
+
+def _check_finite_inputs(x) -> None:
+    """Non-finite eval inputs would stop the run after its first epoch: refused before it."""
+    if not np.issubdtype(x.dtype, np.inexact):
+        return
+    finite = np.isfinite(np.asarray(x)).reshape(len(x), -1).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise inputs_not_finite("eval_data", len(bad), len(x), int(bad[0]))
 
 
 def checked_eval_figures(figures) -> dict[str, float]:

@@ -77,3 +77,12 @@ def host_rows(
 
 def nbytes(data: Mapping[str, np.ndarray | jax.Array]) -> int:
     return sum(array.nbytes for array in data.values())
+
+
+def inputs_not_finite(argument: str, bad: int, count: int, first: int) -> ValueError:
+    """The error for `bad` of `count` examples of `argument` with NaN or infinite inputs."""
+    return ValueError(
+        f"{argument}['x'] must be finite; {bad} of {count} examples hold NaN or "
+        f"infinite inputs (the first at row {first}), so no metric can be reported. "
+        "Drop or fix them, e.g. keep = np.isfinite(x).all(axis=tuple(range(1, x.ndim)))."
+    )

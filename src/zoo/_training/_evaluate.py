@@ -15,7 +15,7 @@ from .._custom_types import Dataset, IntLike
 from ..losses._losses import batched_predictions
 from ..metrics._metrics import Metric, resolve_metrics
 from ._arguments import check_class_labels
-from ._dataset import checked_dataset, gather, num_examples, to_device
+from ._dataset import checked_dataset, gather, inputs_not_finite, num_examples, to_device
 
 _CLASSIFICATION = {"accuracy", "cross_entropy"}  # metrics whose targets are class labels
 
@@ -99,11 +99,7 @@ def _refuse_unearned(unearned, count: int, argument: str) -> None:
     (an argmax of NaN is class 0, which would score a perfect accuracy on class-0 data)."""
     bad_predictions, first_prediction, bad_inputs, first_input = (int(v) for v in unearned)
     if bad_inputs:
-        raise ValueError(
-            f"{argument}['x'] must be finite; {bad_inputs} of {count} examples hold NaN or "
-            f"infinite inputs (the first at row {first_input}), so no metric can be reported. "
-            "Drop or fix them, e.g. keep = np.isfinite(x).all(axis=tuple(range(1, x.ndim)))."
-        )
+        raise inputs_not_finite(argument, bad_inputs, count, first_input)
     if bad_predictions:
         raise ValueError(
             f"model predictions on {argument} must be finite; {bad_predictions} of {count} "

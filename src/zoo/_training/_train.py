@@ -245,7 +245,9 @@ def train(
     arguments.check_flags(
         fused=fused, progress=progress, stratify=stratify, tensorboard=tensorboard
     )
-    arguments.check_checkpointing(checkpoint_dir, checkpoint_every, resume)
+    checkpoint_every, keep = arguments.check_checkpointing(
+        checkpoint_dir, checkpoint_every, keep, resume
+    )
     arguments.check_callbacks(on_epoch, eval_fn)
     arguments.check_reiterable(data, epochs)
     check_validation_split(validation_split, stratify, data, eval_data)
