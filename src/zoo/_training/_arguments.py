@@ -144,30 +144,6 @@ def check_precision_for(rule: UpdateRule, precision: str) -> None:
         )
 
 
-def check_class_labels(model: eqx.Module, arrays: dict | None, argument: str) -> None:
-    """Labels for cross-entropy must index the model's outputs; checked once, on the host.
-
-    (Inside the compiled step an out-of-range label would only show as a wrong loss.)
-    """
-    if arrays is None or "x" not in arrays or "y" not in arrays:
-        return
-    labels = arrays["y"]
-    if not np.issubdtype(labels.dtype, np.integer):
-        return  # the loss itself raises a TypeError that says so, when traced
-    try:
-        outputs = eqx.filter_eval_shape(lambda m, x: m(x), model, arrays["x"][0])
-    except Exception:
-        return
-    classes = outputs.shape[-1] if outputs.ndim else 1
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= classes:
-        raise ValueError(
-            f"{argument}['y'] must hold class labels in [0, {classes}) for a model with {classes} "
-            f"outputs; got labels from {low} to {high}. Remap the labels, or build the model "
-            f"with out_size={high + 1}."
-        )
-
-
 def check_callbacks(on_epoch, eval_fn) -> None:
     for name, callback, example in (
         ("on_epoch", on_epoch, "on_epoch=lambda history: print(history['train']['loss'][-1])"),

@@ -14,8 +14,14 @@ from .. import _checks
 from .._custom_types import Dataset, IntLike
 from ..losses._losses import batched_predictions
 from ..metrics._metrics import Metric, resolve_metrics
-from ._arguments import check_class_labels
-from ._dataset import checked_dataset, gather, inputs_not_finite, num_examples, to_device
+from ._dataset import (
+    check_class_labels,
+    checked_dataset,
+    gather,
+    inputs_not_finite,
+    num_examples,
+    to_device,
+)
 
 _CLASSIFICATION = {"accuracy", "cross_entropy"}  # metrics whose targets are class labels
 

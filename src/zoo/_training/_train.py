@@ -25,7 +25,7 @@ from ..metrics._metrics import Metric, resolve_metrics
 from . import _arguments as arguments
 from ._accumulation import accumulating, check_accumulate
 from ._checkpointing import Saver
-from ._dataset import checked_dataset, num_examples
+from ._dataset import check_class_labels, checked_dataset, num_examples
 from ._early_stopping import EarlyStopping
 from ._epochs import epoch_runner
 from ._evaluate import evaluated
@@ -304,7 +304,7 @@ def train(
     )
     if loss == "cross_entropy":
         for argument, arrays in (("data", runner.arrays), ("eval_data", eval_arrays)):
-            arguments.check_class_labels(model, arrays, argument)
+            check_class_labels(model, arrays, argument)
 
     record = (
         None
