@@ -108,6 +108,8 @@ def _draw_losses(axis, epochs: list, losses: dict[str, list]) -> None:
     for label, values in losses.items():
         axis.plot(epochs, values, marker="o", markersize=3, label=label)
     axis.set_title("loss")
+    if all(value > 0 for values in losses.values() for value in values):
+        axis.set_yscale("log")  # the first epoch's loss would flatten the rest
 
 
 def _draw_baselines(axis, baselines: dict[str, dict[str, float]], metric: str) -> None:
