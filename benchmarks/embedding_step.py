@@ -6,6 +6,7 @@ donated). Every configuration runs in its own subprocess, so that its peak RSS i
 
     uv run python benchmarks/embedding_step.py                    # V in 1e4, 1e6, 1e7
     uv run python benchmarks/embedding_step.py --sizes 1e4,1e5    # a quick run
+    uv run python benchmarks/embedding_step.py --plot docs/img/embedding_step.png  # + figure
 
 PyTorch (`nn.Embedding(sparse=True)`) runs from `.bench-venv/`, a Python 3.11 venv with the CPU
 build of torch that `_torch_env.py` makes on first use; where it cannot, the run says why and
