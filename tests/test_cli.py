@@ -60,6 +60,9 @@ def test_plot_overlays_train_and_eval_loss_and_marks_the_best_epoch():
     assert _lines(losses) == ["train loss", "eval cross_entropy", "best epoch"]
     assert (accuracy.get_title(), _lines(accuracy)) == ("eval accuracy", ["model", "best epoch"])
     assert all(tick == int(tick) for tick in losses.get_xticks())
+    assert losses.get_yscale() == "linear"
+    history["train"]["loss"][0] = 90.0  # a first epoch that would flatten the rest
+    assert history_figure(history).get_axes()[0].get_yscale() == "log"
 
 
 def test_plot_draws_a_panel_per_distinct_metric_in_a_grid(tmp_path):

@@ -12,6 +12,8 @@ from ..losses import LOSSES
 
 # The same series, whatever their names: recall@K equals HR@K with one held-out item per user.
 _SAME_TOLERANCE = 1e-12
+# Losses spanning more than this factor are drawn on a log scale.
+_LOG_SPAN = 20
 
 
 def plot_history(history: dict, path: str | pathlib.Path) -> pathlib.Path:
@@ -108,8 +110,9 @@ def _draw_losses(axis, epochs: list, losses: dict[str, list]) -> None:
     for label, values in losses.items():
         axis.plot(epochs, values, marker="o", markersize=3, label=label)
     axis.set_title("loss")
-    if all(value > 0 for values in losses.values() for value in values):
-        axis.set_yscale("log")  # the first epoch's loss would flatten the rest
+    finite = [value for values in losses.values() for value in values if math.isfinite(value)]
+    if finite and min(finite) > 0 and max(finite) > _LOG_SPAN * min(finite):
+        axis.set_yscale("log")  # else the first epochs' loss flattens the rest into a line
 
 
 def _draw_baselines(axis, baselines: dict[str, dict[str, float]], metric: str) -> None:
