@@ -21,13 +21,14 @@ def plot_history(history: dict, path: str | pathlib.Path) -> pathlib.Path:
 
     The first panel holds the losses: the training loss and, on the same axis, each eval
     figure named after a loss (`cross_entropy`, `mse`, `bce` or another name of
-    `zoo.losses.LOSSES`), so that over- and under-fitting show at a glance. Every other eval
-    metric gets a panel of its own, except that metrics with identical values every epoch
-    (HR@10 and recall@10 with one held-out item per user) share one. Epochs are whole
-    numbers on the x axis. With early stopping (`history["best_epoch"]`), a dotted line marks
-    the epoch whose model was returned. When `history["baselines"]` maps baseline names to
-    figures (as `zoo train recommender` records the popularity and random baselines), each
-    metric's panel also draws the baselines' figure as a dashed line.
+    `zoo.losses.LOSSES`), so that over- and under-fitting show at a glance (on a log scale when
+    the losses span more than a factor of 20). Every other eval metric gets a panel of its
+    own, except that metrics with identical values every epoch (HR@10 and recall@10 with one
+    held-out item per user) share one. Epochs are whole numbers on the x axis. With early
+    stopping (`history["best_epoch"]`), a dotted line marks the epoch whose model was
+    returned. When `history["baselines"]` maps baseline names to figures (as `zoo train
+    recommender` records the popularity and random baselines), each metric's panel also
+    draws the baselines' figure as a dashed line.
 
     **Arguments:**
 
