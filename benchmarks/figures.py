@@ -279,7 +279,8 @@ def _draw_ranking(data: dict, figure) -> None:
             colour, style = _BASELINE_STYLE.get(name, ("#2ca02c", "-."))
             axis.axvline(figures[metric], color=colour, linestyle=style, label=f"{name} baseline")
         axis.set_title(metric)
-        axis.set_xlim(0, max(values) * 1.2)
+        baselines = [figures[metric] for figures in data["baselines"].values()]
+        axis.set_xlim(0, max(values + baselines) * 1.2)  # every bar and baseline in view
         axis.grid(alpha=0.3, axis="x")
     axes[0].set_yticks(list(rows), labels)
     handles, names = axes[0].get_legend_handles_labels()
