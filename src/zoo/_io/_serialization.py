@@ -30,9 +30,11 @@ from .. import _checks
 from .._custom_types import PyTree
 from .._version import __version__
 from . import _array_store as store
-from ._rebuild import name_of, rebuild_skeleton, recipe_of
+from ._rebuild import name_of, rebuild_difference, rebuild_skeleton, recipe_of
 
-_FORMAT = "zoo.save/1"
+_FORMAT = "zoo.save/2"
+# Format 1 recorded scalar leaves by type name and value, and arguments in plain JSON; it loads.
+_FORMATS = ("zoo.save/1", _FORMAT)
 _METADATA = "zoo.json"
 _ARRAYS = re.compile(r"arrays-[0-9a-f]{16}")
 # What an interrupted save can leave in its directory besides a complete save.
@@ -76,20 +78,24 @@ def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> 
     path = _checked_path(path, "zoo.save('models/mlp', model)")
     _checks.boolean("overwrite", overwrite, example="zoo.save(path, model, overwrite=True)")
     _check_model(model)
+    # Everything that can refuse the model comes first: a refused save writes nothing.
+    scalars = store.scalar_leaves(model, argument="model")
     item, manifest = store.to_store(model, argument="model")
-    _prepare_directory(path, overwrite)
+    model_info = _model_info(model)
     arrays = f"arrays-{secrets.token_hex(8)}"
-    with store.orbax().Checkpointer(store.array_handler()) as checkpointer:
-        checkpointer.save((path / arrays).absolute(), args=store.save_args(item))
     info = {
         "format": _FORMAT,
         "versions": _versions(),
-        "model": _model_info(model, manifest),
+        "model": model_info,
         "arrays": arrays,
         "manifest": manifest,
-        "scalars": store.scalar_leaves(model),
+        "scalars": scalars,
     }
-    _write_json_atomically(path / _METADATA, info)
+    text = json.dumps(info, indent=1, allow_nan=False)
+    _prepare_directory(path, overwrite)
+    with store.orbax().Checkpointer(store.array_handler()) as checkpointer:
+        checkpointer.save((path / arrays).absolute(), args=store.save_args(item))
+    _write_json_atomically(path / _METADATA, text)
     _remove_leftovers(path, keep=arrays)
     return path
 
@@ -135,6 +141,8 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
     where = f"the checkpoint at {path}"
     info = _read_info(path)
     skeleton = _skeleton(info["model"], like, where)
+    # Before the arrays: eqx.filter_eval_shape makes a NumPy scalar a 0-d shape, as an array.
+    skeleton = store.with_scalars(skeleton, info.get("scalars", []), where)
 
     def read(item, restore_args):
         return (
@@ -146,8 +154,7 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
             )
         )
 
-    model = store.from_store(skeleton, info["manifest"], read, where)
-    return store.with_scalars(model, info.get("scalars", []), where)
+    return store.from_store(skeleton, info["manifest"], read, where)
 
 
 def _checked_path(path, example: str) -> pathlib.Path:
@@ -177,37 +184,31 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _model_info(model: PyTree, manifest: list[dict]) -> dict[str, Any]:
-    """The model's class and, when it can be rebuilt, its constructor arguments; else why not."""
+def _model_info(model: PyTree) -> dict[str, Any]:
+    """The model's class and, when it rebuilds from them, the arguments it was built with;
+    else why not. A `ValueError` when every argument was recorded and they do not rebuild it."""
     info: dict[str, Any] = {"class": name_of(type(model)), "arguments": None}
     recipe = recipe_of(model)
     if recipe is None:
         info["not_rebuildable"] = (
-            f"{info['class']} does not record its constructor arguments (only zoo models do)"
+            f"{info['class']} is not a zoo.Rebuildable, which records the arguments it was "
+            "built with"
         )
-    elif recipe.arguments is None:
-        info["not_rebuildable"] = recipe.problem
+        return info
+    difference = rebuild_difference(recipe, model)
+    if difference is None:
+        info["arguments"] = recipe.arguments
+    elif recipe.omitted:
+        info["not_rebuildable"] = f"{'; '.join(recipe.omitted)}: rebuilt without it, {difference}"
     else:
-        problem = _rebuild_problem(recipe.name, recipe.arguments, manifest)
-        if problem is None:
-            info["arguments"] = json.loads(recipe.arguments)
-        else:
-            info["not_rebuildable"] = problem
+        raise ValueError(
+            f"zoo.save refuses this {recipe.name}: rebuilt from the arguments it was built "
+            f"with, {difference}. It was changed after it was built (with "
+            "eqx.tree_at, say), or its __init__ depends on more than its arguments. Build it "
+            "with arguments that make this model; or save a pytree that holds it, "
+            "zoo.save(path, {'model': model}), and load that with like={'model': template}."
+        )
     return info
-
-
-def _rebuild_problem(name: str, arguments: str, manifest: list[dict]) -> str | None:
-    """Why the recorded arguments do not rebuild the model's arrays (it was changed since its
-    construction, by `eqx.tree_at` say), or `None` when they do."""
-    try:
-        skeleton = rebuild_skeleton(name, arguments)
-    except (TypeError, ValueError) as error:  # e.g. an argument that JSON turned into a tuple
-        return f"its recorded constructor arguments do not rebuild it: {error}"
-    try:
-        store.check_match(manifest, store.leaves(skeleton), "its constructor arguments")
-    except ValueError as mismatch:
-        return f"the model was changed after construction: {mismatch}"
-    return None
 
 
 def _prepare_directory(path: pathlib.Path, overwrite: bool) -> None:
@@ -229,12 +230,12 @@ def _prepare_directory(path: pathlib.Path, overwrite: bool) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def _write_json_atomically(target: pathlib.Path, content: dict) -> None:
+def _write_json_atomically(target: pathlib.Path, text: str) -> None:
     """Writes `target` through a synced temporary file renamed over it: readers see the old file
     or the whole new one, even after a crash."""
     temporary = target.with_name(f"{target.name}.tmp-{secrets.token_hex(8)}")
     with open(temporary, "w") as file:
-        json.dump(content, file, indent=1)
+        file.write(text)
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, target)
@@ -268,7 +269,7 @@ def _read_info(path: pathlib.Path) -> dict:
 
 
 def _check_info(info: dict) -> None:
-    if info["format"] != _FORMAT:
+    if info["format"] not in _FORMATS:
         raise ValueError(f"unknown format {info['format']!r}, expected {_FORMAT!r}")
     if not _ARRAYS.fullmatch(info["arrays"]):  # a bare name: never a path out of the save
         raise ValueError(f"malformed arrays directory {info['arrays']!r}")
@@ -305,7 +306,7 @@ def _skeleton(model_info: dict, like: PyTree | None, where: str) -> PyTree:
             "eqx.filter_eval_shape(Model, ..., key=jax.random.key(0))."
         )
     try:
-        return rebuild_skeleton(saved_class, json.dumps(model_info["arguments"]))
+        return rebuild_skeleton(saved_class, model_info["arguments"])
     except LookupError:
         raise TypeError(
             f"{where} holds a {saved_class}, which no imported module defines: import it "
