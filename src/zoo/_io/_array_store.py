@@ -304,7 +304,7 @@ def scalar_leaves(tree: PyTree, *, argument: str) -> list[dict]:
             entries.append({"path": where, "value": encode(x, where)})
         except Unrecordable as why:
             raise TypeError(
-                f"{argument} has a leaf that a save cannot give back exactly: {why}. Make it a "
+                f"{argument} has a leaf that zoo.save refuses: {why}. Make it a "
                 "static field (eqx.field(static=True)) or an array, or convert it to one of those."
             ) from None
     return entries

@@ -12,7 +12,8 @@ exactly must be refused before anything is written. So:
   bits, bytes in hex, a list, a dict, a dtype by name, and a NumPy scalar of any fixed-size
   dtype by its dtype and its bytes (bool, every int and float, longdouble, complex,
   datetime64, timedelta64, raw void, and `ml_dtypes` types such as bfloat16); `np.str_` and
-  `np.bytes_` by their text and bytes.
+  `np.bytes_` by their text and bytes; an array of up to `ARRAY_BYTES` by its dtype, shape
+  and bytes (comes back as a NumPy array).
 
 Anything else raises `Unrecordable`, naming where it was found.
 """
@@ -21,6 +22,7 @@ import math
 import reprlib
 from typing import Any
 
+import jax
 import ml_dtypes
 import numpy as np
 
@@ -28,6 +30,9 @@ _TAG = "__zoo__"
 _OLD_DTYPE_TAG = "__dtype__"  # how saves before the tags recorded a dtype
 _SHORT = reprlib.Repr(maxother=80, maxstring=80)  # an argument may be a large array
 # Dtypes whose layout depends on the machine: a save records how many mantissa bits they had.
+# Array arguments up to this size are recorded (a table of side features, item counts);
+# larger ones are left out of a save's zoo.json, and their model loads with like=.
+ARRAY_BYTES = 2**20
 _PLATFORM_DEPENDENT = {np.dtype(np.longdouble), np.dtype(np.clongdouble)}
 
 
@@ -47,6 +52,8 @@ def encode(value: Any, where: str) -> Any:
         return _tagged("bytes", hex=value.hex())
     if isinstance(value, np.generic):
         return _encode_numpy(value, where)
+    if isinstance(value, np.ndarray | jax.Array):
+        return _encode_array(value, where)
     if is_dtype(value):
         return _tagged("dtype", name=_dtype_name(np.dtype(value), where))
     if type(value) is tuple:
@@ -63,7 +70,7 @@ def encode(value: Any, where: str) -> Any:
 
 _RECORDABLE = (
     "is not a value a save can give back exactly: None, a bool, int, float, complex, str or "
-    "bytes, a NumPy scalar, a dtype, or a tuple, list or str-keyed dict of them"
+    "bytes, a NumPy scalar, a dtype, a small array, or a tuple, list or str-keyed dict of them"
 )
 
 
@@ -92,6 +99,8 @@ def decode(value: Any) -> Any:
         return dtype_named(value["name"])
     if kind == "numpy":
         return _decode_numpy(value)
+    if kind == "ndarray":
+        return _from_bits(value["bits"], dtype_named(value["dtype"]), value["shape"])
     raise ValueError(f"unknown value tag {kind!r}")
 
 
@@ -128,8 +137,26 @@ def _bits(value: np.generic) -> str:
     return np.asarray(value).tobytes().hex()
 
 
-def _from_bits(bits: str, dtype) -> np.generic:
-    return np.frombuffer(bytes.fromhex(bits), dtype=dtype)[0]
+def _from_bits(bits: str, dtype, shape=None):
+    """The scalar written as `bits`; with a `shape`, the array (a writable copy)."""
+    array = np.frombuffer(bytes.fromhex(bits), dtype=dtype)
+    return array[0] if shape is None else array.reshape(shape).copy()
+
+
+def _encode_array(value, where: str) -> dict:
+    if value.nbytes > ARRAY_BYTES:
+        raise Unrecordable(
+            f"{where} is an array of {value.nbytes} bytes; arrays of up to {ARRAY_BYTES} are "
+            "recorded (in zoo.json)"
+        )
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # a tracer (built under jax.jit), a PRNG key, ...
+        raise Unrecordable(f"{where} is an array that cannot be recorded: {error}") from None
+    if array.dtype.hasobject:
+        raise Unrecordable(f"{where} is an array of Python objects")
+    name = _dtype_name(array.dtype, where)
+    return _tagged("ndarray", dtype=name, shape=list(array.shape), bits=array.tobytes().hex())
 
 
 def _dtype_name(dtype: np.dtype, where: str) -> str:

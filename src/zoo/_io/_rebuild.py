@@ -203,15 +203,16 @@ def recipe_of(model: Any) -> Recipe | None:
     """How to rebuild a `Rebuildable` model, else `None`."""
     if not isinstance(model, Rebuildable):
         return None
-    arguments, omitted = {}, []
+    arguments = {}
+    omitted = {} if model._construction is None else dict(model._construction.omitted)
     for name, value in model.rebuild_arguments().items():
         try:
             arguments[name] = encode(value, name)
         except Unrecordable as why:
-            omitted.append(str(why))
-    if model._construction is not None:
-        omitted += [why for name, why in model._construction.omitted if name not in arguments]
-    return Recipe(name_of(type(model)), arguments, tuple(omitted))
+            omitted[name] = str(why)
+        else:
+            omitted.pop(name, None)  # given by rebuild_arguments in a form that records
+    return Recipe(name_of(type(model)), arguments, tuple(omitted.values()))
 
 
 def rebuild_skeleton(name: str, arguments: dict[str, Any]) -> Any:
@@ -227,7 +228,9 @@ def rebuild_skeleton(name: str, arguments: dict[str, Any]) -> Any:
     if _KEY_ARGUMENT in signature.parameters:
         decoded[_KEY_ARGUMENT] = jax.random.key(0)  # any key: the arrays are replaced
     bound = inspect.BoundArguments(signature, decoded)
-    return eqx.filter_eval_shape(cls, *bound.args, **bound.kwargs)
+    # Arguments are closed over, not passed: an array argument stays concrete (NumPy) for the
+    # constructor, which may compute a static field from its values.
+    return eqx.filter_eval_shape(lambda: cls(*bound.args, **bound.kwargs))
 
 
 def call_of(recipe: Recipe) -> str:
@@ -238,12 +241,16 @@ def call_of(recipe: Recipe) -> str:
 
 def rebuild_difference(recipe: Recipe, model: Any) -> str | None:
     """How the model that `recipe` rebuilds differs from `model` (the first static field,
-    array shape or dtype, or structure that does), or `None` when it does not."""
+    array shape or dtype, or structure that does; or what rebuilding it raises), or `None`
+    when it does not."""
     try:
         skeleton = rebuild_skeleton(recipe.name, recipe.arguments)
     except Exception as error:  # whatever the constructor raises; it is reported, not hidden
         return f"{call_of(recipe)} raises {type(error).__name__}: {error}"
-    return _difference(model, skeleton, "")
+    difference = _difference(model, skeleton, "")
+    if difference is None:
+        return None
+    return f"rebuilt from the arguments it was built with, {difference}"
 
 
 def _is_array_like(x) -> bool:

@@ -199,12 +199,12 @@ def _model_info(model: PyTree) -> dict[str, Any]:
     if difference is None:
         info["arguments"] = recipe.arguments
     elif recipe.omitted:
-        info["not_rebuildable"] = f"{'; '.join(recipe.omitted)}: rebuilt without it, {difference}"
+        info["not_rebuildable"] = f"{'; '.join(recipe.omitted)}; without it, {difference}"
     else:
         raise ValueError(
-            f"zoo.save refuses this {recipe.name}: rebuilt from the arguments it was built "
-            f"with, {difference}. It was changed after it was built (with "
-            "eqx.tree_at, say), or its __init__ depends on more than its arguments. Build it "
+            f"zoo.save refuses this {recipe.name}: {difference}. Either it was changed after "
+            "it was built (with eqx.tree_at, say), or its __init__ depends on more than its "
+            "arguments. Build it "
             "with arguments that make this model; or save a pytree that holds it, "
             "zoo.save(path, {'model': model}), and load that with like={'model': template}."
         )
