@@ -123,6 +123,12 @@ class Rebuildable(eqx.Module):
     def __init_subclass__(cls, *, saved_as: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
         # (Not `name=`: Equinox's metaclass takes that for the class's own name.)
+        if saved_as is not None and (not isinstance(saved_as, str) or not saved_as):
+            raise TypeError(
+                f"saved_as must be a non-empty str, the name saves record the class by; got "
+                f"{saved_as!r}. For example: class {cls.__name__}(zoo.Rebuildable, "
+                f'saved_as="mylab.{cls.__name__}")'
+            )
         _register(cls, _qualified(cls) if saved_as is None else saved_as)
         if "__init__" in cls.__dict__:
             cls.__init__ = _recording(cls.__init__)
@@ -228,9 +234,24 @@ def rebuild_skeleton(name: str, arguments: dict[str, Any]) -> Any:
     if _KEY_ARGUMENT in signature.parameters:
         decoded[_KEY_ARGUMENT] = jax.random.key(0)  # any key: the arrays are replaced
     bound = inspect.BoundArguments(signature, decoded)
-    # Arguments are closed over, not passed: an array argument stays concrete (NumPy) for the
-    # constructor, which may compute a static field from its values.
-    return eqx.filter_eval_shape(lambda: cls(*bound.args, **bound.kwargs))
+    return _eval_shape(lambda: cls(*bound.args, **bound.kwargs))
+
+
+def _eval_shape(build):
+    """`build()` with its JAX arrays as shapes only (no memory for them); the rest (NumPy
+    arrays and scalars, static fields) as built. Unlike `eqx.filter_eval_shape`, NumPy leaves
+    stay NumPy, of their own dtype (a datetime64 is no JAX type), and the arguments are closed
+    over, not traced: a constructor may compute a static field from an array argument's values.
+    """
+    rest = []
+
+    def arrays_of_build():
+        arrays, static = eqx.partition(build(), lambda x: isinstance(x, jax.Array))
+        rest.append(static)
+        return arrays
+
+    shapes = jax.eval_shape(arrays_of_build)
+    return eqx.combine(shapes, rest[0])
 
 
 def call_of(recipe: Recipe) -> str:
