@@ -103,7 +103,7 @@ class Rebuildable(eqx.Module):
     !!! example
 
         ```python
-        class Scorer(zoo.Rebuildable, saved_as="mylab.Scorer"):
+        class Signed(zoo.Rebuildable, saved_as="mylab.Signed"):
             embedding: zoo.Embedding
             sign: float = eqx.field(static=True)
 
@@ -111,8 +111,8 @@ class Rebuildable(eqx.Module):
                 self.embedding = zoo.Embedding(size, 8, key=key)
                 self.sign = -1.0 if negate else 1.0
 
-        zoo.save("runs/scorer", Scorer(100, negate=True, key=jax.random.key(0)))
-        zoo.load("runs/scorer").sign  # -1.0: rebuilt as Scorer(size=100, negate=True, key=...)
+        zoo.save("runs/signed", Signed(100, negate=True, key=jax.random.key(0)))
+        zoo.load("runs/signed").sign  # -1.0: rebuilt as Signed(size=100, negate=True, key=...)
         ```
     """
 
