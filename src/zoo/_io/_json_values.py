@@ -151,8 +151,10 @@ def _encode_array(value, where: str) -> dict:
         )
     try:
         array = np.asarray(value)
-    except Exception as error:  # a tracer (built under jax.jit), a PRNG key, ...
-        raise Unrecordable(f"{where} is an array that cannot be recorded: {error}") from None
+    except Exception:  # a tracer (built under jax.jit), a PRNG key, ...
+        raise Unrecordable(
+            f"{where} is {_kind(value)}, an array with no values to record (traced?)"
+        ) from None
     if array.dtype.hasobject:
         raise Unrecordable(f"{where} is an array of Python objects")
     name = _dtype_name(array.dtype, where)

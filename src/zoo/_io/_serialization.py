@@ -44,9 +44,14 @@ _LEFTOVER = re.compile(r"(arrays-[0-9a-f]{16}(\.orbax-checkpoint-tmp.*)?|zoo\.js
 def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> pathlib.Path:
     """Saves `model`'s arrays, and how to rebuild it, to the directory `path`.
 
-    The arrays are written through Orbax; `path/zoo.json` records the model's class, its
-    constructor arguments (for zoo models, so that `zoo.load(path)` needs no template), the
-    zoo, JAX and Orbax versions, and the dtype, shape and XXH3 checksum of every array.
+    The arrays are written through Orbax; `path/zoo.json` records the model's class, the
+    arguments it was built with (for a `zoo.Rebuildable`, every zoo model among them, so that
+    `zoo.load(path)` needs no template), the zoo, JAX and Orbax versions, and the dtype, shape
+    and XXH3 checksum of every array.
+
+    Before anything is written, a `zoo.Rebuildable` model is rebuilt from its recorded
+    arguments (as shapes only) and compared with itself, static fields included; see
+    [`zoo.Rebuildable`][] for what is refused.
 
     The save is atomic: until it has completed, `path` holds the previous save (or nothing that
     `zoo.load` accepts), even if the process is killed midway. Two processes must not save to
@@ -56,16 +61,26 @@ def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> 
 
     - `path`: a directory, created if needed. It must not exist, be empty, or hold a save.
     - `model`: any `equinox.Module` or pytree of arrays (a zoo model, a `zoo.TrainState`, ...).
-      Its arrays are stored, and so are its scalar leaves (a Python `int`, `float`, `bool` or
-      `str`, a NumPy scalar), which come back exactly, of the same type. The rest (the
-      structure, static fields, other leaves such as functions) comes back from the model's
-      constructor or from `like=` when loading.
+      Its arrays are stored, and so are its scalar leaves (Python numbers, strings and bytes,
+      NumPy scalars of every fixed-size dtype), which come back exactly, of the same type and
+      bits. The rest (the structure, static fields, other leaves such as functions) comes
+      back from the model's constructor or from `like=` when loading.
     - `overwrite`: replace a save already at `path` (the old one stays intact until the new one
       is complete). Without it, saving over a save raises `FileExistsError`.
 
     **Returns:**
 
     `path`, as a `pathlib.Path`.
+
+    **Raises:**
+
+    - `ValueError` when the model is a `zoo.Rebuildable` that its recorded arguments do not
+      rebuild (changed after it was built, say), naming the first field that differs.
+    - `TypeError` when a leaf cannot come back exactly (a `Decimal`, an `IntEnum` member, an
+      array of Python objects), naming its path.
+    - `FileExistsError` when `path` holds something else, or a save and `overwrite=False`.
+
+    Nothing is written when any of these is raised.
 
     **Example:**
 
@@ -113,10 +128,12 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
     - `path`: the directory given to `zoo.save`.
     - `like`: a model of the same structure to load into: a real instance, or the shapes from
       `eqx.filter_eval_shape(Model, ..., key=jax.random.key(0))` (no memory for the weights).
-      Its static fields and non-array leaves are kept; its arrays are replaced, keeping each
-      leaf's kind (JAX array, NumPy array or typed PRNG key). Needed for models that are not
-      zoo models, and for zoo models built with something other than names and numbers
-      (e.g. an activation passed as a function). `None` rebuilds a zoo model by itself.
+      Its static fields and other leaves (functions, say) are kept; its arrays are replaced,
+      keeping each leaf's kind (JAX array, NumPy array or typed PRNG key), and its scalar
+      leaves by the saved ones, of the saved type. Needed for models that are not
+      `zoo.Rebuildable`, and for those built with an argument a save cannot record (e.g. an
+      activation function of your own). `None` rebuilds the model from its recorded
+      arguments.
 
     **Returns:**
 
