@@ -315,3 +315,36 @@ def test_a_leaf_that_cannot_come_back_is_refused_before_anything_is_written(tmp_
         zoo.save(path, {"weight": jnp.ones(2), "value": value}, overwrite=True)
     assert sorted(path.rglob("*")) == files
     assert tree_equal(zoo.load(path, like=previous), previous)
+
+
+def test_saves_of_the_first_format_still_load(tmp_path, getkey):
+    """Format 1 wrote arguments as plain JSON (dtypes tagged `__dtype__`) and scalar leaves by
+    type name and value."""
+    model = zoo.MLP(3, 2, (4,), dtype=jnp.bfloat16, key=getkey())
+    zoo.save(tmp_path / "mlp", model)
+    info = json.loads((tmp_path / "mlp" / "zoo.json").read_text())
+    info["format"] = "zoo.save/1"
+    info["model"]["arguments"] = {
+        "in_size": 3,
+        "out_size": 2,
+        "hidden": [4],
+        "dropout": 0.0,
+        "activation": "relu",
+        "final_activation": "identity",
+        "use_bias": True,
+        "dtype": {"__dtype__": "bfloat16"},
+    }
+    (tmp_path / "mlp" / "zoo.json").write_text(json.dumps(info))
+    assert tree_equal(zoo.load(tmp_path / "mlp"), model)
+
+    tree = {"weight": jnp.ones(2), "n": 3, "scale": np.float32(1.5)}
+    zoo.save(tmp_path / "tree", tree)
+    info = json.loads((tmp_path / "tree" / "zoo.json").read_text())
+    info["format"] = "zoo.save/1"
+    info["scalars"] = [
+        {"path": "['n']", "type": "int", "value": 3},
+        {"path": "['scale']", "type": "numpy", "dtype": "float32", "value": 1.5},
+    ]
+    (tmp_path / "tree" / "zoo.json").write_text(json.dumps(info))
+    loaded = zoo.load(tmp_path / "tree", like={"weight": jnp.zeros(2), "n": 0, "scale": 0})
+    assert loaded["n"] == 3 and type(loaded["scale"]) is np.float32 and loaded["scale"] == 1.5

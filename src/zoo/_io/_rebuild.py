@@ -9,7 +9,7 @@ class TwoTower(zoo.Rebuildable, saved_as="zoo.TwoTower"):
 
 Its constructor then records the arguments it is called with (JSON, in one static field that
 compares equal across models, so two models of one architecture stay one pytree structure).
-`zoo.save` rebuilds the model from them, as shapes only (`eqx.filter_eval_shape`), and compares
+`zoo.save` rebuilds the model from them, as shapes only (`jax.eval_shape`), and compares
 the result with the model, static fields included: arguments that would rebuild something else
 never reach a save. `zoo.load` finds the class by its registered name, rebuilds the skeleton
 the same way and fills it with the saved arrays.
@@ -76,7 +76,7 @@ class Rebuildable(eqx.Module):
 
     A model records the arguments its `__init__` was called with (defaults included, `key`
     excluded) when it is built, and `zoo.save` writes them to `zoo.json`: `zoo.load` calls the
-    class with them again (as shapes only, with `eqx.filter_eval_shape`) and fills in the saved
+    class with them again (as shapes only, with `jax.eval_shape`) and fills in the saved
     arrays. So a field computed from the arguments (a `sign` set by `negate=True`) comes back
     right, however it was computed. Arguments are recorded when they are values JSON can give
     back exactly: `None`, bools, ints, floats, complex numbers, strings, bytes, NumPy scalars,
@@ -211,7 +211,14 @@ def recipe_of(model: Any) -> Recipe | None:
         return None
     arguments = {}
     omitted = {} if model._construction is None else dict(model._construction.omitted)
-    for name, value in model.rebuild_arguments().items():
+    given = model.rebuild_arguments()
+    if not isinstance(given, dict) or not all(isinstance(name, str) for name in given):
+        raise TypeError(
+            f"{_qualified(type(model))}.rebuild_arguments() must return a dict from argument "
+            f"names to values, such as super().rebuild_arguments() | {{'size': 3}}; got "
+            f"{_SHORT.repr(given)}."
+        )
+    for name, value in given.items():
         try:
             arguments[name] = encode(value, name)
         except Unrecordable as why:
