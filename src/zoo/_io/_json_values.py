@@ -29,10 +29,10 @@ import numpy as np
 _TAG = "__zoo__"
 _OLD_DTYPE_TAG = "__dtype__"  # how saves before the tags recorded a dtype
 _SHORT = reprlib.Repr(maxother=80, maxstring=80)  # an argument may be a large array
-# Dtypes whose layout depends on the machine: a save records how many mantissa bits they had.
 # Array arguments up to this size are recorded (a table of side features, item counts);
 # larger ones are left out of a save's zoo.json, and their model loads with like=.
 ARRAY_BYTES = 2**20
+# Dtypes whose layout depends on the machine: a save records how many mantissa bits they had.
 _PLATFORM_DEPENDENT = {np.dtype(np.longdouble), np.dtype(np.clongdouble)}
 
 
