@@ -348,3 +348,10 @@ def test_saves_of_the_first_format_still_load(tmp_path, getkey):
     (tmp_path / "tree" / "zoo.json").write_text(json.dumps(info))
     loaded = zoo.load(tmp_path / "tree", like={"weight": jnp.zeros(2), "n": 0, "scale": 0})
     assert loaded["n"] == 3 and type(loaded["scale"]) is np.float32 and loaded["scale"] == 1.5
+
+
+def test_a_template_leaf_where_the_saved_model_had_none_is_refused(tmp_path):
+    # The template's 5 would come back as if it had been saved.
+    zoo.save(tmp_path / "tree", {"weight": jnp.ones(2), "value": None})
+    with pytest.raises(ValueError, match=r"at \['value'\]: like= has 5 there"):
+        zoo.load(tmp_path / "tree", like={"weight": jnp.zeros(2), "value": 5})

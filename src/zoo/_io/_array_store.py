@@ -96,6 +96,29 @@ def leaves(tree: PyTree) -> list[Leaf]:
     return [Leaf(_format_path(path), x) for path, x in with_paths if _is_array_like(x)]
 
 
+def leaf_paths(tree: PyTree) -> list[str]:
+    """The path of every leaf of `tree`, arrays, scalars and others (functions) alike."""
+    with_paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_array_like)[0]
+    return [_format_path(path) for path, _ in with_paths]
+
+
+def check_no_extra_leaves(saved_paths: list[str], like: PyTree, where: str) -> None:
+    """A `ValueError` naming the first leaf of `like` where the save had none (a `None`, say):
+    the template's value there would come back as if it had been saved."""
+    saved = set(saved_paths)
+    with_paths = jax.tree_util.tree_flatten_with_path(like, is_leaf=_is_array_like)[0]
+    for path, x in with_paths:
+        if _format_path(path) not in saved:
+            raise ValueError(
+                f"{where} does not match the model at {_format_path(path)}: like= has "
+                f"{_describe_value(x)} there and the saved model had no leaf there (a None?)."
+            )
+
+
+def _describe_value(x) -> str:
+    return describe(x.dtype, x.shape) if _is_array_like(x) else repr(x)
+
+
 def describe(dtype, shape: Sequence[int]) -> str:
     """`float32[128,256]`: how a leaf is named in errors and manifests."""
     return f"{dtype}[{','.join(str(n) for n in shape)}]"

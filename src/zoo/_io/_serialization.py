@@ -105,6 +105,7 @@ def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> 
         "arrays": arrays,
         "manifest": manifest,
         "scalars": scalars,
+        "leaves": store.leaf_paths(model),
     }
     text = json.dumps(info, indent=1, allow_nan=False)
     _prepare_directory(path, overwrite)
@@ -157,7 +158,7 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
     path = _checked_path(path, "zoo.load('models/mlp')")
     where = f"the checkpoint at {path}"
     info = _read_info(path)
-    skeleton = _skeleton(info["model"], like, where)
+    skeleton = _skeleton(info, like, where)
     # Before the arrays: eqx.filter_eval_shape makes a NumPy scalar a 0-d shape, as an array.
     skeleton = store.with_scalars(skeleton, info.get("scalars", []), where)
 
@@ -292,8 +293,10 @@ def _check_info(info: dict) -> None:
         raise ValueError(f"malformed arrays directory {info['arrays']!r}")
     if not isinstance(info["manifest"], list) or not isinstance(info["model"]["class"], str):
         raise ValueError("malformed manifest or model")
-    if not isinstance(info.get("scalars", []), list):
-        raise ValueError("malformed scalars")
+    if not isinstance(info.get("scalars", []), list) or not isinstance(
+        info.get("leaves", []), list
+    ):
+        raise ValueError("malformed scalars or leaves")
 
 
 def _why_missing(path: pathlib.Path) -> str:
@@ -309,11 +312,15 @@ def _why_missing(path: pathlib.Path) -> str:
     return f"it has no {_METADATA} (an interrupted save leaves none)."
 
 
-def _skeleton(model_info: dict, like: PyTree | None, where: str) -> PyTree:
-    """What to load into: `like`, checked to be of the saved class, or the rebuilt zoo model."""
+def _skeleton(info: dict, like: PyTree | None, where: str) -> PyTree:
+    """What to load into: `like`, checked to be of the saved class and to have no leaf where
+    the saved model had none, or the model rebuilt from its recorded arguments."""
+    model_info = info["model"]
     saved_class = model_info["class"]
     if like is not None:
         store.check_class(saved_class, like, where)
+        if "leaves" in info:  # saves before zoo.save/2 did not record them
+            store.check_no_extra_leaves(info["leaves"], like, where)
         return like
     if model_info.get("arguments") is None:
         raise TypeError(
