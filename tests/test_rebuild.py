@@ -355,3 +355,12 @@ def test_a_template_leaf_where_the_saved_model_had_none_is_refused(tmp_path):
     zoo.save(tmp_path / "tree", {"weight": jnp.ones(2), "value": None})
     with pytest.raises(ValueError, match=r"at \['value'\]: like= has 5 there"):
         zoo.load(tmp_path / "tree", like={"weight": jnp.zeros(2), "value": 5})
+
+
+def test_a_template_array_where_the_saved_model_had_none_is_named_with_its_shape(tmp_path):
+    # Arrays are checked against the manifest, which names the template's dtype and shape.
+    zoo.save(tmp_path / "tree", {"weight": jnp.ones(2), "bias": None})
+    with pytest.raises(
+        ValueError, match=r"at \['bias'\]: the model has an array there \(float32\[3\]\)"
+    ):
+        zoo.load(tmp_path / "tree", like={"weight": jnp.zeros(2), "bias": jnp.zeros(3)})
