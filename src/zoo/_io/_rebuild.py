@@ -80,8 +80,8 @@ class Rebuildable(eqx.Module):
     arrays. So a field computed from the arguments (a `sign` set by `negate=True`) comes back
     right, however it was computed. Arguments are recorded when they are values JSON can give
     back exactly: `None`, bools, ints, floats, complex numbers, strings, bytes, NumPy scalars,
-    dtypes, and tuples, lists and str-keyed dicts of them. Others (a function, an array) are
-    left out, and the model is rebuilt with their defaults.
+    dtypes, arrays of up to 1 MiB, and tuples, lists and str-keyed dicts of them. Others (a
+    function, a larger array) are left out, and the model is rebuilt with their defaults.
 
     `zoo.save` rebuilds the model from the recorded arguments and compares it with the model,
     every static field and every array's shape and dtype:
