@@ -182,6 +182,18 @@ def test_the_list_of_zoo_models_below_is_complete():
     assert registered == set(_ZOO_MODELS)
 
 
+def test_every_model_zoo_exports_is_rebuildable_and_listed():
+    """A public model that is not `zoo.Rebuildable` would not join the list above by itself."""
+    not_models = (zoo.Rebuildable, zoo.TrainState)
+    exported = {
+        _rebuild.name_of(cls)
+        for cls in vars(zoo).values()
+        if isinstance(cls, type) and issubclass(cls, eqx.Module) and cls not in not_models
+    }
+    assert exported == {name for name in _ZOO_MODELS if name.count(".") == 1}
+    assert all(issubclass(_rebuild._REGISTRY[name], zoo.Rebuildable) for name in exported)
+
+
 @pytest.mark.parametrize("name", sorted(_ZOO_MODELS))
 def test_every_zoo_model_loads_without_a_template_bit_for_bit(tmp_path, getkey, name):
     build, outputs = _ZOO_MODELS[name]
