@@ -6,6 +6,7 @@ running it (`uv run python tests/bad_input_cases.py`), and a test checks that pa
 
 import contextlib
 import dataclasses
+import decimal
 import gzip
 import io
 import pathlib
@@ -680,6 +681,27 @@ CASES: list[Case] = [
         r"already holds a save; pass overwrite=True",
         "Pass `overwrite=True` (the old save stays intact until the new one is complete).",
         setup=_saved_mlp,
+    ),
+    Case(
+        "save-not-rebuildable",
+        "zoo.save",
+        "a zoo model changed after it was built: its arguments rebuild another",
+        lambda tmp: zoo.save(
+            tmp / "model", eqx.tree_at(lambda m: m.layers[0].bias, _mlp(), jnp.zeros(9))
+        ),
+        ValueError,
+        r"refuses this zoo\.MLP: rebuilt from the arguments it was built with, "
+        r"\.layers\[0\]\.bias would be float32\[8\], not float32\[9\]",
+        "Build it with arguments that make it; or save `{'model': model}`, load with `like=`.",
+    ),
+    Case(
+        "save-inexact-leaf",
+        "zoo.save",
+        "a leaf that a save cannot give back exactly (a Decimal)",
+        lambda tmp: zoo.save(tmp / "model", {"weight": jnp.ones(2), "rate": decimal.Decimal(1)}),
+        TypeError,
+        r"model has a leaf that zoo\.save refuses: \['rate'\]=Decimal",
+        "Make it a static field, an array, or a float.",
     ),
     Case(
         "resume-other-model",

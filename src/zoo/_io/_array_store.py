@@ -1,8 +1,8 @@
 """A pytree's arrays as a flat, described, checksummed list: what `zoo.save` and `zoo.Checkpoints`
 both write through Orbax and check on the way back.
 
-Arrays are stored through Orbax; `zoo.save` also records the JSON-able scalar leaves (a Python
-int, float, bool or str, a NumPy scalar) with `scalar_leaves` and restores them exactly with
+Arrays are stored through Orbax; `zoo.save` also records the scalar leaves (Python numbers,
+strings and bytes, NumPy scalars) with `scalar_leaves` and restores them exactly with
 `with_scalars`. Everything else about a pytree (its structure, static fields, other leaves such
 as functions) comes back from the template it is loaded into, which is checked against the
 *manifest* saved beside the arrays: one entry per array with its path, dtype, shape and
@@ -11,6 +11,7 @@ optimizer states, typed PRNG keys) stores the same way; typed keys are stored as
 `jax.random.key_data`.
 """
 
+import numbers
 import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -21,6 +22,7 @@ import xxhash
 
 from .._custom_types import PyTree
 from ._host_memory import Staging
+from ._json_values import Unrecordable, decode, encode
 from ._rebuild import name_of
 
 _ORBAX_KEY = "a{}"
@@ -94,6 +96,26 @@ def leaves(tree: PyTree) -> list[Leaf]:
     return [Leaf(_format_path(path), x) for path, x in with_paths if _is_array_like(x)]
 
 
+def leaf_paths(tree: PyTree) -> list[str]:
+    """The path of every leaf of `tree`, arrays, scalars and others (functions) alike."""
+    with_paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_array_like)[0]
+    return [_format_path(path) for path, _ in with_paths]
+
+
+def check_no_extra_leaves(saved_paths: list[str], like: PyTree, where: str) -> None:
+    """A `ValueError` naming the first non-array leaf of `like` where the save had none (a
+    `None`, say): the template's value there would come back as if it had been saved. (Arrays
+    are checked against the manifest, by `check_match`.)"""
+    saved = set(saved_paths)
+    with_paths = jax.tree_util.tree_flatten_with_path(like, is_leaf=_is_array_like)[0]
+    for path, x in with_paths:
+        if not _is_array_like(x) and _format_path(path) not in saved:
+            raise ValueError(
+                f"{where} does not match the model at {_format_path(path)}: like= has {x!r} "
+                "there and the saved model had no leaf there (a None?)."
+            )
+
+
 def describe(dtype, shape: Sequence[int]) -> str:
     """`float32[128,256]`: how a leaf is named in errors and manifests."""
     return f"{dtype}[{','.join(str(n) for n in shape)}]"
@@ -105,7 +127,13 @@ def _spec_of(leaf: Leaf) -> dict:
 
 
 def _check_concrete(tree_leaves: list[Leaf], argument: str) -> None:
+    """Refuses abstract arrays and arrays of Python objects, before anything is written."""
     for leaf in tree_leaves:
+        if getattr(leaf.value.dtype, "hasobject", False):
+            raise TypeError(
+                f"{argument} must hold arrays of numbers, but its leaf at {leaf.path} is an "
+                "array of Python objects, which a save cannot store: make it a static field."
+            )
         if isinstance(leaf.value, jax.ShapeDtypeStruct | jax.core.Tracer):
             raise TypeError(
                 f"{argument} must hold concrete arrays, but its leaf at {leaf.path} is "
@@ -273,44 +301,65 @@ def _as_leaf(array: np.ndarray, entry: dict, like) -> Any:
     return jax.device_put(array, getattr(like, "sharding", None))
 
 
-_SCALARS = {"bool": bool, "int": int, "float": float, "str": str}
+def _is_scalar(x) -> bool:
+    """A leaf that a save records in JSON: a number, a string, bytes, a NumPy scalar. (Those
+    that cannot come back exactly, an IntEnum or a Decimal say, are refused.)"""
+    return isinstance(x, numbers.Number | str | bytes | np.generic)
 
 
-def scalar_leaves(tree: PyTree) -> list[dict]:
-    """The leaves of `tree` that are Python or NumPy scalars, as JSON: path, type and value.
+def scalar_leaves(tree: PyTree, *, argument: str) -> list[dict]:
+    """The scalar leaves of `tree` as JSON that gives each back exactly: its path and value.
 
     Orbax stores only arrays: without this a Python int inside a model (a step count, a
     hyperparameter that is not a static field) would come back as whatever the template holds.
+
+    **Raises:** `TypeError` naming the first scalar leaf that JSON cannot give back exactly.
     """
     entries = []
     for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_array_like)[0]:
-        if isinstance(x, np.generic) and x.dtype.kind in "biuf":
-            entry = {"type": "numpy", "dtype": str(x.dtype), "value": x.item()}
-        elif type(x) in _SCALARS.values():
-            entry = {"type": type(x).__name__, "value": x}
-        else:
+        if _is_array_like(x) or not _is_scalar(x):
             continue
-        entries.append({"path": _format_path(path)} | entry)
+        where = _format_path(path)
+        try:
+            entries.append({"path": where, "value": encode(x, where)})
+        except Unrecordable as why:
+            raise TypeError(
+                f"{argument} has a leaf that zoo.save refuses: {why}. Make it a "
+                "static field (eqx.field(static=True)) or an array, or convert it to one of those."
+            ) from None
     return entries
 
 
 def with_scalars(skeleton: PyTree, saved: list[dict], where: str) -> PyTree:
     """`skeleton` with the scalar leaves recorded by `scalar_leaves` put back at their paths; a
-    `ValueError` when the skeleton has no leaf at a recorded path."""
+    `ValueError` when the skeleton has no leaf for a recorded one there."""
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(skeleton, is_leaf=_is_array_like)
     position = {_format_path(path): i for i, (path, _) in enumerate(with_paths)}
     flat = [x for _, x in with_paths]
     for entry in saved:
-        if entry["path"] not in position or _is_array_like(flat[position[entry["path"]]]):
+        value = _scalar(entry)
+        if entry["path"] not in position or not _takes_scalar(flat[position[entry["path"]]]):
             raise ValueError(
                 f"{where} does not match the model at {entry['path']}: the save holds the value "
-                f"{entry['value']!r} there and the model has no such non-array leaf."
+                f"{value!r} there and the model has no such non-array leaf."
             )
-        flat[position[entry["path"]]] = _scalar(entry)
+        flat[position[entry["path"]]] = value
     return jax.tree.unflatten(treedef, flat)
 
 
+def _takes_scalar(x) -> bool:
+    """A leaf a saved scalar replaces: not an array, but the 0-d shape that
+    `eqx.filter_eval_shape` makes of a NumPy scalar."""
+    return not _is_array_like(x) or (isinstance(x, jax.ShapeDtypeStruct) and x.shape == ())
+
+
+_OLD_SCALARS = {"bool": bool, "int": int, "float": float, "str": str}
+
+
 def _scalar(entry: dict):
+    if "type" not in entry:
+        return decode(entry["value"])
+    # Format 1: {"type": "int", "value": 3} or {"type": "numpy", "dtype": ..., "value": ...}.
     if entry["type"] == "numpy":
         return np.dtype(entry["dtype"]).type(entry["value"])
-    return _SCALARS[entry["type"]](entry["value"])
+    return _OLD_SCALARS[entry["type"]](entry["value"])

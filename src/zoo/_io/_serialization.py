@@ -30,9 +30,11 @@ from .. import _checks
 from .._custom_types import PyTree
 from .._version import __version__
 from . import _array_store as store
-from ._rebuild import name_of, rebuild_skeleton, recipe_of
+from ._rebuild import name_of, rebuild_difference, rebuild_skeleton, recipe_of
 
-_FORMAT = "zoo.save/1"
+_FORMAT = "zoo.save/2"
+# Format 1 recorded scalar leaves by type name and value, and arguments in plain JSON; it loads.
+_FORMATS = ("zoo.save/1", _FORMAT)
 _METADATA = "zoo.json"
 _ARRAYS = re.compile(r"arrays-[0-9a-f]{16}")
 # What an interrupted save can leave in its directory besides a complete save.
@@ -42,9 +44,14 @@ _LEFTOVER = re.compile(r"(arrays-[0-9a-f]{16}(\.orbax-checkpoint-tmp.*)?|zoo\.js
 def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> pathlib.Path:
     """Saves `model`'s arrays, and how to rebuild it, to the directory `path`.
 
-    The arrays are written through Orbax; `path/zoo.json` records the model's class, its
-    constructor arguments (for zoo models, so that `zoo.load(path)` needs no template), the
-    zoo, JAX and Orbax versions, and the dtype, shape and XXH3 checksum of every array.
+    The arrays are written through Orbax; `path/zoo.json` records the model's class, the
+    arguments it was built with (for a `zoo.Rebuildable`, every zoo model among them, so that
+    `zoo.load(path)` needs no template), the zoo, JAX and Orbax versions, and the dtype, shape
+    and XXH3 checksum of every array.
+
+    Before anything is written, a `zoo.Rebuildable` model is rebuilt from its recorded
+    arguments (as shapes only) and compared with itself, static fields included; see
+    [`zoo.Rebuildable`][] for what is refused.
 
     The save is atomic: until it has completed, `path` holds the previous save (or nothing that
     `zoo.load` accepts), even if the process is killed midway. Two processes must not save to
@@ -54,16 +61,26 @@ def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> 
 
     - `path`: a directory, created if needed. It must not exist, be empty, or hold a save.
     - `model`: any `equinox.Module` or pytree of arrays (a zoo model, a `zoo.TrainState`, ...).
-      Its arrays are stored, and so are its scalar leaves (a Python `int`, `float`, `bool` or
-      `str`, a NumPy scalar), which come back exactly, of the same type. The rest (the
-      structure, static fields, other leaves such as functions) comes back from the model's
-      constructor or from `like=` when loading.
+      Its arrays are stored, and so are its scalar leaves (Python numbers, strings and bytes,
+      NumPy scalars of every fixed-size dtype), which come back exactly, of the same type and
+      bits. The rest (the structure, static fields, other leaves such as functions) comes
+      back from the model's constructor or from `like=` when loading.
     - `overwrite`: replace a save already at `path` (the old one stays intact until the new one
       is complete). Without it, saving over a save raises `FileExistsError`.
 
     **Returns:**
 
     `path`, as a `pathlib.Path`.
+
+    **Raises:**
+
+    - `ValueError` when the model is a `zoo.Rebuildable` that its recorded arguments do not
+      rebuild (changed after it was built, say), naming the first field that differs.
+    - `TypeError` when a leaf cannot come back exactly (a `Decimal`, an `IntEnum` member, an
+      array of Python objects), naming its path.
+    - `FileExistsError` when `path` holds something else, or a save and `overwrite=False`.
+
+    Nothing is written when any of these is raised.
 
     **Example:**
 
@@ -76,20 +93,25 @@ def save(path: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> 
     path = _checked_path(path, "zoo.save('models/mlp', model)")
     _checks.boolean("overwrite", overwrite, example="zoo.save(path, model, overwrite=True)")
     _check_model(model)
+    # Everything that can refuse the model comes first: a refused save writes nothing.
+    scalars = store.scalar_leaves(model, argument="model")
     item, manifest = store.to_store(model, argument="model")
-    _prepare_directory(path, overwrite)
+    model_info = _model_info(model)
     arrays = f"arrays-{secrets.token_hex(8)}"
-    with store.orbax().Checkpointer(store.array_handler()) as checkpointer:
-        checkpointer.save((path / arrays).absolute(), args=store.save_args(item))
     info = {
         "format": _FORMAT,
         "versions": _versions(),
-        "model": _model_info(model, manifest),
+        "model": model_info,
         "arrays": arrays,
         "manifest": manifest,
-        "scalars": store.scalar_leaves(model),
+        "scalars": scalars,
+        "leaves": store.leaf_paths(model),
     }
-    _write_json_atomically(path / _METADATA, info)
+    text = json.dumps(info, indent=1, allow_nan=False)
+    _prepare_directory(path, overwrite)
+    with store.orbax().Checkpointer(store.array_handler()) as checkpointer:
+        checkpointer.save((path / arrays).absolute(), args=store.save_args(item))
+    _write_json_atomically(path / _METADATA, text)
     _remove_leftovers(path, keep=arrays)
     return path
 
@@ -107,10 +129,12 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
     - `path`: the directory given to `zoo.save`.
     - `like`: a model of the same structure to load into: a real instance, or the shapes from
       `eqx.filter_eval_shape(Model, ..., key=jax.random.key(0))` (no memory for the weights).
-      Its static fields and non-array leaves are kept; its arrays are replaced, keeping each
-      leaf's kind (JAX array, NumPy array or typed PRNG key). Needed for models that are not
-      zoo models, and for zoo models built with something other than names and numbers
-      (e.g. an activation passed as a function). `None` rebuilds a zoo model by itself.
+      Its static fields and other leaves (functions, say) are kept; its arrays are replaced,
+      keeping each leaf's kind (JAX array, NumPy array or typed PRNG key), and its scalar
+      leaves by the saved ones, of the saved type. Needed for models that are not
+      `zoo.Rebuildable`, and for those built with an argument a save cannot record (e.g. an
+      activation function of your own). `None` rebuilds the model from its recorded
+      arguments.
 
     **Returns:**
 
@@ -134,7 +158,9 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
     path = _checked_path(path, "zoo.load('models/mlp')")
     where = f"the checkpoint at {path}"
     info = _read_info(path)
-    skeleton = _skeleton(info["model"], like, where)
+    skeleton = _skeleton(info, like, where)
+    # Before the arrays: eqx.filter_eval_shape makes a NumPy scalar a 0-d shape, as an array.
+    skeleton = store.with_scalars(skeleton, info.get("scalars", []), where)
 
     def read(item, restore_args):
         return (
@@ -146,8 +172,7 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
             )
         )
 
-    model = store.from_store(skeleton, info["manifest"], read, where)
-    return store.with_scalars(model, info.get("scalars", []), where)
+    return store.from_store(skeleton, info["manifest"], read, where)
 
 
 def _checked_path(path, example: str) -> pathlib.Path:
@@ -177,37 +202,31 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _model_info(model: PyTree, manifest: list[dict]) -> dict[str, Any]:
-    """The model's class and, when it can be rebuilt, its constructor arguments; else why not."""
+def _model_info(model: PyTree) -> dict[str, Any]:
+    """The model's class and, when it rebuilds from them, the arguments it was built with;
+    else why not. A `ValueError` when every argument was recorded and they do not rebuild it."""
     info: dict[str, Any] = {"class": name_of(type(model)), "arguments": None}
     recipe = recipe_of(model)
     if recipe is None:
         info["not_rebuildable"] = (
-            f"{info['class']} does not record its constructor arguments (only zoo models do)"
+            f"{info['class']} is not a zoo.Rebuildable, which records the arguments it was "
+            "built with"
         )
-    elif recipe.arguments is None:
-        info["not_rebuildable"] = recipe.problem
+        return info
+    difference = rebuild_difference(recipe, model)
+    if difference is None:
+        info["arguments"] = recipe.arguments
+    elif recipe.omitted:
+        info["not_rebuildable"] = f"{'; '.join(recipe.omitted)}; without it, {difference}"
     else:
-        problem = _rebuild_problem(recipe.name, recipe.arguments, manifest)
-        if problem is None:
-            info["arguments"] = json.loads(recipe.arguments)
-        else:
-            info["not_rebuildable"] = problem
+        raise ValueError(
+            f"zoo.save refuses this {recipe.name}: {difference}. Either it was changed after "
+            "it was built (with eqx.tree_at, say), or its __init__ depends on more than its "
+            "arguments. Build it "
+            "with arguments that make this model; or save a pytree that holds it, "
+            "zoo.save(path, {'model': model}), and load that with like={'model': template}."
+        )
     return info
-
-
-def _rebuild_problem(name: str, arguments: str, manifest: list[dict]) -> str | None:
-    """Why the recorded arguments do not rebuild the model's arrays (it was changed since its
-    construction, by `eqx.tree_at` say), or `None` when they do."""
-    try:
-        skeleton = rebuild_skeleton(name, arguments)
-    except (TypeError, ValueError) as error:  # e.g. an argument that JSON turned into a tuple
-        return f"its recorded constructor arguments do not rebuild it: {error}"
-    try:
-        store.check_match(manifest, store.leaves(skeleton), "its constructor arguments")
-    except ValueError as mismatch:
-        return f"the model was changed after construction: {mismatch}"
-    return None
 
 
 def _prepare_directory(path: pathlib.Path, overwrite: bool) -> None:
@@ -229,12 +248,12 @@ def _prepare_directory(path: pathlib.Path, overwrite: bool) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def _write_json_atomically(target: pathlib.Path, content: dict) -> None:
+def _write_json_atomically(target: pathlib.Path, text: str) -> None:
     """Writes `target` through a synced temporary file renamed over it: readers see the old file
     or the whole new one, even after a crash."""
     temporary = target.with_name(f"{target.name}.tmp-{secrets.token_hex(8)}")
     with open(temporary, "w") as file:
-        json.dump(content, file, indent=1)
+        file.write(text)
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, target)
@@ -268,14 +287,16 @@ def _read_info(path: pathlib.Path) -> dict:
 
 
 def _check_info(info: dict) -> None:
-    if info["format"] != _FORMAT:
+    if info["format"] not in _FORMATS:
         raise ValueError(f"unknown format {info['format']!r}, expected {_FORMAT!r}")
     if not _ARRAYS.fullmatch(info["arrays"]):  # a bare name: never a path out of the save
         raise ValueError(f"malformed arrays directory {info['arrays']!r}")
     if not isinstance(info["manifest"], list) or not isinstance(info["model"]["class"], str):
         raise ValueError("malformed manifest or model")
-    if not isinstance(info.get("scalars", []), list):
-        raise ValueError("malformed scalars")
+    if not isinstance(info.get("scalars", []), list) or not isinstance(
+        info.get("leaves", []), list
+    ):
+        raise ValueError("malformed scalars or leaves")
 
 
 def _why_missing(path: pathlib.Path) -> str:
@@ -291,11 +312,15 @@ def _why_missing(path: pathlib.Path) -> str:
     return f"it has no {_METADATA} (an interrupted save leaves none)."
 
 
-def _skeleton(model_info: dict, like: PyTree | None, where: str) -> PyTree:
-    """What to load into: `like`, checked to be of the saved class, or the rebuilt zoo model."""
+def _skeleton(info: dict, like: PyTree | None, where: str) -> PyTree:
+    """What to load into: `like`, checked to be of the saved class and to have no leaf where
+    the saved model had none, or the model rebuilt from its recorded arguments."""
+    model_info = info["model"]
     saved_class = model_info["class"]
     if like is not None:
         store.check_class(saved_class, like, where)
+        if "leaves" in info:  # saves before zoo.save/2 did not record them
+            store.check_no_extra_leaves(info["leaves"], like, where)
         return like
     if model_info.get("arguments") is None:
         raise TypeError(
@@ -305,7 +330,7 @@ def _skeleton(model_info: dict, like: PyTree | None, where: str) -> PyTree:
             "eqx.filter_eval_shape(Model, ..., key=jax.random.key(0))."
         )
     try:
-        return rebuild_skeleton(saved_class, json.dumps(model_info["arguments"]))
+        return rebuild_skeleton(saved_class, model_info["arguments"])
     except LookupError:
         raise TypeError(
             f"{where} holds a {saved_class}, which no imported module defines: import it "

@@ -165,10 +165,6 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
         self.padding_idx = padding_idx
         self.combiner = combiner
 
-    def rebuild_arguments(self) -> dict:
-        """The constructor arguments of this table, for `zoo.save` (see `zoo.Rebuildable`)."""
-        return super().rebuild_arguments() | {"dtype": self.weight.dtype}
-
     def __call__(self, ids: Int[ArrayLike, "..."], *, key: PRNGKeyArray | None = None) -> Array:
         """**Arguments:**
 

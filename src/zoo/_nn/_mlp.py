@@ -126,13 +126,13 @@ class MLP(Rebuildable, saved_as="zoo.MLP"):
         self.dropout = float(dropout)
 
     def rebuild_arguments(self) -> dict:
-        """The constructor arguments of this MLP, for `zoo.save` (see `zoo.Rebuildable`)."""
-        first = self.layers[0]
+        """The arguments this MLP was built with (see `zoo.Rebuildable`), with a `jax.nn`
+        activation given by name, and the dtype it resolved to (`None` means JAX's default,
+        which depends on `jax_enable_x64`)."""
         return super().rebuild_arguments() | {
             "activation": activation_argument(self.activation),
             "final_activation": activation_argument(self.final_activation),
-            "use_bias": first.use_bias,
-            "dtype": first.weight.dtype,
+            "dtype": self.layers[0].weight.dtype,
         }
 
     def __call__(

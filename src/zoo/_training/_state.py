@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Int, PRNGKeyArray
 
 from .._custom_types import PyTree
+from .._io._rebuild import record_name
 
 # Streams of randomness derived from the one training key, so each is a pure function of
 # (key, counter) and a resumed run draws exactly what an uninterrupted one would.
@@ -14,6 +15,7 @@ _STEP_STREAM = 1
 _VALIDATION_STREAM = 2
 
 
+@record_name("zoo.TrainState")  # what checkpoints have always recorded
 class TrainState(eqx.Module):
     """Everything training changes, as one pytree: save it to resume bit for bit.
 

@@ -86,10 +86,6 @@ class DLRM(Rebuildable, saved_as="zoo.DLRM"):
         self.vocab_sizes = vocab_sizes
         self.dim = dim
 
-    def rebuild_arguments(self) -> dict:
-        """The constructor arguments of this model, for `zoo.save` (see `zoo.Rebuildable`)."""
-        return super().rebuild_arguments() | {"bottom": self.bottom.hidden, "top": self.top.hidden}
-
     def __call__(
         self,
         dense: Float[Array, " num_dense"],
@@ -185,14 +181,6 @@ class DLRMRecommender(Rebuildable, saved_as="zoo.recsys.DLRMRecommender"):
         self.num_users = num_users
         self.num_items = num_items
         self.log_max_count = float(np.log1p(max(int(counts.max(initial=0)), 1)))
-
-    def rebuild_arguments(self) -> dict:
-        """The constructor arguments of this model, for `zoo.save` (see `zoo.Rebuildable`).
-
-        The counts are an array, which a save does not record as JSON: load with `like=`.
-        """
-        dlrm = self.dlrm.rebuild_arguments()
-        return super().rebuild_arguments() | {k: dlrm[k] for k in ("dim", "bottom", "top")}
 
     def __call__(
         self, user: Int[Array, ""], item: Int[Array, ""], *, key: PRNGKeyArray | None = None

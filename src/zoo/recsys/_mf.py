@@ -82,14 +82,6 @@ class MatrixFactorization(Factorized, Rebuildable, saved_as="zoo.MatrixFactoriza
         self.num_items = num_items
         self.dim = dim
 
-    def rebuild_arguments(self) -> dict:
-        """The constructor arguments of this model, for `zoo.save` (see `zoo.Rebuildable`)."""
-        return super().rebuild_arguments() | {
-            "user_bias": self.user_bias is not None,
-            "item_bias": self.item_bias is not None,
-            "global_bias": self.global_bias is not None,
-        }
-
     def user_vector(self, user: Int[Array, ""]) -> Float[Array, " dim_plus_2"]:
         """`[p_u, 1, b_u + g]`, the user's half of the score."""
         bias = jnp.zeros(())

@@ -163,20 +163,6 @@ class TwoTower(Factorized, Rebuildable, saved_as="zoo.TwoTower"):
         self.similarity = similarity
         self.temperature = float(temperature)
 
-    def rebuild_arguments(self) -> dict:
-        """The constructor arguments of this model, for `zoo.save` (see `zoo.Rebuildable`).
-
-        Side-feature tables are arrays, which a save does not record as JSON: a model with
-        them loads with `like=`.
-        """
-        tower = self.user_tower
-        return super().rebuild_arguments() | {
-            "hidden": tower.mlp.hidden,
-            "embedding_dim": tower.ids.embedding_dim,
-            "user_features": self.user_tower.table,
-            "item_features": self.item_tower.table,
-        }
-
     def user_vector(self, user: Int[Array, ""]) -> Float[Array, " dim"]:
         """The user tower's output, normalised for `"cosine"`, divided by the temperature."""
         return self._compared(self.user_tower(user)) / self.temperature
