@@ -232,3 +232,16 @@ def numeric_array(name: str, array: Any, *, example: str = "") -> Any:
     if kind not in "biufc":
         _refuse(TypeError, name, "a numeric array (bool, int or float)", array, example)
     return array
+
+
+def no_refs(tree: Any, where: str, fix: str) -> None:
+    """Refuses a pytree holding a `jax.Ref`: zoo's models hold plain arrays. A ref is treated
+    as static by `eqx.filter_jit`, dropped by `eqx.filter_grad` and left out by a filter on
+    arrays, so a model holding one would be trained or saved without it, silently."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if isinstance(leaf, jax.Ref):
+            raise TypeError(
+                f"{where} got a model holding a jax.Ref at {jax.tree_util.keystr(path)}. Models "
+                f"hold plain arrays: {fix} Pass the array instead, e.g. "
+                "`eqx.tree_at(lambda m: m.table.weight, model, jax.freeze(ref))`."
+            )

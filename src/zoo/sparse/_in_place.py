@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from .. import _checks
 from .._custom_types import PyTree
 from .._nn._embedding import TableView
 from ._lookups import split_params, swap_tables
@@ -50,7 +51,15 @@ class _InPlace(TableView):
     table: Float[Array, "rows dim"]
     scale: Float[Array, ""]
 
-    def lookup(self, ids: Int[Array, "*ids"]) -> Float[Array, "*ids dim"]:
+    @property
+    def num_rows(self) -> int:
+        return self.table.shape[0]
+
+    def unused_id(self) -> int:
+        return 0  # read in bounds (the gather promises it); its row gets a zero update
+
+    def lookup(self, ids: Int[Array, "*ids"], padding_idx: int | None = None) -> Array:
+        del padding_idx  # zeroed by the Embedding: a zero cotangent adds nothing
         # One row per id under `vmap`: a batched gather, whose transpose XLA:CPU runs as one
         # scatter-add in place. `table[ids]` on a whole id array would transpose to JAX's
         # NumPy-style `addupdate` instead, about 2x slower there (docs/sparse.md).
@@ -65,15 +74,12 @@ class _InPlace(TableView):
 
 def check_no_refs(model: PyTree, where: str) -> None:
     """Refuses a model holding a `jax.Ref`: models stay pure, refs are made inside the step."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(model):
-        if isinstance(leaf, jax.Ref):
-            raise TypeError(
-                f"{where} got a model holding a jax.Ref at {jax.tree_util.keystr(path)}. Models "
-                "hold plain arrays: zoo makes the refs inside the step and freezes them again, "
-                "and a ref in a model is treated as static by eqx.filter_jit and dropped by "
-                "eqx.filter_grad. Pass the array instead, e.g. "
-                "`eqx.tree_at(lambda m: m.table.weight, model, jax.freeze(ref))`."
-            )
+    _checks.no_refs(
+        model,
+        where,
+        "zoo makes the refs inside the step and freezes them again, and a ref in a model is "
+        "treated as static by eqx.filter_jit and dropped by eqx.filter_grad.",
+    )
 
 
 def value_and_grad_in_place(fn: Callable[..., Any], *, has_aux: bool = False):
