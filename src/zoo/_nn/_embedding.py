@@ -4,7 +4,6 @@ import abc
 from typing import Literal
 
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -179,30 +178,33 @@ class OutOfRangeIdError(ValueError):
     """An id outside `[0, num_rows)`: raised eagerly, or by the program that looked it up."""
 
 
-def _out_of_range(table: str, num_rows: int, low, high) -> str:
+def _out_of_range(table: str, num_rows: int, low, high, bound: str) -> str:
     return (
-        f"{table}: ids must lie in [0, num_embeddings) = [0, {num_rows}); got ids out of range, "
+        f"{table}: ids must lie in [0, {bound}) = [0, {num_rows}); got ids out of range, "
         f"from {low} to {high}."
     )
 
 
-def _raise_out_of_range(table: str, num_rows: int):
+def _raise_out_of_range(table: str, num_rows: int, bound: str):
     def report(ids):
         # Under jax.vmap, `ids` holds the whole batch's (expanded dims).
         ids = np.asarray(ids)
         bad = ids[(ids < 0) | (ids >= num_rows)]
-        raise OutOfRangeIdError(_out_of_range(table, num_rows, bad.min(), bad.max()))
+        raise OutOfRangeIdError(_out_of_range(table, num_rows, bad.min(), bad.max(), bound))
 
     return report
 
 
-def checked_ids(ids: Int[Array, "*ids"], num_rows: int, table: str) -> Int[Array, "*ids"]:
+def checked_ids(
+    ids: Int[Array, "*ids"], num_rows: int, table: str, bound: str = "num_embeddings"
+) -> Int[Array, "*ids"]:
     """`ids`, refused unless every one lies in `[0, num_rows)`; `table` names the table.
 
     Concrete ids raise an `OutOfRangeIdError` now. Traced ones raise it when the program runs,
     whatever Equinox's error mode (`EQX_ON_ERROR=nan` would turn an id into the largest int,
     which a gather clamps to the last row), and before anything reads them: the ids pass
-    through the check. The message names the table and the offending ids' range.
+    through the check (`zoo._checks.raise_if`). The message names the table and the
+    offending ids' range.
     """
     if not isinstance(ids, jax.core.Tracer):
         # With NumPy: jnp ops here could be staged into a trace (a closed-over constant
@@ -210,19 +212,12 @@ def checked_ids(ids: Int[Array, "*ids"], num_rows: int, table: str) -> Int[Array
         concrete = np.asarray(ids)
         bad = concrete[(concrete < 0) | (concrete >= num_rows)]
         if bad.size:
-            raise OutOfRangeIdError(_out_of_range(table, num_rows, bad.min(), bad.max()))
+            raise OutOfRangeIdError(_out_of_range(table, num_rows, bad.min(), bad.max(), bound))
         return ids
     if ids.size == 0:
         return ids
     bad = (ids < 0) | (ids >= num_rows)
-
-    def fail(ids):
-        struct = jax.ShapeDtypeStruct(ids.shape, ids.dtype)
-        report = _raise_out_of_range(table, num_rows)
-        return jax.pure_callback(report, struct, ids, vmap_method="expand_dims")
-
-    # `unvmap_any`: one check for the whole batch, which stays a `cond` under `jax.vmap`.
-    return jax.lax.cond(eqxi.unvmap_any(jnp.any(bad)), fail, lambda ids: ids, ids)
+    return _checks.raise_if(ids, bad, _raise_out_of_range(table, num_rows, bound))
 
 
 _INIT_BLOCK_ELEMENTS = 2**20  # rows drawn per block: about 4 MB of float32

@@ -82,6 +82,18 @@ def check_no_refs(model: PyTree, where: str) -> None:
     )
 
 
+def _check_scalar_loss(value) -> None:
+    """A loss of another shape would be stepped on by its sum (the pullback is seeded with
+    ones): `jax.grad`, the path of every other optimizer, refuses it too."""
+    shape, dtype = jnp.shape(value), getattr(value, "dtype", None)
+    if shape != () or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            "fn must return a scalar floating loss (with has_aux=True, as the first element of "
+            f"(loss, aux)); got {_checks.describe(value)}. Reduce it, e.g. "
+            "jnp.mean((scores - targets) ** 2)."
+        )
+
+
 def value_and_grad_in_place(fn: Callable[..., Any], *, has_aux: bool = False):
     """`f(model, scale, *args, **kwargs) -> (value, grads, model)`: the loss, the dense gradients
     of every floating array that is not a table (`None` at the tables), and `model` with
@@ -101,8 +113,10 @@ def value_and_grad_in_place(fn: Callable[..., Any], *, has_aux: bool = False):
             value = (value, aux)
         else:
             value, pullback = jax.vjp(loss, tables, rest)
+        loss_value = value[0] if has_aux else value
+        _check_scalar_loss(loss_value)
         refs = jax.tree.map(jax.new_ref, tables)
-        ones = jnp.ones_like(value[0] if has_aux else value)
+        ones = jnp.ones_like(loss_value)
         want = jax.tree.map(lambda _: jax.ad.GradValue(), rest)
         _, grads = pullback.with_refs(refs, want)(ones)
         updated = eqx.combine(jax.tree.map(jax.freeze, refs), rest, static)

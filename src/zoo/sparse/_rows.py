@@ -1,7 +1,11 @@
 """`SparseRows`: the gradient (or update) of an embedding table, as its touched rows."""
 
 import equinox as eqx
-from jaxtyping import Array, Float, Int
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from .. import _checks
+from .._nn._embedding import checked_ids
 
 
 class SparseRows(eqx.Module):
@@ -25,6 +29,21 @@ class SparseRows(eqx.Module):
     ids: Int[Array, " n"]
     values: Float[Array, "n dim"]
     num_rows: int = eqx.field(static=True)
+
+    def __init__(self, ids: Int[ArrayLike, " n"], values: Float[ArrayLike, "n dim"], num_rows: int):
+        """**Arguments:** as the fields. Every id must lie in `[0, num_rows]` (`num_rows`
+        itself being the sentinel): a negative id would otherwise reach a scatter that wraps
+        it to the last row. Concrete ids are checked now, traced ones when the program runs
+        (an error, whatever Equinox's error mode)."""
+        num_rows = _checks.positive_int(
+            "num_rows", num_rows, example="zoo.sparse.SparseRows(ids, values, num_rows=1000)"
+        )
+        ids = jnp.asarray(ids)
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(f"ids of a SparseRows must be integers; got dtype {ids.dtype}.")
+        self.ids = checked_ids(ids, num_rows + 1, "SparseRows", "num_rows + 1")
+        self.values = jnp.asarray(values)
+        self.num_rows = num_rows
 
 
 def is_sparse_rows(x) -> bool:
