@@ -76,7 +76,9 @@ def test_out_of_range_ids_under_jit_and_vmap_raise_at_run_time(getkey, bad):
     lookup(emb, jnp.array([1, 2]))  # valid ids pass
     # The table and the offending ids, in the last line of the message (JAX puts the stack
     # of the call before it).
-    expected = rf"zoo.Embedding\(10, 2\): ids must lie in \[0, num_embeddings\) .* from {bad} to {bad}"
+    expected = (
+        rf"zoo.Embedding\(10, 2\): ids must lie in \[0, num_embeddings\) .* from {bad} to {bad}"
+    )
     for run in (lambda: lookup(emb, ids), lambda: jax.vmap(emb)(ids), lambda: jax.jit(emb)(ids)):
         with pytest.raises(Exception, match=expected) as error:
             jax.block_until_ready(run())

@@ -85,8 +85,11 @@ class TableView(eqx.Module):
     def __getitem__(self, index) -> Array:
         rest = index[1:] if isinstance(index, tuple) else ()
         ids = index[0] if isinstance(index, tuple) else index
-        if isinstance(ids, slice) or ids is Ellipsis or ids is None or any(
-            not _whole_axis(r) for r in rest
+        if (
+            isinstance(ids, slice)
+            or ids is Ellipsis
+            or ids is None
+            or any(not _whole_axis(r) for r in rest)
         ):
             raise TypeError(self._read_directly(f"weight[{index!r}]"))
         return self.read(ids)
@@ -147,9 +150,7 @@ class _TableAt:
 
     def __getitem__(self, index) -> "_TableAtIndex":
         ids = index[0] if isinstance(index, tuple) else index
-        if isinstance(index, tuple) and any(
-            not _whole_axis(r) for r in index[1:]
-        ):
+        if isinstance(index, tuple) and any(not _whole_axis(r) for r in index[1:]):
             raise TypeError(self.view._read_directly(f"weight.at[{index!r}]"))
         return _TableAtIndex(self.view, ids)
 

@@ -77,7 +77,9 @@ def clip_by_global_norm(max_norm: RealLike) -> SparseGradientTransformation:
         ```python
         opt = zoo.sparse.chain(
             zoo.sparse.clip_by_global_norm(1.0),
-            zoo.sparse.partition(dense=optax.adam(1e-3), embeddings=zoo.sparse.rowwise_adagrad(0.05)),
+            zoo.sparse.partition(
+                dense=optax.adam(1e-3), embeddings=zoo.sparse.rowwise_adagrad(0.05)
+            ),
         )
         ```
     """

@@ -125,9 +125,10 @@ def _learning_rate(name: str, learning_rate: ScalarOrSchedule, count: Int[ArrayL
     rate = jnp.asarray(learning_rate(count), jnp.float32)
 
     def report(rate):
+        rate = float(np.ravel(rate)[0])
         raise ValueError(
-            f"learning_rate of zoo.sparse.{name}: the schedule returned {float(np.ravel(rate)[0]):g} at a "
-            "step; a schedule must return finite values >= 0, e.g. "
+            f"learning_rate of zoo.sparse.{name}: the schedule returned {rate:g} at a step; "
+            "a schedule must return finite values >= 0, e.g. "
             "optax.linear_schedule(1e-3, 1e-5, transition_steps=1000)."
         )
 
