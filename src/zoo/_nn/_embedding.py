@@ -126,6 +126,9 @@ class TableView(eqx.Module):
     def _refuse(self, *args, **kwargs):
         raise TypeError(self._read_directly())
 
+    def __bool__(self) -> bool:  # a view is a value, even though len() refuses
+        return True
+
     # Every way of using the table as one array: arithmetic, NumPy and JAX conversion.
     __jax_array__ = __array__ = __len__ = __iter__ = _refuse
     __matmul__ = __rmatmul__ = __add__ = __radd__ = __sub__ = __rsub__ = _refuse

@@ -103,8 +103,8 @@ _PARTITION_EXAMPLE = (
 _MULTI_STEPS = (
     "dense must not be optax.MultiSteps (or hold one): it accumulates the dense gradients over "
     "k steps and updates once, while the tables are updated at every step, so the two halves "
-    "of the model would train on different batches. Accumulate before the optimizer instead: "
-    "zoo.train(..., accumulate=k), or larger batches."
+    "of the model would train on different batches. Take larger batches instead: a sparse "
+    "step costs O(batch), whatever the table's size."
 )
 
 
