@@ -79,7 +79,11 @@ def test_out_of_range_ids_under_jit_and_vmap_raise_at_run_time(getkey, bad):
     expected = (
         rf"zoo.Embedding\(10, 2\): ids must lie in \[0, num_embeddings\) .* from {bad} to {bad}"
     )
-    for run in (lambda: lookup(emb, ids), lambda: jax.vmap(emb)(ids), lambda: jax.jit(emb)(ids)):
+    for run in (
+        lambda: lookup(emb, ids),
+        lambda: jax.vmap(emb)(ids),
+        lambda: jax.jit(lambda i: emb(i))(ids),
+    ):
         with pytest.raises(Exception, match=expected) as error:
             jax.block_until_ready(run())
         assert re.search(expected, str(error.value).splitlines()[-1])

@@ -884,3 +884,23 @@ def test_ids_are_checked_whatever_equinoxs_error_mode():
         [sys.executable, "-c", EQX_NAN_SCRIPT], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0 and "refused" in done.stdout, done.stderr[-2000:]
+
+
+def test_optax_and_equinox_tree_functions_refuse_sparse_gradients(getkey):
+    """Never silently wrong: each would count or scale the integer ids."""
+    model, batch = Recommender(getkey()), make_batch(getkey())
+    _, grads = zoo.sparse.value_and_grad(vmapped_loss)(model, batch)
+    params = eqx.filter(model, eqx.is_inexact_array)
+    refused = {
+        "norm": lambda: optax.tree.norm(grads),
+        "clip": lambda: optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState()),
+        "scale": lambda: optax.tree.scale(0.5, grads),
+        "add": lambda: optax.tree.add(grads, grads),
+        "optax.apply_updates": lambda: optax.apply_updates(params, grads),
+        "eqx.apply_updates": lambda: eqx.apply_updates(model, grads),
+    }
+    for name, call in refused.items():
+        with pytest.raises((TypeError, ValueError, NotImplementedError, AssertionError)):
+            call()
+            pytest.fail(f"{name} accepted sparse gradients")
+    np.testing.assert_array_equal(grads.items.weight.ids.dtype, jnp.int32)

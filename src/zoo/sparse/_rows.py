@@ -1,8 +1,9 @@
 """`SparseRows`: the gradient (or update) of an embedding table, as its touched rows."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int, Key
 
 from .. import _checks
 from .._nn._embedding import checked_ids
@@ -17,16 +18,22 @@ class SparseRows(eqx.Module):
     values. Every scatter of `SparseRows` into a table uses `mode="drop"`, so the sentinels
     touch nothing.
 
-    **Fields:**
+    **Attributes:**
 
     - `ids`: `(n,)` int32 row ids, each at most once, in increasing order apart from the
         sentinels (from `zoo.sparse.value_and_grad`, a sorted list of the ids looked up, each
         repeat replaced by `num_rows`).
     - `values`: `(n, dim)` one vector per id.
     - `num_rows`: the number of rows of the table (static).
+
+    The ids are stored as a JAX key array (`keyed_ids`), which has no arithmetic: tree
+    functions that treat every leaf as a number (`optax.tree.norm`, `optax.global_norm`,
+    `optax.clip_by_global_norm`, `optax.tree.scale`, ...) would count or scale integer ids,
+    silently, and raise a `TypeError` instead. Use `zoo.sparse.global_norm`,
+    `zoo.sparse.clip_by_global_norm` and `zoo.sparse.apply_updates`.
     """
 
-    ids: Int[Array, " n"]
+    keyed_ids: Key[Array, " n"]
     values: Float[Array, "n dim"]
     num_rows: int = eqx.field(static=True)
 
@@ -41,9 +48,16 @@ class SparseRows(eqx.Module):
         ids = jnp.asarray(ids)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise TypeError(f"ids of a SparseRows must be integers; got dtype {ids.dtype}.")
-        self.ids = checked_ids(ids, num_rows + 1, "SparseRows", "num_rows + 1")
+        ids = checked_ids(ids, num_rows + 1, "SparseRows", "num_rows + 1")
+        bits = jnp.stack([ids.astype(jnp.uint32), jnp.zeros(ids.shape, jnp.uint32)], axis=-1)
+        self.keyed_ids = jax.random.wrap_key_data(bits, impl="threefry2x32")
         self.values = jnp.asarray(values)
         self.num_rows = num_rows
+
+    @property
+    def ids(self) -> Int[Array, " n"]:
+        """The row ids, `(n,)` int32."""
+        return jax.random.key_data(self.keyed_ids)[..., 0].astype(jnp.int32)
 
 
 def is_sparse_rows(x) -> bool:
