@@ -352,8 +352,10 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
 
         **Raises:**
 
-        Out-of-range ids raise a `ValueError` when `ids` is concrete; under `jax.jit` or
-        `jax.vmap` the same check is an `eqx.error_if`, which raises when the computation runs.
+        Out-of-range ids raise an `OutOfRangeIdError` (a `ValueError`) when `ids` is concrete;
+        under `jax.jit` or `jax.vmap` the same check raises when the computation runs, before
+        any row is read, whatever Equinox's error mode (`EQX_ON_ERROR`). The message names the
+        table (its path in the model inside `zoo.sparse` steps) and the offending ids' range.
         Ids are never clamped.
         """
         del key
