@@ -61,6 +61,9 @@ class TableView(eqx.Module):
         (negative ones included) raise, as in an `Embedding` call. `"fill"` (or `"drop"`)
         reads `fill_value` (NaN by default) for them, `"clip"` the nearest row.
         """
+        if not isinstance(ids, jax.Array):
+            # Host ids are checked before JAX stores them: int64 would wrap into valid rows.
+            ids = _checks.fits_int32("ids", ids)
         ids = jnp.asarray(ids)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise TypeError(

@@ -59,6 +59,18 @@ class SparseRows(eqx.Module):
         """The row ids, `(n,)` int32."""
         return jax.random.key_data(self.keyed_ids)[..., 0].astype(jnp.int32)
 
+    def _refuse_arithmetic(self, *args, **kwargs):
+        # `optax.apply_updates` adds updates to parameters leaf by leaf: `table + SparseRows`.
+        raise TypeError(
+            f"a zoo.sparse.SparseRows (rows of a table of {self.num_rows} rows) is not an "
+            "array: apply sparse updates with zoo.sparse.apply_updates(model, updates), not "
+            "optax.apply_updates or eqx.apply_updates; measure and clip sparse gradients with "
+            "zoo.sparse.global_norm and zoo.sparse.clip_by_global_norm."
+        )
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse_arithmetic
+    __truediv__ = __rtruediv__ = __neg__ = __matmul__ = __rmatmul__ = _refuse_arithmetic
+
 
 def is_sparse_rows(x) -> bool:
     """True for a `SparseRows` (use as `is_leaf=` when mapping over sparse gradients)."""
