@@ -7,6 +7,12 @@ Take a whole step with `value_and_update` (with `sgd`, the update lands in the t
 See `docs/sparse.md`.
 """
 
+from ._clipping import (
+    ClipByGlobalNormState as ClipByGlobalNormState,
+    chain as chain,
+    clip_by_global_norm as clip_by_global_norm,
+    global_norm as global_norm,
+)
 from ._grad import value_and_grad as value_and_grad
 from ._optimizers import (
     AdagradState as AdagradState,
