@@ -21,6 +21,8 @@ import numpy as np
 import optax
 
 import zoo
+
+from .helpers import train
 import zoo._cli
 
 
@@ -45,7 +47,7 @@ def _classification(n=8, features=4):
 
 
 def _train(data=None, **kwargs):
-    return lambda tmp: zoo.train(
+    return lambda tmp: train(
         _mlp(), _classification() if data is None else data, progress=False, **kwargs
     )
 
@@ -117,7 +119,7 @@ def _flip_bytes(content: bytes) -> bytes:
 
 
 def _trained_with_checkpoints(tmp: pathlib.Path) -> None:
-    zoo.train(_mlp(), _classification(), epochs=1, checkpoint_dir=tmp / "run", progress=False)
+    train(_mlp(), _classification(), epochs=1, checkpoint_dir=tmp / "run", progress=False)
 
 
 # A training run in tmp/"run" (8 examples in batches of 4, key 1), and one resumed there.
@@ -125,12 +127,12 @@ _RUN = dict(batch_size=4, key=jax.random.key(1), progress=False)
 
 
 def _run_folder(tmp: pathlib.Path) -> None:
-    zoo.train(_mlp(), _classification(), checkpoint_dir=tmp / "run", **_RUN)
+    train(_mlp(), _classification(), checkpoint_dir=tmp / "run", **_RUN)
 
 
 def _resumed(data=None, model=None, **changed):
     options = _RUN | dict(checkpoint_dir="run", resume=True) | changed
-    return lambda tmp: zoo.train(
+    return lambda tmp: train(
         _mlp() if model is None else model,
         _classification() if data is None else data,
         **(options | {"checkpoint_dir": tmp / options["checkpoint_dir"]}),
@@ -685,7 +687,7 @@ CASES: list[Case] = [
         "resume-other-model",
         "zoo.train",
         "resume=True with a different model than the run's",
-        lambda tmp: zoo.train(
+        lambda tmp: train(
             zoo.MLP(4, 3, (16,), key=jax.random.key(0)),
             _classification(),
             checkpoint_dir=tmp / "run",

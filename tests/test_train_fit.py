@@ -12,11 +12,11 @@ import optax
 import pytest
 
 import zoo
-from zoo._training._early_stopping import EarlyStopping
+from zoo import EarlyStopping
 from zoo._training._precision import dynamic_loss_scaling
 from zoo._training._validation import split_validation
 
-from .helpers import tree_allclose, tree_equal
+from .helpers import tree_allclose, tree_equal, train
 
 
 def _blobs(n=240, features=6, classes=3, noise=2.0, seed=0):
@@ -30,7 +30,7 @@ def _blobs(n=240, features=6, classes=3, noise=2.0, seed=0):
 
 def _fit(model, data, **kwargs):
     options = dict(optimizer=optax.adam(3e-2), batch_size=16, key=jax.random.key(1), progress=False)
-    return zoo.train(model, data, **(options | kwargs))
+    return train(model, data, **(options | kwargs))
 
 
 # -- early stopping ------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def test_an_uneven_last_batch_is_taken_whole():
 def test_accumulation_with_a_sparse_optimizer_is_a_clear_error():
     model = zoo.MatrixFactorization(10, 10, 4, key=jax.random.key(0))
     with pytest.raises(ValueError, match=r"accumulate > 1 does not work with zoo\.sparse"):
-        zoo.train(model, {"x": np.zeros(4)}, optimizer=zoo.sparse.sgd(0.1), accumulate=2)
+        train(model, {"x": np.zeros(4)}, optimizer=zoo.sparse.sgd(0.1), accumulate=2)
 
 
 # -- mixed precision -----------------------------------------------------------------------------

@@ -233,4 +233,6 @@ def in_batch_softmax_loss(*, item_counts: ArrayLike | None = None) -> LossFn:
         logits = jnp.where(repeated, -jnp.inf, logits)
         return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits))
 
+    # Each row's negatives are the batch's other items: zoo.train refuses accumulate > 1.
+    loss.negatives_from_batch = True
     return loss
