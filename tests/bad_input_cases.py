@@ -21,9 +21,9 @@ import numpy as np
 import optax
 
 import zoo
+import zoo._cli
 
 from .helpers import train
-import zoo._cli
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 import zoo
 from zoo import _checks
 
-from .helpers import tree_equal, train
+from .helpers import train, tree_equal
 
 
 def _classification(n=12, features=4, seed=0):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import zoo
+import zoo._checks
 
 from .helpers import train
-import zoo._checks
 
 WIDE = 2**32 + 3  # JAX without x64 stores this int64 as int32: row 3
 

@@ -10,7 +10,7 @@ import pytest
 
 import zoo
 
-from .helpers import tree_equal, train
+from .helpers import train, tree_equal
 
 
 def _data(key, n=64, features=5, classes=3):

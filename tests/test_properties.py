@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 import zoo
 
-from .helpers import tree_allclose, train
+from .helpers import train, tree_allclose
 
 _SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
 

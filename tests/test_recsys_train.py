@@ -11,7 +11,7 @@ import pytest
 import zoo
 from zoo._cli import _recipes as recipes, main
 
-from .helpers import planted_split, train
+from .helpers import planted_split
 
 
 def test_cli_matrix_factorization_with_sparse_adagrad_doubles_popularity(tmp_path, capsys):

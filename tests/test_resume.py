@@ -18,7 +18,7 @@ import pytest
 import zoo
 from zoo._training._programs import Programs
 
-from .helpers import tree_equal, train
+from .helpers import train, tree_equal
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

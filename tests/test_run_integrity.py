@@ -18,7 +18,7 @@ import zoo
 import zoo._io._array_files
 from zoo._training._programs import Programs
 
-from .helpers import tree_equal, train
+from .helpers import train, tree_equal
 
 
 def _data(n=64):

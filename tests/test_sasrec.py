@@ -13,7 +13,7 @@ import zoo
 from zoo._cli import main
 from zoo.data._sequences import histories
 
-from .helpers import tree_allclose, train
+from .helpers import tree_allclose
 
 
 def _interactions(users, items, timestamps, num_users, num_items):

@@ -8,7 +8,7 @@ import pytest
 import zoo
 from zoo._training._dataset import checked_dataset
 
-from .helpers import tree_allclose, tree_equal, train
+from .helpers import train, tree_allclose, tree_equal
 
 
 def _blobs(key, n=200, features=6, classes=3):

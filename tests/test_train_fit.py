@@ -16,7 +16,7 @@ from zoo import EarlyStopping
 from zoo._training._precision import dynamic_loss_scaling
 from zoo._training._validation import split_validation
 
-from .helpers import tree_allclose, tree_equal, train
+from .helpers import train, tree_allclose, tree_equal
 
 
 def _blobs(n=240, features=6, classes=3, noise=2.0, seed=0):

@@ -12,7 +12,7 @@ from zoo._training._programs import Programs, StepTotals, make_train_step
 from zoo._training._rules import rule_for
 from zoo._training._state import initial_state
 
-from .helpers import tree_allclose, train
+from .helpers import train, tree_allclose
 from .test_sparse import BigModel, big_loss, table_sized_ops
 
 

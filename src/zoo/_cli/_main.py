@@ -284,7 +284,7 @@ def _epoch_lines_class():
     return EpochLines
 
 
-def _EpochLines(line):  # noqa: N802 - the class is made on first use: zoo loads lazily
+def _EpochLines(line):
     return _epoch_lines_class()(line)
 
 

@@ -221,13 +221,14 @@ def built_run(
     )
     examples = None if runner.arrays is None else num_examples(runner.arrays)
     arguments = {
+        # The split first: it decides the data's size, so a change is named as what it is.
+        **({} if split is None else split.record()),
         "data": describe_data(examples, runner.steps_per_epoch),
         "batch_size": batch_size,
         "precision": precision,
         "loss": loss,
         "key": key,
         **loop.record(),
-        **({} if split is None else split.record()),
     }
     for callback in callbacks:
         arguments |= callback.record()
