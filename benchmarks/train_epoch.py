@@ -95,7 +95,7 @@ def zoo_history(data, batch_size, epochs, **options):
         epochs=epochs,
         batch_size=batch_size,
         key=jax.random.key(1),
-        progress=False,
+        callbacks=[],
         **options,
     )
     return history
