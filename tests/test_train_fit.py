@@ -13,6 +13,7 @@ import pytest
 
 import zoo
 from zoo import EarlyStopping
+from zoo._training._monitoring import decide
 from zoo._training._precision import dynamic_loss_scaling
 from zoo._training._validation import split_validation
 
@@ -78,7 +79,8 @@ def test_early_stopping_that_never_triggers_runs_every_epoch():
     ],
 )
 def test_early_stopping_decision(values, options, best_epoch, stop):
-    decision = EarlyStopping("figure", **options).decide(values)
+    decision = decide(values, options.get("mode", "min"), options.get("min_delta", 0.0),
+                      options.get("patience", 3))  # fmt: skip
     assert (decision.best_epoch, decision.stop) == (best_epoch, stop)
 
 
@@ -100,12 +102,12 @@ def test_early_stopping_on_an_eval_fn_figure_is_checked_before_training():
             model,
             _blobs(),
             eval_fn=eval_fn,
-            early_stopping=EarlyStopping("score"),
+            early_stopping=EarlyStopping("score", mode="max"),
             on_epoch=epochs.append,
         )
     assert len(calls) == 1 and calls[0] is model and not epochs  # asked once, before training
     _, history = _fit(
-        model, _blobs(), epochs=2, eval_fn=eval_fn, early_stopping=EarlyStopping("bias")
+        model, _blobs(), epochs=2, eval_fn=eval_fn, early_stopping=EarlyStopping("bias", mode="max")
     )
     assert history["stop_reason"] in ("epochs", "early_stopping")
 

@@ -71,6 +71,10 @@ class Callback(eqx.Module):
     - `after_chunk(state, info: ChunkInfo) -> state`: after each chunk of steps.
     - `after_epoch(state, info: EpochInfo) -> (state, stop)`: after each epoch is recorded;
       `stop=True` ends training cleanly (`history["stop_reason"]` names the callback).
+    - `adjust(state, train_state) -> train_state`: after `after_epoch`, the training state
+      (a [`zoo.TrainState`][]) the next epoch starts from, e.g. with a learning rate changed in
+      the state of an `optax.inject_hyperparams` optimizer. It is checkpointed as changed, so a
+      resumed run continues exactly; the default returns it unchanged.
     - `close(state)`: at the end, however the run ends (also on an error).
     - `record() -> dict`: options that change what training computes, kept in the run record
       of a checkpointed run: a resumed run must give the same.
@@ -106,6 +110,9 @@ class Callback(eqx.Module):
 
     def after_epoch(self, state: Any, info: EpochInfo) -> tuple[Any, bool]:
         return state, False
+
+    def adjust(self, state: Any, train_state: Any) -> Any:
+        return train_state
 
     def close(self, state: Any) -> None:
         return None

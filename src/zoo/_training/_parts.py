@@ -60,6 +60,12 @@ class Parts:
                 stopped = callback.name
         return stopped
 
+    def adjust(self, train_state):
+        """The training state after each callback's `adjust`, in order."""
+        for callback, state in zip(self.callbacks, self._states, strict=True):
+            train_state = callback.adjust(state, train_state)
+        return train_state
+
     def summary(self) -> dict:
         entries = {}
         for callback, state in zip(self.callbacks, self._states, strict=False):

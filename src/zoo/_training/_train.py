@@ -199,6 +199,7 @@ def train(
                 epoch + 1, int(state.step), copy.deepcopy(history), programs.model_of(good.model)
             )
             stopped = parts.after_epoch(info)
+            dynamic = eqx.filter(parts.adjust(state), eqx.is_array)
             totals = StepTotals.zeros()
             saver.save(int(state.step), dynamic, totals, good.history, parts.saved(), stopped)
     except KeyboardInterrupt as interrupt:
