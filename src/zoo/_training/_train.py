@@ -111,8 +111,9 @@ def train(
     `history["train"]["grad_norm"]` (mean global gradient norm),
     `history["train"]["learning_rate"]` (that of the epoch's last step, when recorded),
     `history["eval"][metric]`, `history["time"]` (seconds of training per epoch),
-    `history["epoch"]` and `history["step"]`; with `early_stopping`, also
-    `history["best_epoch"]` and `history["stop_reason"]`.
+    `history["epoch"]` and `history["step"]`; `history["stop_reason"]` (`"epochs"`, or the
+    name of the callback that stopped training, e.g. `"early_stopping"`), and what callbacks
+    add (`history["best_epoch"]` with `zoo.EarlyStopping`).
 
     **Raises:**
 
@@ -137,14 +138,19 @@ def train(
     print(history["eval"]["accuracy"][-1])
     ```
 
-    Fit-style: hold out a tenth of the data, compute in bfloat16, stop when the held-out
-    accuracy has not improved for 3 epochs, keep the best model, and log for TensorBoard:
+    Fit-style: hold out a tenth of each class, compute in bfloat16, stop when the held-out
+    accuracy has not improved for 3 epochs, return the best model and save it, log for
+    TensorBoard, and checkpoint every 50 steps so that a killed run resumes:
 
     ```{.python continuation}
-    model, history = zoo.train(model, zoo.data.digits("train"), epochs=20, batch_size=64,
-                               validation_split=0.1, stratify=True, precision="bfloat16",
-                               early_stopping=zoo.EarlyStopping("accuracy", patience=3),
-                               log_dir="runs/digits", tensorboard=True)
+    model, history = zoo.train(
+        model, zoo.data.digits("train"), epochs=20, batch_size=64,
+        validation_split=zoo.ValidationSplit(0.1, stratify=True), precision="bfloat16",
+        callbacks=[zoo.EarlyStopping("accuracy", patience=3),
+                   zoo.ModelCheckpoint("models/digits", monitor="accuracy"),
+                   zoo.Logger("runs/digits", tensorboard=True), zoo.ProgressBar()],
+        checkpoint=zoo.Checkpointing("runs/digits/checkpoints", every=50, resume=True),
+    )
     print(history["best_epoch"], history["stop_reason"])
     ```
     """
