@@ -23,7 +23,10 @@ import optax
 import zoo
 import zoo._cli
 
-from .helpers import train
+try:
+    from .helpers import train
+except ImportError:  # run as a script, to write docs/errors.md
+    from helpers import train
 
 
 @dataclasses.dataclass(frozen=True)

@@ -158,7 +158,7 @@ def test_accumulate_is_refused_with_negatives_from_the_batch():
         return _masked_mse(model, batch)
 
     in_batch.negatives_from_batch = True
-    with pytest.raises(ValueError, match="accumulate=2 .*negatives_from_batch"):
+    with pytest.raises(ValueError, match=r"accumulate=2 .*negatives_from_batch"):
         zoo.train(_PerPosition(key=jax.random.key(0)), _sequences(), loss=in_batch,
                   batch_size=8, loop=zoo.Loop(accumulate=2), callbacks=[])  # fmt: skip
 

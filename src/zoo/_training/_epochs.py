@@ -4,11 +4,13 @@
 """
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import equinox as eqx
+import jax
 import numpy as np
 
 from .. import _checks
@@ -25,6 +27,9 @@ from ._state import TrainState
 # checkpoints responsive (benchmarks/train_epoch.py).
 _EXAMPLES_PER_CHUNK = 2**16
 _MIN_STEPS_PER_CHUNK = 32
+# A chunk of a slow model is shortened to about this long, so that progress, Ctrl-C and the
+# host's view of the run stay responsive (`_Pace`).
+_SECONDS_PER_CHUNK = 1.0
 _ITERABLE_STEPS_PER_REPORT = 50
 
 
@@ -125,10 +130,50 @@ class EpochRunner:
         raise NotImplementedError
 
 
+class _Pace:
+    """The length of the next fused chunk: the examples-based default, shortened when chunks
+    take longer than `_SECONDS_PER_CHUNK` (a slow model), never lengthened.
+
+    A chunk's time is that between the ends of successive chunks, read on the chunk *before*
+    the one just dispatched, so the device always has work queued and never waits on the host.
+    The programs take the number of steps as an argument: a new length compiles nothing, and
+    gives the same steps bit for bit.
+    """
+
+    def __init__(self, steps: int, *, adaptive: bool):
+        self.steps = steps
+        self._adaptive = adaptive
+        self._dispatched: deque = deque()
+        self._last_end: float | None = None
+
+    def start(self) -> None:
+        """A new epoch: the time between epochs (evaluation, callbacks) is no chunk's."""
+        self._dispatched.clear()
+        self._last_end = None
+
+    def dispatched(self, totals: StepTotals, steps: int) -> None:
+        if not self._adaptive:
+            return
+        self._dispatched.append((totals, steps))
+        if len(self._dispatched) < 2:
+            return
+        previous, previous_steps = self._dispatched.popleft()
+        jax.block_until_ready(previous)
+        end = time.perf_counter()
+        if self._last_end is not None:  # the first chunk's time includes compiling: not used
+            seconds = end - self._last_end
+            if seconds > _SECONDS_PER_CHUNK:
+                shorter = int(previous_steps * _SECONDS_PER_CHUNK / seconds)
+                self.steps = max(1, min(self.steps, shorter))
+        self._last_end = end
+
+
 class _FusedEpochs(EpochRunner):
     """The dataset lives on the device; each chunk of steps runs as one program."""
 
-    def __init__(self, arrays, programs: Programs, layout: _EpochLayout, placement):
+    def __init__(
+        self, arrays, programs: Programs, layout: _EpochLayout, placement, steps_per_chunk=None
+    ):
         self.arrays = arrays
         self._data = placement.dataset(arrays)
         self._count = num_examples(arrays)
@@ -136,15 +181,18 @@ class _FusedEpochs(EpochRunner):
         self._layout = layout
         self.steps_per_epoch = layout.steps
         self.skipped_per_epoch = layout.skipped
+        self._pace = _Pace(layout.chunk, adaptive=steps_per_chunk is None)
 
     def run(self, dynamic, totals, hooks):
         layout = self._layout
         order = self._programs.epoch_order(dynamic, self._count)
         report = _ChunkReport(hooks, int(dynamic.batch))
         batch, step = int(dynamic.batch), int(dynamic.step)
+        self._pace.start()
         while batch < layout.full_batches:
-            steps = min(layout.chunk, layout.full_batches - batch, _until(hooks, step))
+            steps = min(self._pace.steps, layout.full_batches - batch, _until(hooks, step))
             dynamic, totals = self._programs.run_steps(dynamic, totals, self._data, order, steps)
+            self._pace.dispatched(totals, steps)
             report.dispatched(totals, steps)
             batch, step = batch + steps, step + steps
             hooks.after_steps(step, dynamic, totals)
@@ -306,4 +354,6 @@ def epoch_runner(
     if fused is None:
         fused = fits_on_devices(nbytes(arrays), placement.mesh)
     layout = _EpochLayout.of(num_examples(arrays), batch_size, last_batch, steps_per_chunk)
-    return (_FusedEpochs if fused else _HostEpochs)(arrays, programs, layout, placement)
+    if fused:
+        return _FusedEpochs(arrays, programs, layout, placement, steps_per_chunk)
+    return _HostEpochs(arrays, programs, layout, placement)

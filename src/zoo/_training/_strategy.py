@@ -2,8 +2,9 @@
 
 `strategy_for` chooses once per run; the `Strategy` then owns the state's placement, the
 step's construction and the data's placement, and nothing else in the trainer asks whether
-there is a mesh. The trainer's programs stay as they are. The state is placed once; the step pins the batch to
-the batch axes and the new state to its layout, and jit's SPMD partitioner does the rest
+there is a mesh. The trainer's programs stay as they are. The state is placed once; the step
+pins the batch to the batch axes and the new state to its layout, and jit's SPMD partitioner
+does the rest
 (including the sparse embedding step: see docs/scaling.md for what it compiles to).
 """
 
