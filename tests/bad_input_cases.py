@@ -739,12 +739,12 @@ CASES: list[Case] = [
     ),
     Case(
         "checkpoint-every",
-        "zoo.train",
-        "checkpoint_every of 0",
-        _train(checkpoint_dir="unused", checkpoint_every=0),
+        "zoo.Checkpointing",
+        "`every` of 0 steps between checkpoints",
+        lambda tmp: zoo.Checkpointing("unused", every=0),
         ValueError,
-        "checkpoint_every must be a positive int; got 0",
-        "Use e.g. `checkpoint_every=1000`.",
+        "Checkpointing's every must be a positive int; got 0",
+        "Use e.g. `zoo.Checkpointing('runs/x', every=1000)`.",
     ),
     # -- recommenders ---------------------------------------------------------------------------
     Case(

@@ -107,7 +107,7 @@ def options(**flat) -> dict:
             flat["validation_split"] = zoo.ValidationSplit(flat["validation_split"], stratify)
     if loop:
         flat["loop"] = zoo.Loop(**loop)
-    if checkpointing:
+    if checkpointing.get("directory") is not None:
         flat["checkpoint"] = zoo.Checkpointing(**checkpointing)
     return flat | {"callbacks": callbacks}
 

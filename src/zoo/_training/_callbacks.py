@@ -70,7 +70,7 @@ class Callback(eqx.Module):
     - `init(info: RunInfo) -> state`: at the start, before anything is written.
     - `after_chunk(state, info: ChunkInfo) -> state`: after each chunk of steps.
     - `after_epoch(state, info: EpochInfo) -> (state, stop)`: after each epoch is recorded;
-      `stop=True` ends training cleanly (`history["stop_reason"]` names the callback).
+      `stop=True` ends training cleanly (`history["stop_reason"]` then names the callback).
     - `adjust(state, train_state) -> train_state`: after `after_epoch`, the training state
       (a [`zoo.TrainState`][]) the next epoch starts from, e.g. with a learning rate changed in
       the state of an `optax.inject_hyperparams` optimizer. It is checkpointed as changed, so a

@@ -70,9 +70,9 @@ class Checkpointing(eqx.Module):
                 f"checkpoint_dir must be a folder, but {self.directory} is a file. Pass a new "
                 f"or empty folder for the checkpoints: {_EXAMPLE}"
             )
-        _checks.optional_positive_int("checkpoint_every", self.every, example=_EXAMPLE)
+        _checks.optional_positive_int("Checkpointing's every", self.every, example=_EXAMPLE)
         _checks.optional_positive_int(
-            "keep", self.keep, example="zoo.Checkpointing('runs/x', keep=3)"
+            "Checkpointing's keep", self.keep, example="zoo.Checkpointing('runs/x', keep=3)"
         )
         _checks.boolean("resume", self.resume, example=_EXAMPLE)
 

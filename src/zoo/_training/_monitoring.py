@@ -170,7 +170,11 @@ class EarlyStopping(Callback):
         return state | {"best_model": saved, "decision": self.decision(history)}
 
     def summary(self, state: dict) -> dict:
-        return {"best_epoch": state["decision"].best_epoch}
+        decision = state["decision"]
+        return {
+            "best_epoch": decision.best_epoch,
+            "stop_reason": "early_stopping" if decision.stop else "epochs",
+        }
 
     def final_model(self, state: dict, model: eqx.Module) -> eqx.Module:
         if not self.restore_best or state["decision"].best_epoch == 0:

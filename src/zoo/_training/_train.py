@@ -111,9 +111,10 @@ def train(
     `history["train"]["grad_norm"]` (mean global gradient norm),
     `history["train"]["learning_rate"]` (that of the epoch's last step, when recorded),
     `history["eval"][metric]`, `history["time"]` (seconds of training per epoch),
-    `history["epoch"]` and `history["step"]`; `history["stop_reason"]` (`"epochs"`, or the
-    name of the callback that stopped training, e.g. `"early_stopping"`), and what callbacks
-    add (`history["best_epoch"]` with `zoo.EarlyStopping`).
+    `history["epoch"]` and `history["step"]`; when a callback stopped training,
+    `history["stop_reason"]`, its name (e.g. `"early_stopping"`), and what callbacks add
+    (`history["best_epoch"]`, and `"stop_reason": "epochs"` when it did not stop, with
+    `zoo.EarlyStopping`).
 
     **Raises:**
 
@@ -216,7 +217,7 @@ def train(
         saver.close()  # waits for background saves: a returned or raised train has saved
         if parts is not None:
             parts.close()
-    history |= {"stop_reason": stopped or "epochs"} | parts.summary()
+    history |= parts.summary() | ({} if stopped is None else {"stop_reason": stopped})
     return parts.final_model(programs.combine(dynamic).model), history
 
 
