@@ -113,9 +113,9 @@ _KILLED_RUN = textwrap.dedent("""
     data = {"x": rng.normal(size=(400, 5)).astype(np.float32),
             "y": rng.integers(0, 3, 400).astype(np.int32)}
     model = zoo.MLP(5, 3, (16,), key=jax.random.key(0))
-    train(model, data, optimizer=optax.adam(1e-2), epochs=4, batch_size=8,
-              key=jax.random.key(1), checkpoint_dir=sys.argv[1], checkpoint_every=5,
-              steps_per_chunk=5, resume=True, progress=False)
+    zoo.train(model, data, optimizer=optax.adam(1e-2), epochs=4, batch_size=8,
+              key=jax.random.key(1), loop=zoo.Loop(steps_per_chunk=5), callbacks=[],
+              checkpoint=zoo.Checkpointing(sys.argv[1], every=5, resume=True))
 """)
 
 # Where a training run is killed, in order: inside a compiled chunk, halfway through a
