@@ -239,7 +239,7 @@ def _trained(args, line, model, data, *, extra_callbacks=(), **options):
 
     callbacks = [zoo.Logger(args.out, tensorboard=_tensorboard(args)), *extra_callbacks]
     if not args.quiet:
-        callbacks.append(_EpochLines(line))
+        callbacks.append(zoo.ProgressBar(bar=False, file=sys.stdout, line=line))
         if sys.stderr.isatty():
             callbacks.append(zoo.ProgressBar(bar=True))
     try:
@@ -267,25 +267,6 @@ def _interrupted(out: pathlib.Path, history: dict) -> int:
         file=sys.stderr,
     )
     return 130
-
-
-def _epoch_lines_class():
-    import zoo
-
-    class EpochLines(zoo.Callback):
-        """Prints the CLI's line for each epoch, to stdout."""
-
-        line: object
-
-        def after_epoch(self, state, info):
-            print(self.line(info.history), flush=True)
-            return state, False
-
-    return EpochLines
-
-
-def _EpochLines(line):
-    return _epoch_lines_class()(line)
 
 
 def _add_recommender(models) -> None:

@@ -165,10 +165,12 @@ class ProgressBar(Callback):
 
     - `bar`: `True` for the bar, `False` for the lines, `None` (default): the bar on a terminal.
     - `file`: where to write (default: `sys.stderr`).
+    - `line`: `line(history) -> str`, the text of an epoch's line, in place of the default.
     """
 
     bar: bool | None = None
     file: Any = None
+    line: Any = None
 
     def __check_init__(self):
         if self.bar is not None:
@@ -214,7 +216,10 @@ class ProgressBar(Callback):
             state["bar"].set_postfix_str(line)
             state["bar"].close()
             return state | {"bar": None}, False
-        print(f"epoch {info.epoch}/{epochs}  {line}", file=self._file(), flush=True)
+        if self.line is not None:
+            print(self.line(info.history), file=self._file(), flush=True)
+        else:
+            print(f"epoch {info.epoch}/{epochs}  {line}", file=self._file(), flush=True)
         return state, False
 
     def close(self, state: dict) -> None:
