@@ -18,6 +18,7 @@ floor is the epoch's FLOPs over a matmul peak measured in the same run.
 
     uv run python benchmarks/train_epoch.py                      # batch 32, 128, 1024
     uv run python benchmarks/train_epoch.py --batch-sizes 128 --rounds 1
+    uv run python benchmarks/train_epoch.py --methods zoo,fused   # the fused ratio alone
 
 With `--precision`, instead: `zoo.train` in float32 and with `precision="bfloat16"` (and any
 other of `--precisions`) side by side, rounds interleaved, each trained `--epochs` epochs from
@@ -257,6 +258,14 @@ def run_torch(python: pathlib.Path | None, data_file, batch_size, epochs):
     return json.loads(result.stdout)["epoch_seconds"]
 
 
+_METHODS = {
+    "zoo": ("zoo.train", run_zoo_train),
+    "fused": ("hand-fused scan", run_hand_fused),
+    "jit": ("jax.jit loop", run_jax_jit_loop),
+    "filter_jit": ("eqx.filter_jit loop", run_filter_jit_loop),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", default="32,128,1024")
@@ -269,6 +278,11 @@ def main() -> None:
         "--precision", action="store_true", help="compare float32 and --precisions instead"
     )
     parser.add_argument("--precisions", default="bfloat16", help="compared with float32")
+    parser.add_argument(
+        "--methods",
+        default="all",
+        help="a subset of zoo,fused,jit,filter_jit,torch (zoo and fused always run)",
+    )
     args = parser.parse_args()
 
     data = load_mnist(args.data_dir)
@@ -284,13 +298,11 @@ def main() -> None:
         f"matmul peak of {epoch_flops(len(data['y'])) / floor / 1e9:.0f} GFLOP/s "
         f"= {floor:.3f} s/epoch"
     )
-    python, how = torch_python()
+    chosen = set(args.methods.split(",")) if args.methods != "all" else set(_METHODS) | {"torch"}
+    python, how = torch_python() if "torch" in chosen else (None, "PyTorch not asked for")
     print(how)
     methods = {
-        "zoo.train": run_zoo_train,
-        "hand-fused scan": run_hand_fused,
-        "jax.jit loop": run_jax_jit_loop,
-        "eqx.filter_jit loop": run_filter_jit_loop,
+        name: run for key, (name, run) in _METHODS.items() if key in chosen | {"zoo", "fused"}
     }
     with tempfile.TemporaryDirectory() as scratch:
         data_file = str(pathlib.Path(scratch) / "mnist.npz")

@@ -3,7 +3,11 @@ the trainer before the callback protocol."""
 
 import inspect
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -223,6 +227,30 @@ def test_the_cli_on_ctrl_c_writes_the_run_and_exits_130(tmp_path, monkeypatch, c
     assert (tmp_path / "training_curve.png").exists()
     assert isinstance(zoo.load(tmp_path / "model"), zoo.MLP)
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_cli_on_sigint_writes_the_run_and_exits_130(tmp_path):
+    command = [sys.executable, "-m", "zoo._cli", "train", "mlp", "--epochs", "1000",
+               "--hidden", "16", "--out", str(tmp_path)]  # fmt: skip
+    environment = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=environment | {"JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    try:
+        lines = iter(process.stdout.readline, "")
+        assert any(line.startswith("epoch") for line in lines), "no epoch line before the end"
+        process.send_signal(signal.SIGINT)  # as Ctrl-C does
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("zoo: interrupted"), stderr
+    epochs = json.loads((tmp_path / "history.json").read_text())["epoch"]
+    assert 1 <= len(epochs) < 1000 and epochs == list(range(1, len(epochs) + 1))
+    assert (tmp_path / "training_curve.png").exists()
+    assert isinstance(zoo.load(tmp_path / "model"), zoo.MLP)
 
 
 def test_architecture_lists_every_module():

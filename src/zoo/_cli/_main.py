@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     A mistake is one line on stderr, `zoo: error: ...`, naming the flag: exit status 2 for a
     flag's value (argparse's own complaints also show the usage), 1 for a failure while
     running (missing or malformed data). A run that fails leaves no empty folder behind.
+    Ctrl-C is one line too, with exit status 130: during training, after the run folder gets
+    the history, the plot and the last good epoch's model.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
             return args.run(args, parser)
     except _UsageError as error:
         return _fail(args, str(error), 2)
+    except KeyboardInterrupt:  # before training began (Ctrl-C in training is `_interrupted`)
+        print("zoo: interrupted before training began; nothing written", file=sys.stderr)
+        return 130
     except _USER_ERRORS as error:
         message, names_a_flag = _in_flags(str(error), args.flags)
         usage = names_a_flag and isinstance(error, ValueError | TypeError)
