@@ -2,6 +2,7 @@
 the trainer before the callback protocol."""
 
 import inspect
+import io
 import json
 import os
 import pathlib
@@ -210,6 +211,15 @@ def test_progress_prints_a_line_per_epoch_off_a_terminal(capsys):
     _train(epochs=3, callbacks=[zoo.ProgressBar()])
     lines = capsys.readouterr().err.strip().splitlines()
     assert [line.split()[:2] for line in lines] == [["epoch", f"{e}/3"] for e in (1, 2, 3)]
+
+
+def test_a_bar_gives_way_to_the_epochs_own_line():
+    out = io.StringIO()
+    line = lambda history: f"done {history['epoch'][-1]}"  # noqa: E731
+    _train(epochs=2, callbacks=[zoo.ProgressBar(bar=True, file=out, line=line)])
+    text = out.getvalue()
+    assert "epoch 1/2" in text and "epoch 2/2" in text  # the bars
+    assert [row for row in text.splitlines() if row.startswith("done")] == ["done 1", "done 2"]
 
 
 def test_the_cli_on_ctrl_c_writes_the_run_and_exits_130(tmp_path, monkeypatch, capsys):

@@ -244,9 +244,8 @@ def _trained(args, line, model, data, *, extra_callbacks=(), **options):
 
     callbacks = [zoo.Logger(args.out, tensorboard=_tensorboard(args)), *extra_callbacks]
     if not args.quiet:
-        callbacks.append(zoo.ProgressBar(bar=False, file=sys.stdout, line=line))
-        if sys.stderr.isatty():
-            callbacks.append(zoo.ProgressBar(bar=True))
+        # A bar on a terminal, giving way to the epoch's line; one line per epoch in a pipe.
+        callbacks.append(zoo.ProgressBar(file=sys.stdout, line=line))
     try:
         model, history = zoo.train(model, data, callbacks=callbacks, **options)
     except zoo.TrainingInterrupted as stop:

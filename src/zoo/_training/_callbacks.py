@@ -165,7 +165,8 @@ class ProgressBar(Callback):
 
     - `bar`: `True` for the bar, `False` for the lines, `None` (default): the bar on a terminal.
     - `file`: where to write (default: `sys.stderr`).
-    - `line`: `line(history) -> str`, the text of an epoch's line, in place of the default.
+    - `line`: `line(history) -> str`, the text of an epoch's line, in place of the default;
+      with the bar, each epoch's bar gives way to this line when the epoch ends.
     """
 
     bar: bool | None = None
@@ -184,7 +185,7 @@ class ProgressBar(Callback):
         use_bar = terminal if self.bar is None else self.bar
         return {"info": info, "bar": None, "use_bar": use_bar}
 
-    def _bar(self, state: dict, epoch: int) -> tqdm:
+    def _bar(self, state: dict, epoch: int) -> dict:
         if state["bar"] is None:
             info = state["info"]
             state = state | {
@@ -192,7 +193,7 @@ class ProgressBar(Callback):
                     total=info.steps_per_epoch,
                     desc=f"epoch {epoch}/{info.epochs}",
                     unit="step",
-                    leave=True,
+                    leave=self.line is None,  # else the epoch's line takes its place
                     file=self._file(),
                 )
             }
@@ -213,9 +214,12 @@ class ProgressBar(Callback):
         line = f"{_brief(info.history)}  ({info.history['time'][-1]:.2f}s)"
         if state["use_bar"]:
             state = self._bar(state, info.epoch)
-            state["bar"].set_postfix_str(line)
+            if self.line is None:
+                state["bar"].set_postfix_str(line)
             state["bar"].close()
-            return state | {"bar": None}, False
+            state = state | {"bar": None}
+            if self.line is None:
+                return state, False
         if self.line is not None:
             print(self.line(info.history), file=self._file(), flush=True)
         else:
