@@ -30,6 +30,12 @@ def _data(n=64, seed=0):
     return {"x": x, "y": (x[:, 0] > 0).astype(np.int32)}
 
 
+def _balanced(n=64):
+    """`_data(n)` with exactly half of each class."""
+    data = _data(n)
+    return data | {"y": (np.arange(n) % 2).astype(np.int32)}
+
+
 def _mlp(seed=0):
     return zoo.MLP(4, 2, (8,), key=jax.random.key(seed))
 
@@ -53,9 +59,9 @@ def test_train_has_at_most_16_parameters():
             dict(validation_split=0.25, callbacks=[zoo.EarlyStopping("cross_entropy")]),
             "EarlyStopping.monitor",
         ),
-        (
-            dict(validation_split=0.25),
-            dict(validation_split=zoo.ValidationSplit(0.25, stratify=True)),
+        (  # balanced classes: both splits hold out 16 rows, so only the rows differ
+            dict(data=_balanced(), validation_split=0.25),
+            dict(data=_balanced(), validation_split=zoo.ValidationSplit(0.25, stratify=True)),
             "stratify",
         ),
         (dict(validation_split=0.25), dict(validation_split=0.5), "validation_split"),
