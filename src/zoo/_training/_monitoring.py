@@ -68,7 +68,7 @@ def _check_monitored(who: str, monitor: str, names: Sequence[str]) -> None:
     """Raises unless the evaluation records the monitored figure."""
     if monitor in names:
         return
-    argument = "early_stopping" if who == "EarlyStopping" else "model_checkpoint"
+    argument = f"zoo.{who}"
     if not names:
         raise ValueError(
             f"{argument} monitors {monitor!r}, but there is no evaluation: pass eval_data, "
