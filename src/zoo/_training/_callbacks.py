@@ -11,6 +11,7 @@ adds to the history at the end (`summary`).
 
 import math
 import sys
+import time
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -183,7 +184,8 @@ class ProgressBar(Callback):
     def init(self, info: RunInfo) -> dict:
         terminal = self._file().isatty() if hasattr(self._file(), "isatty") else False
         use_bar = terminal if self.bar is None else self.bar
-        return {"info": info, "bar": None, "use_bar": use_bar}
+        # The bar appears at the epoch's first report, timed from the epoch's start.
+        return {"info": info, "bar": None, "use_bar": use_bar, "start": time.time()}
 
     def _bar(self, state: dict, epoch: int) -> dict:
         if state["bar"] is None:
@@ -197,6 +199,7 @@ class ProgressBar(Callback):
                     file=self._file(),
                 )
             }
+            state["bar"].start_t = state["start"]  # tqdm's clock is time.time
         return state
 
     def after_chunk(self, state: dict, info: ChunkInfo) -> dict:
@@ -217,7 +220,7 @@ class ProgressBar(Callback):
             if self.line is None:
                 state["bar"].set_postfix_str(line)
             state["bar"].close()
-            state = state | {"bar": None}
+            state = state | {"bar": None, "start": time.time()}
             if self.line is None:
                 return state, False
         if self.line is not None:
