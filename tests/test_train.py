@@ -276,12 +276,12 @@ def test_bad_input(getkey, data, kwargs, error, message):
 
 
 def test_mnist_one_epoch_reaches_95_percent(shared_data):
-    train = zoo.data.mnist("train", root=shared_data / "mnist", download=False)
+    mnist = zoo.data.mnist("train", root=shared_data / "mnist", download=False)
     test = zoo.data.mnist("test", root=shared_data / "mnist", download=False)
     model = zoo.MLP(in_size=784, out_size=10, hidden=(256, 128), key=jax.random.key(0))
     _, history = train(
         model,
-        train,
+        mnist,
         optimizer=optax.adam(1e-3),
         epochs=1,
         batch_size=128,

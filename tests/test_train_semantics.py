@@ -253,6 +253,9 @@ def test_the_cli_on_sigint_writes_the_run_and_exits_130(tmp_path):
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=environment | {"JAX_PLATFORMS": "cpu"},
+        # A shell's background job ignores SIGINT, and its children inherit that: the command
+        # gets Ctrl-C's default, as in a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         lines = iter(process.stdout.readline, "")
