@@ -77,10 +77,9 @@ def run_zoo_train(rows, epochs, **options):
         optimizer=optax.adam(CONFIG["learning_rate"]),
         epochs=epochs,
         batch_size=CONFIG["batch_size"],
-        last_batch="drop",
         key=jax.random.key(2),
-        progress=False,
-        **options,
+        callbacks=[],
+        loop=zoo.Loop(last_batch="drop", **options),
     )
     return history["time"]
 

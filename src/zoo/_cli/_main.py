@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     A mistake is one line on stderr, `zoo: error: ...`, naming the flag: exit status 2 for a
     flag's value (argparse's own complaints also show the usage), 1 for a failure while
     running (missing or malformed data). A run that fails leaves no empty folder behind.
+    Ctrl-C is one line too, with exit status 130: during training, after the run folder gets
+    the history, the plot and the last good epoch's model.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
             return args.run(args, parser)
     except _UsageError as error:
         return _fail(args, str(error), 2)
+    except KeyboardInterrupt:  # before training began (Ctrl-C in training is `_interrupted`)
+        print("zoo: interrupted before training began; nothing written", file=sys.stderr)
+        return 130
     except _USER_ERRORS as error:
         message, names_a_flag = _in_flags(str(error), args.flags)
         usage = names_a_flag and isinstance(error, ValueError | TypeError)
@@ -203,16 +208,16 @@ def _train_mlp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         f"Adam {args.lr:g}, batch {batch_size}, {epochs} epochs",
     )
 
-    def report(history):
-        epoch = history["epoch"][-1]
-        _say(
-            args,
-            f"epoch {epoch:3d}  loss {history['train']['loss'][-1]:.4f}  "
+    def line(history):
+        return (
+            f"epoch {history['epoch'][-1]:3d}  loss {history['train']['loss'][-1]:.4f}  "
             f"test accuracy {history['eval']['accuracy'][-1]:.4f}  "
-            f"({history['time'][-1]:.2f}s)",
+            f"({history['time'][-1]:.2f}s)"
         )
 
-    _, history = zoo.train(
+    model, history, interrupted = _trained(
+        args,
+        line,
         model,
         train_data,
         optimizer=optax.adam(args.lr),
@@ -220,19 +225,52 @@ def _train_mlp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         batch_size=batch_size,
         eval_data=test_data,
         key=train_key,
-        progress=None if not args.quiet else False,
-        on_epoch=report,
-        log_dir=out,
-        tensorboard=_tensorboard(args),
     )
-    out.mkdir(parents=True, exist_ok=True)  # zoo.train made it; unless epochs ran none
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    zoo.plot_history(history, out / "training_curve.png")
+    _write_run(out, history, model)
+    if interrupted:
+        return _interrupted(out, history)
     print(
         f"final test accuracy {history['eval']['accuracy'][-1]:.4f}; "
-        f"wrote {out / 'history.json'} and {out / 'training_curve.png'}"
+        f"wrote {out / 'history.json'}, {out / 'training_curve.png'} and {out / 'model'}"
     )
     return 0
+
+
+def _trained(args, line, model, data, *, extra_callbacks=(), **options):
+    """`zoo.train` with the CLI's callbacks: a line per epoch on stdout (and a bar on a
+    terminal), the run folder's logs; `(model, history, interrupted)`, where Ctrl-C gives the
+    last good epoch's model and history and `interrupted=True`."""
+    import zoo
+
+    callbacks = [zoo.Logger(args.out, tensorboard=_tensorboard(args)), *extra_callbacks]
+    if not args.quiet:
+        # A bar on a terminal, giving way to the epoch's line; one line per epoch in a pipe.
+        callbacks.append(zoo.ProgressBar(file=sys.stdout, line=line))
+    try:
+        model, history = zoo.train(model, data, callbacks=callbacks, **options)
+    except zoo.TrainingInterrupted as stop:
+        return stop.model, stop.history, True
+    return model, history, False
+
+
+def _write_run(out: pathlib.Path, history: dict, model) -> None:
+    """The run folder's history, training curve and model."""
+    import zoo
+
+    out.mkdir(parents=True, exist_ok=True)  # the logger made it, unless no epoch completed
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    if history["epoch"]:
+        zoo.plot_history(history, out / "training_curve.png")
+    zoo.save(out / "model", model, overwrite=True)
+
+
+def _interrupted(out: pathlib.Path, history: dict) -> int:
+    print(
+        f"zoo: interrupted after {len(history['epoch'])} epochs; wrote the last good model, "
+        f"history and plot to {out}",
+        file=sys.stderr,
+    )
+    return 130
 
 
 def _add_recommender(models) -> None:
@@ -361,16 +399,17 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
             f"{name:>10} baseline  HR@10 {figures['hr@10']:.4f}  NDCG@10 {figures['ndcg@10']:.4f}",
         )
 
-    def report(history):
+    def line(history):
         evaluation = history["eval"]
-        _say(
-            args,
+        return (
             f"epoch {history['epoch'][-1]:3d}  loss {history['train']['loss'][-1]:.4f}  "
             f"HR@10 {evaluation['hr@10'][-1]:.4f}  NDCG@10 {evaluation['ndcg@10'][-1]:.4f}  "
-            f"({history['time'][-1]:.2f}s)",
+            f"({history['time'][-1]:.2f}s)"
         )
 
-    model, history = zoo.train(
+    model, history, interrupted = _trained(
+        args,
+        line,
         model,
         training,
         loss=recipes.build_loss(loss_name, train, model=args.model),
@@ -379,20 +418,16 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
         batch_size=batch_size,
         key=train_key,
         # A small last batch would be a weak in-batch softmax, and one more program to compile.
-        last_batch="drop",
-        progress=None if not args.quiet else False,
+        loop=zoo.Loop(last_batch="drop"),
         eval_fn=lambda m: zoo.recsys.evaluate_ranking(m, train, test, baselines=False)["model"],
-        on_epoch=report,
-        log_dir=out,
-        tensorboard=_tensorboard(args),
     )
     history["baselines"] = baselines
-    out.mkdir(parents=True, exist_ok=True)  # zoo.train made it; unless epochs ran none
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    zoo.plot_history(history, out / "training_curve.png")
+    _write_run(out, history, model)
+    if interrupted:
+        return _interrupted(out, history)
     final = {"model": {name: values[-1] for name, values in history["eval"].items()}}
     print(zoo.recsys.format_report(final | baselines))
-    print(f"wrote {out / 'history.json'} and {out / 'training_curve.png'}")
+    print(f"wrote {out / 'history.json'}, {out / 'training_curve.png'} and {out / 'model'}")
     return 0
 
 
