@@ -406,7 +406,7 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
     for note in notes:
         _say(args, f"zoo: {note}")
     train, valid, test = recipes.splits(data)
-    training = recipes.training_data(args.model, train, args.max_len)
+    training = recipes.training_data(args.model, train, args.max_len, batch_size)
     examples = len(next(iter(training.values())))
     if batch_size > examples:
         # The last, partial batch is dropped (see recipes.fit): no step would run.

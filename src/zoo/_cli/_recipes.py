@@ -36,6 +36,7 @@ SASREC_ADAM_LEARNING_RATE = 3e-3  # a transformer diverges at Adam 1e-2
 DEFAULT_BATCH_SIZE = {"sasrec": 128}  # sequences per step; the others: interactions
 EPOCHS = 200  # a ceiling: early stopping on validation NDCG@10 ends runs far sooner
 PATIENCE = 5
+STEPS_PER_EPOCH = 32  # at least, between two validations (see `training_data`)
 MONITOR = "ndcg@10"
 DEFAULT_DIM = {"sasrec": 64}  # the others: 32
 DEFAULT_MAX_LEN = 200  # SASRec's history: the longer, the better on MovieLens
@@ -106,9 +107,22 @@ def build_model(name: str, train, dim: int, key: PRNGKeyArray, *, max_len: int =
     return DLRMRecommender(num_users, num_items, counts, dim=dim, key=key)
 
 
-def training_data(model: str, train, max_len: int):
-    """What the model trains on: interactions, or a sequential model's next-item rows."""
-    return datasets.sequences(train, max_len) if model == "sasrec" else train
+def training_data(model: str, train, max_len: int, batch_size: int):
+    """What the model trains on: interactions, or a sequential model's next-item rows.
+
+    A sequential model has one row per user: a thousand users make 8 steps of 128, too few
+    between two validations for early stopping to read a trend. Its rows are repeated (each
+    pass shuffled) so that an epoch has at least `STEPS_PER_EPOCH` steps.
+    """
+    if model != "sasrec":
+        return train
+    rows = datasets.sequences(train, max_len)
+    count = len(rows["user"])
+    repeats = -(-STEPS_PER_EPOCH * batch_size // count)
+    return {
+        name: np.tile(column, (repeats,) + (1,) * (column.ndim - 1))
+        for name, column in rows.items()
+    }
 
 
 def learning_rate(model: str, optimizer: str) -> float:

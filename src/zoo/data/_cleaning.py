@@ -5,12 +5,12 @@ space, and a [`Removed`][zoo.data.Removed] count of what went, so that every ste
 pipeline can be reported.
 """
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from .. import _checks
-from .._custom_types import IntLike
+from .._custom_types import IntLike, RealLike
 from ._interactions import Interactions
 
 
@@ -50,9 +50,7 @@ def _time_order(data: Interactions) -> np.ndarray:
     return rows if "timestamp" not in data else np.lexsort((rows, data["timestamp"]))
 
 
-def dedupe(
-    data: Interactions, keep: Literal["first", "last", "all"] = "first"
-) -> tuple[Interactions, Removed]:
+def dedupe(data: Interactions, keep: str = "first") -> tuple[Interactions, Removed]:
     """Repeated `(user, item)` pairs: keep each pair's first event, its last, or all of them.
 
     Rating data holds a pair once; event logs (plays, purchases, re-watches) often hold it
@@ -94,7 +92,7 @@ def dedupe(
     return kept, _removed(data, kept)
 
 
-def rating_threshold(data: Interactions, threshold: float = 4.0) -> tuple[Interactions, Removed]:
+def rating_threshold(data: Interactions, threshold: RealLike = 4.0) -> tuple[Interactions, Removed]:
     """The events rated at least `threshold`: explicit ratings as implicit feedback.
 
     The usual reading of MovieLens for top-K recommendation: 4 and 5 stars are positives,

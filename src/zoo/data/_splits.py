@@ -3,6 +3,7 @@
 import numpy as np
 
 from .._checks import real
+from .._custom_types import RealLike
 from ._cleaning import rating_threshold
 from ._interactions import Interactions
 
@@ -156,7 +157,7 @@ def leave_one_out(data: Interactions) -> tuple[Interactions, Interactions, Inter
 
 
 def temporal_split(
-    data: Interactions, valid: float = 0.1, test: float = 0.1
+    data: Interactions, valid: RealLike = 0.1, test: RealLike = 0.1
 ) -> tuple[Interactions, Interactions, Interactions]:
     """Train, validation and test by one global time: the latest events of all are held out.
 

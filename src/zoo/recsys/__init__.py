@@ -25,8 +25,8 @@ from ._metrics import (
     sampled_metrics as sampled_metrics,
 )
 from ._mf import MatrixFactorization as MatrixFactorization
-from ._sampling import NegativeSampler as NegativeSampler, item_counts as item_counts
 from ._recommend import Recommendations as Recommendations, recommend as recommend
+from ._sampling import NegativeSampler as NegativeSampler, item_counts as item_counts
 from ._sasrec import SASRec as SASRec, SequentialRanker as SequentialRanker
 from ._sequence_losses import sequence_loss as sequence_loss
 from ._two_tower import TwoTower as TwoTower

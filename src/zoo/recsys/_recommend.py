@@ -83,7 +83,7 @@ def recommend(
     seen_users, seen_items = _seen(interactions, indices) if exclude_seen else (None, None)
     left = num_items - (np.bincount(seen_users, minlength=len(indices)) if exclude_seen else 0)
     if np.min(left) < k:
-        worst = interactions.user_ids[indices[int(np.argmin(left))]]
+        worst = interactions.user_ids[indices[int(np.argmin(left))]].item()
         raise ValueError(
             f"k must be at most the items left to recommend; got k={k}, but user {worst!r} has "
             f"{np.min(left)} of num_items={num_items}. Use a smaller k."
@@ -109,7 +109,8 @@ def _top_k(
     scorer, users: Int[Array, " users"], seen, k: int
 ) -> tuple[Float[Array, "users k"], Int[Array, "users k"]]:
     scores = _catalogue_scorer(scorer, seen.shape[1])(users)
-    return jax.lax.top_k(jnp.where(seen, -jnp.inf, scores), k)
+    top_scores, top_items = jax.lax.top_k(jnp.where(seen, -jnp.inf, scores), k)
+    return top_scores, top_items
 
 
 def _user_indices(interactions: Interactions, users, num_users: int | None) -> np.ndarray:
@@ -126,7 +127,7 @@ def _user_indices(interactions: Interactions, users, num_users: int | None) -> n
     unknown = ids[indices] != raw
     if unknown.any():
         raise ValueError(
-            f"users must be raw ids of interactions.user_ids; {raw[unknown][0]!r} is not one "
+            f"users must be raw ids of interactions.user_ids; {raw[unknown][0].item()!r} is not one "
             f"({int(unknown.sum())} of {len(raw)} unknown)."
         )
     has_events = np.bincount(interactions["user"], minlength=interactions.num_users) > 0
@@ -138,7 +139,7 @@ def _user_indices(interactions: Interactions, users, num_users: int | None) -> n
     cold = ~has_events[indices]
     if cold.any():
         raise ValueError(
-            f"users must have events in interactions: user {raw[cold][0]!r} has none, so the "
+            f"users must have events in interactions: user {raw[cold][0].item()!r} has none, so the "
             "model never trained on them and cannot rank for them (it would rank from an "
             "untrained vector). Recommend popular items to new users instead."
         )
