@@ -87,8 +87,7 @@ def splits(data: Interactions) -> tuple[Interactions, Interactions, Interactions
 
 def history_of_test(train: Interactions, valid: Interactions) -> Interactions:
     """What is known when the test item comes: the training events and the validation one."""
-    both = {name: np.concatenate([train[name], valid[name]]) for name in train}
-    return Interactions(both, user_ids=train.user_ids, item_ids=train.item_ids)
+    return datasets.concatenate(train, valid)
 
 
 def build_model(name: str, train, dim: int, key: PRNGKeyArray, *, max_len: int = 50):

@@ -20,6 +20,7 @@ from ._mnist import mnist as mnist
 from ._movielens import movielens as movielens
 from ._sequences import sequences as sequences
 from ._splits import (
+    concatenate as concatenate,
     implicit as implicit,
     leave_last_out as leave_last_out,
     leave_one_out as leave_one_out,

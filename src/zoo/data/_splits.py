@@ -205,3 +205,35 @@ def temporal_split(
         data.take((place >= first_valid) & (place < first_test)),
         data.take(place >= first_test),
     )
+
+
+def concatenate(*parts: Interactions) -> Interactions:
+    """The events of `parts` together, in order: e.g. `concatenate(train, valid)`, the
+    history a user has when their test item comes (what the test ranking excludes, and what
+    SASRec reads). The parts must share one id space (splits of one dataset do).
+
+    **Example:**
+
+    ```python
+    data = zoo.data.synthetic_movielens(key=jax.random.key(0))
+    train, valid, test = zoo.data.leave_one_out(data)
+    assert len(zoo.data.concatenate(train, valid, test)["user"]) == len(data["user"])
+    ```
+    """
+    if not parts or not all(isinstance(part, Interactions) for part in parts):
+        raise TypeError(
+            "parts must be zoo.data.Interactions, e.g. zoo.data.concatenate(train, valid); got "
+            f"{[type(part).__name__ for part in parts]}."
+        )
+    first = parts[0]
+    for part in parts[1:]:
+        same = np.array_equal(part.user_ids, first.user_ids) and np.array_equal(
+            part.item_ids, first.item_ids
+        )
+        if not same or set(part) != set(first):
+            raise ValueError(
+                "parts must share one id space and the same columns (splits of one dataset); "
+                f"got columns {sorted(first)} and {sorted(part)}, or other raw ids."
+            )
+    arrays = {name: np.concatenate([part[name] for part in parts]) for name in first}
+    return Interactions(arrays, user_ids=first.user_ids, item_ids=first.item_ids)
