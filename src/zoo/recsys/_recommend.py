@@ -127,8 +127,8 @@ def _user_indices(interactions: Interactions, users, num_users: int | None) -> n
     unknown = ids[indices] != raw
     if unknown.any():
         raise ValueError(
-            f"users must be raw ids of interactions.user_ids; {raw[unknown][0].item()!r} is not one "
-            f"({int(unknown.sum())} of {len(raw)} unknown)."
+            f"users must be raw ids of interactions.user_ids; {raw[unknown][0].item()!r} is not "
+            f"one ({int(unknown.sum())} of {len(raw)} unknown)."
         )
     has_events = np.bincount(interactions["user"], minlength=interactions.num_users) > 0
     if num_users is not None and num_users != interactions.num_users:
@@ -139,8 +139,8 @@ def _user_indices(interactions: Interactions, users, num_users: int | None) -> n
     cold = ~has_events[indices]
     if cold.any():
         raise ValueError(
-            f"users must have events in interactions: user {raw[cold][0].item()!r} has none, so the "
-            "model never trained on them and cannot rank for them (it would rank from an "
+            f"users must have events in interactions: user {raw[cold][0].item()!r} has none, so "
+            "the model never trained on them and cannot rank for them (it would rank from an "
             "untrained vector). Recommend popular items to new users instead."
         )
     return indices
