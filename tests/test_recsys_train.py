@@ -15,19 +15,33 @@ from .helpers import planted_split
 
 
 def test_cli_matrix_factorization_with_sparse_adagrad_doubles_popularity(tmp_path, capsys):
-    # zoo.train with a zoo.sparse optimizer, BPR with negatives that skip known positives.
+    # zoo.train with a zoo.sparse optimizer, BPR with negatives that skip known positives;
+    # early stopping on validation NDCG@10, the test split reported once, the run saved.
     args = ["train", "recommender", "--model", "mf", "--optimizer", "sparse-adagrad",
             "--data", "synthetic:500x200", "--dim", "16", "--epochs", "20",
             "--batch-size", "250", "--out", str(tmp_path), "--quiet"]  # fmt: skip
     assert main(args) == 0
     history = json.loads((tmp_path / "history.json").read_text())
-    hr, popularity = history["eval"]["hr@10"], history["baselines"]["popularity"]["hr@10"]
-    assert len(hr) == 20 and hr[-1] >= 2 * popularity
-    assert history["train"]["loss"][-1] < 0.5 * history["train"]["loss"][0]
+    test, popularity = history["test"], history["baselines"]["popularity"]
+    assert test["model"]["hr@10"] >= 2 * popularity["hr@10"]
+    assert history["best_epoch"] <= len(history["epoch"]) <= 20
+    assert history["stop_reason"] in ("early_stopping", "epochs")
+    assert "leave-one-out test split: full ranking of all 200 items" in history["protocol"]
     assert set(history["baselines"]) == {"popularity", "random"}
     assert (tmp_path / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert re.search(r"\| model +\| [\d.]+ \(x[\d.]+\)", out) and "| popularity |" in out
+    # zoo recommend reads the run: a user's top 5, in raw ids, none of them already seen.
+    assert main(["recommend", str(tmp_path), "--user", "7", "-k", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "user 7:" and len(lines) == 6
+    recommended = {int(line.split()[2]) for line in lines[1:]}
+    model, data = recipes.load_run(tmp_path)
+    seen = set(data.item_ids[data["item"][data["user"] == 7]].tolist())
+    assert recommended.isdisjoint(seen) and len(recommended) == 5
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recommend", str(tmp_path), "--user", "100000"])
+    assert exit_info.value.code == 2 and "--user" in capsys.readouterr().err
 
 
 def test_two_tower_with_in_batch_softmax_and_adam_doubles_popularity(getkey):
