@@ -36,7 +36,7 @@ def test_cli_matrix_factorization_with_sparse_adagrad_doubles_popularity(tmp_pat
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "user 7:" and len(lines) == 6
     recommended = {int(line.split()[2]) for line in lines[1:]}
-    model, data = recipes.load_run(tmp_path)
+    _, data = recipes.load_run(tmp_path)
     seen = set(data.item_ids[data["item"][data["user"] == 7]].tolist())
     assert recommended.isdisjoint(seen) and len(recommended) == 5
     with pytest.raises(SystemExit) as exit_info:
