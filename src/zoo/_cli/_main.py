@@ -406,6 +406,9 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
     for note in notes:
         _say(args, f"zoo: {note}")
     train, valid, test = recipes.splits(data)
+    known = recipes.history_of_test(train, valid)
+    for split, history_of in ((valid, train), (test, known)):
+        recipes.check_evaluable(history_of, split)  # before training, not after it
     training = recipes.training_data(args.model, train, args.max_len, batch_size)
     examples = len(next(iter(training.values())))
     if batch_size > examples:
@@ -450,7 +453,6 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
     )
     config = {"model": args.model, "dim": dim, "max_len": args.max_len, "loss": loss_name}
     saved = recipes.save_run(out, model, data, config)
-    known = recipes.history_of_test(train, valid)
     final = zoo.recsys.evaluate_ranking(model, known, test, key=data_key)
     history["test"] = dict(final)
     history["protocol"] = f"leave-one-out test split: {final.describe()}"

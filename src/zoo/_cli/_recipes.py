@@ -18,6 +18,7 @@ from .._training._early_stopping import EarlyStopping
 from .._training._stopped import TrainingInterrupted
 from .._training._train import train as zoo_train
 from ..data._interactions import Interactions
+from ..recsys._baselines import Popularity
 from ..recsys._dlrm import DLRMRecommender
 from ..recsys._evaluate import evaluate_ranking
 from ..recsys._losses import bce_loss, bpr_loss, in_batch_softmax_loss
@@ -83,6 +84,12 @@ def splits(data: Interactions) -> tuple[Interactions, Interactions, Interactions
     """`(train, valid, test)` left out by time (leave-one-out); `test`'s history is train and
     valid together (`history_of_test`)."""
     return datasets.leave_one_out(data)
+
+
+def check_evaluable(known: Interactions, held_out: Interactions) -> None:
+    """Ranks `held_out` by popularity, before any training: a split that leaves no user to
+    evaluate is refused now, not after the run."""
+    evaluate_ranking(Popularity(known, known.num_items), known, held_out, baselines=False)
 
 
 def history_of_test(train: Interactions, valid: Interactions) -> Interactions:
