@@ -6,6 +6,7 @@ donated). Every configuration runs in its own subprocess, so that its peak RSS i
 
     uv run python benchmarks/embedding_step.py                    # V in 1e4, 1e6, 1e7
     uv run python benchmarks/embedding_step.py --sizes 1e4,1e5    # a quick run
+    uv run python benchmarks/embedding_step.py --plot docs/img/embedding_step.png  # + figure
 
 PyTorch (`nn.Embedding(sparse=True)`) runs from `.bench-venv/`, a Python 3.11 venv with the CPU
 build of torch that `_torch_env.py` makes on first use; where it cannot, the run says why and
@@ -430,34 +431,23 @@ def main() -> None:
 
 
 def plot(results: dict, sizes: list[int], path: pathlib.Path) -> None:
-    """ms/step against table size, one line per method (log-log), to a PNG."""
-    import matplotlib
+    """ms/step against table size, one line per configuration (log-log), to a PNG, with the
+    figures in a JSON file beside it (benchmarks/figures.py redraws it from that)."""
+    import figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.2))
-    for name in NAMES:
-        points = [
-            (v, results[name, v]["ms"]) for v in sizes if isinstance(results.get((name, v)), dict)
-        ]
-        if points:
-            style = "--" if name.startswith("torch") else "-"
-            style = ":" if name.startswith("jax") else style
-            label = name if name.startswith(("torch", "dense", "jax")) else f"zoo_{name}"
-            axis.plot(*zip(*points, strict=True), style, marker="o", label=label)
-    axis.set(
-        xscale="log",
-        yscale="log",
-        xlabel="table rows V (x 64 float32)",
-        ylabel="ms per step (batch 4096 ids)",
-        title="Embedding training step",
-    )
-    axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    print(f"wrote {path}")
+    series = {
+        name: [results[name, v]["ms"] if isinstance(results.get((name, v)), dict) else None
+               for v in sizes]
+        for name in NAMES
+    }  # fmt: skip
+    data = {
+        "title": f"Embedding training step, batch {BATCH} ids",
+        "x_label": f"table rows V (x {DIM} float32)",
+        "y_label": "ms per step (median of rounds)",
+        "sizes": sizes,
+        "series": {k: v for k, v in series.items() if any(x is not None for x in v)},
+    }
+    figures.save(path, "speed_by_table_size", data, figures.this_command())
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ output on the synthetic data.
 
 import argparse
 import pathlib
+import sys
 import time
 
 import jax
@@ -113,6 +114,11 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="small synthetic data and one epoch, in seconds"
     )
+    parser.add_argument(
+        "--figure",
+        type=pathlib.Path,
+        help="also draw HR@10 and NDCG@10 to this PNG, its data beside it as JSON",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.epochs, args.dim, args.max_len, args.losses = 1, 16, 20, "softmax"
@@ -138,6 +144,25 @@ def main() -> None:
         baselines = figures
         print(f"{name}: trained and ranked in {time.perf_counter() - start:.0f} s")
     print(zoo.recsys.format_report(report | baselines))
+    if args.figure:
+        plot(report, baselines, args.figure)
+
+
+def plot(report: dict, baselines: dict, path: pathlib.Path) -> None:
+    """The report as a `ranking` figure of the repository's benchmarks/figures.py."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import figures
+
+    data = {
+        "title": "Next-item ranking, each user's held-out latest item among all items",
+        "metrics": ["hr@10", "ndcg@10"],
+        "runs": [
+            {"label": name.replace(" (", "\n").rstrip(")"), "figures": figures_}
+            for name, figures_ in report.items()
+        ],
+        "baselines": baselines,
+    }
+    figures.save(path, "ranking", data, figures.this_command())
 
 
 if __name__ == "__main__":

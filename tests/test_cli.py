@@ -23,6 +23,7 @@ def test_train_mlp_on_digits_writes_history_and_plot(tmp_path):
     result = _zoo("train", "mlp", "--epochs", "3", "--hidden", "64", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "epoch   3" in result.stdout and "final test accuracy" in result.stdout
+    assert "warning" not in (result.stdout + result.stderr).lower()
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["epoch"] == [1, 2, 3]
     assert history["eval"]["accuracy"][-1] > 0.8
@@ -30,6 +31,51 @@ def test_train_mlp_on_digits_writes_history_and_plot(tmp_path):
     lines = (tmp_path / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["eval/accuracy"] for line in lines] == history["eval"]["accuracy"]
     assert list(tmp_path.glob("events.out.tfevents.*"))  # TensorBoard's
+
+
+def _ranking_history(epochs: int = 4) -> dict:
+    """A recommender's history as `zoo train recommender` writes it (HR@10 = recall@10)."""
+    hr = [0.1 * epoch for epoch in range(1, epochs + 1)]
+    history = {
+        "epoch": list(range(1, epochs + 1)),
+        "train": {"loss": [1.0 / epoch for epoch in range(1, epochs + 1)]},
+        "eval": {"hr@10": hr, "ndcg@10": [x / 2 for x in hr], "recall@10": list(hr)},
+        "baselines": {"popularity": {"hr@10": 0.08, "ndcg@10": 0.04, "recall@10": 0.08}},
+    }
+    history["eval"]["mrr"] = [x / 3 for x in hr]
+    return history
+
+
+def _lines(axis) -> list[str]:
+    return [line.get_label() for line in axis.get_lines()]
+
+
+def test_plot_overlays_train_and_eval_loss_and_marks_the_best_epoch():
+    from zoo._training._plots import history_figure
+
+    history = {"epoch": [1, 2, 3], "train": {"loss": [0.9, 0.5, 0.4]},
+               "eval": {"cross_entropy": [0.8, 0.6, 0.7], "accuracy": [0.7, 0.8, 0.75]},
+               "best_epoch": 2}  # fmt: skip
+    losses, accuracy = history_figure(history).get_axes()
+    assert _lines(losses) == ["train loss", "eval cross_entropy", "best epoch"]
+    assert (accuracy.get_title(), _lines(accuracy)) == ("eval accuracy", ["model", "best epoch"])
+    assert all(tick == int(tick) for tick in losses.get_xticks())
+    assert losses.get_yscale() == "linear"
+    history["train"]["loss"][0] = 90.0  # a first epoch that would flatten the rest
+    assert history_figure(history).get_axes()[0].get_yscale() == "log"
+
+
+def test_plot_draws_a_panel_per_distinct_metric_in_a_grid(tmp_path):
+    from zoo._training._plots import history_figure
+
+    figure = history_figure(_ranking_history())
+    visible = [axis for axis in figure.get_axes() if axis.get_visible()]
+    titles = [axis.get_title() for axis in visible]
+    assert titles == ["loss", "eval hr@10 = recall@10", "eval ndcg@10", "eval mrr"]
+    assert _lines(visible[1]) == ["model", "popularity"]  # its baseline, dashed
+    assert _lines(visible[3]) == ["model"]  # no baseline figure for mrr
+    width, height = figure.get_size_inches()
+    assert width / height < 1.5  # two by two, not a strip
 
 
 @pytest.mark.parametrize(

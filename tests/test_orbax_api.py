@@ -31,6 +31,7 @@ NAMES = [
     "checkpoint_managers.LatestN",
     "future.CommitFutureAwaitingContractedSignals",
     "metadata.ArrayMetadata",
+    "type_handlers.ArrayHandler",
     "type_handlers.NumpyHandler",
     "type_handlers.create_type_handler_registry",
     "type_handlers.get_json_tspec_read",
@@ -39,6 +40,7 @@ NAMES = [
 
 # Methods zoo overrides or calls, with the parameters it passes (by name).
 SIGNATURES = {
+    "type_handlers.ArrayHandler.__init__": {"array_metadata_store"},
     "type_handlers.NumpyHandler.__init__": {"deepcopy_host_arrays"},
     "type_handlers.NumpyHandler.serialize": {"values", "infos", "args"},
     "type_handlers.NumpyHandler.deserialize": {"infos", "args"},

@@ -252,6 +252,20 @@ def test_each_array_is_an_npy_file(tmp_path, getkey):
     assert (metadata["a0"].shape, metadata["a0"].dtype) == (np.load(files[0]).shape, np.float32)
 
 
+def test_save_load_and_a_checkpointed_run_log_no_warnings(tmp_path, getkey, caplog):
+    # Orbax logs (through absl, not `warnings`) whenever the handler for jax.Array keeps no
+    # ArrayMetadata store; zoo's says it needs none, so a save and a load are silent.
+    model, key = zoo.MLP(4, 2, (8,), key=getkey()), getkey()
+    data = {"x": np.zeros((16, 4), np.float32), "y": np.zeros(16, np.int32)}
+    run = dict(batch_size=8, checkpoint_dir=tmp_path / "run", progress=False, key=key)
+    with caplog.at_level("WARNING"):
+        zoo.save(tmp_path / "mlp", model)
+        zoo.load(tmp_path / "mlp")
+        zoo.train(model, data, epochs=2, **run)
+        zoo.train(model, data, epochs=3, resume=True, **run)
+    assert [record.getMessage() for record in caplog.records] == []
+
+
 def _save_through_tensorstore(monkeypatch, chunk_bytes: int) -> None:
     """Makes zoo.save write as it did before `.npy` files (and still does with several
     processes): through Orbax's own handlers, into TensorStore chunks of `chunk_bytes`."""
