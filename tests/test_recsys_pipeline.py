@@ -205,3 +205,15 @@ def test_a_sasrec_sized_otherwise_than_the_data_is_refused():
         zoo.recsys.evaluate_ranking(padded, train, test)
     with pytest.raises(ValueError, match=r"model\.num_items must be the data's catalogue size"):
         zoo.recsys.recommend(padded, train, users=[0])
+
+
+def test_the_cli_sizes_sasrec_by_the_data_and_no_padding_id_is_a_target():
+    from zoo._cli import _recipes as recipes
+
+    data = zoo.data.synthetic_sequences(20, 30, length=8, key=jax.random.key(0))
+    train, _, _ = zoo.data.leave_one_out(data.take(data["item"] < 25))  # 5 items never seen
+    model = recipes.build_model("sasrec", train, 8, jax.random.key(1), max_len=6)
+    assert model.num_items == train.num_items == 30
+    rows = recipes.training_data("sasrec", train, max_len=6, batch_size=4)
+    real = rows["target"] != model.num_items  # the padding id is num_items, outside the items
+    assert real.any() and (rows["target"][real] < train.num_items).all()
