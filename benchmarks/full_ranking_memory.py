@@ -1,6 +1,6 @@
 """Peak memory of full-ranking evaluation at MovieLens-20M's size: 138,493 users x 26,744 items.
 
-A synthetic stand-in of that size (about 20 million events, Zipf-like item popularity, per-user
+A synthetic stand-in of that size (about 16 million events, Zipf-like item popularity, per-user
 lengths like ML-20M's: at least 20, mean about 144) is written once; then two child processes
 each load it and split it leave-last-out, and the second also runs
 `zoo.recsys.evaluate_ranking` (a matrix factorisation of dim 32, the whole catalogue ranked for
