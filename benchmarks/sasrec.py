@@ -88,10 +88,9 @@ def run_zoo_train(rows, epochs, **options):
         optimizer=optax.adam(CONFIG["learning_rate"]),
         epochs=epochs,
         batch_size=CONFIG["batch_size"],
-        last_batch="drop",
         key=jax.random.key(2),
-        progress=False,
-        **options,
+        callbacks=[],
+        loop=zoo.Loop(last_batch="drop", **options),
     )
     return history["time"]
 
@@ -180,23 +179,18 @@ def zoo_plateau(train, valid, rows, config, keys, epochs: int, patience: int) ->
         marks.append([time.perf_counter() - began, figures[recipes.MONITOR]])
         return figures
 
-    with tempfile.TemporaryDirectory() as logs:
-        began = time.perf_counter()
-        _, history, _ = recipes.fit(
-            model,
-            rows,
-            loss=recipes.build_loss("softmax", train, model="sasrec"),
-            optimizer=recipes.build_optimizer("adam", config["learning_rate"]),
-            epochs=epochs,
-            batch_size=config["batch_size"],
-            key=train_key,
-            evaluate=timed,
-            patience=patience,
-            on_epoch=lambda history: None,
-            log_dir=pathlib.Path(logs) / "run",
-            progress=False,
-            tensorboard=False,
-        )
+    began = time.perf_counter()
+    _, history, _ = recipes.fit(
+        model,
+        rows,
+        loss=recipes.build_loss("softmax", train, model="sasrec"),
+        optimizer=recipes.build_optimizer("adam", config["learning_rate"]),
+        epochs=epochs,
+        batch_size=config["batch_size"],
+        key=train_key,
+        evaluate=timed,
+        patience=patience,
+    )
     return marks[-len(history["epoch"]) :]  # an evaluation before training names the figures
 
 

@@ -43,10 +43,7 @@ def main() -> None:
         batch_size=128,
         eval_data=test,
         key=jax.random.key(1),
-        on_epoch=lambda h: print(
-            f"epoch {h['epoch'][-1]:2d}  train loss {h['train']['loss'][-1]:.4f}  "
-            f"test accuracy {h['eval']['accuracy'][-1]:.4f}  {h['time'][-1]:.2f}s"
-        ),
+        callbacks=[zoo.ProgressBar(bar=False)],
     )
     print(f"final test accuracy: {history['eval']['accuracy'][-1]:.4f}")
 

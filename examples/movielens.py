@@ -67,10 +67,7 @@ def main() -> None:
         batch_size=1024,
         key=train_key,
         eval_fn=lambda m: zoo.recsys.evaluate_ranking(m, train, test, baselines=False)["model"],
-        on_epoch=lambda h: print(
-            f"epoch {h['epoch'][-1]:3d}  loss {h['train']['loss'][-1]:.4f}  "
-            f"HR@10 {h['eval']['hr@10'][-1]:.4f}  NDCG@10 {h['eval']['ndcg@10'][-1]:.4f}"
-        ),
+        callbacks=[zoo.ProgressBar(bar=False)],
     )
     print("\nfull ranking (every item but the user's training positives):")
     print(zoo.recsys.format_report(zoo.recsys.evaluate_ranking(model, train, test, key=eval_key)))

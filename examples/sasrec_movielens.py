@@ -97,7 +97,7 @@ def two_tower(train, args, init_key, train_key):
         optimizer=optax.adam(1e-2),
         epochs=args.epochs,
         batch_size=512,
-        last_batch="drop",
+        loop=zoo.Loop(last_batch="drop"),
         key=train_key,
     )
     return model

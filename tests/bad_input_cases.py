@@ -23,6 +23,11 @@ import optax
 import zoo
 import zoo._cli
 
+try:
+    from .helpers import train
+except ImportError:  # run as a script, to write docs/errors.md
+    from helpers import train
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -45,7 +50,7 @@ def _classification(n=8, features=4):
 
 
 def _train(data=None, **kwargs):
-    return lambda tmp: zoo.train(
+    return lambda tmp: train(
         _mlp(), _classification() if data is None else data, progress=False, **kwargs
     )
 
@@ -117,7 +122,7 @@ def _flip_bytes(content: bytes) -> bytes:
 
 
 def _trained_with_checkpoints(tmp: pathlib.Path) -> None:
-    zoo.train(_mlp(), _classification(), epochs=1, checkpoint_dir=tmp / "run", progress=False)
+    train(_mlp(), _classification(), epochs=1, checkpoint_dir=tmp / "run", progress=False)
 
 
 # A training run in tmp/"run" (8 examples in batches of 4, key 1), and one resumed there.
@@ -125,12 +130,12 @@ _RUN = dict(batch_size=4, key=jax.random.key(1), progress=False)
 
 
 def _run_folder(tmp: pathlib.Path) -> None:
-    zoo.train(_mlp(), _classification(), checkpoint_dir=tmp / "run", **_RUN)
+    train(_mlp(), _classification(), checkpoint_dir=tmp / "run", **_RUN)
 
 
 def _resumed(data=None, model=None, **changed):
     options = _RUN | dict(checkpoint_dir="run", resume=True) | changed
-    return lambda tmp: zoo.train(
+    return lambda tmp: train(
         _mlp() if model is None else model,
         _classification() if data is None else data,
         **(options | {"checkpoint_dir": tmp / options["checkpoint_dir"]}),
@@ -478,17 +483,17 @@ CASES: list[Case] = [
         "train-monitor",
         "zoo.train",
         "early stopping on a figure the evaluation does not produce",
-        _train(eval_data=_classification(), early_stopping=zoo.EarlyStopping("val_loss")),
+        _train(eval_data=_classification(), callbacks=[zoo.EarlyStopping("mae")]),
         ValueError,
-        "monitors 'val_loss', which the evaluation does not produce; it produces "
-        "'cross_entropy', 'accuracy'",
+        "monitors 'mae', which the evaluation does not produce; it produces "
+        "'loss', 'cross_entropy', 'accuracy'",
         "Monitor a name of `history['eval']`: a metric, or a key `eval_fn` returns.",
     ),
     Case(
         "train-monitor-no-eval",
         "zoo.train",
         "early stopping without any evaluation",
-        _train(early_stopping=zoo.EarlyStopping("accuracy")),
+        _train(callbacks=[zoo.EarlyStopping("accuracy")]),
         ValueError,
         "monitors 'accuracy', but there is no evaluation",
         "Pass `eval_data`, `validation_split=0.1` or `eval_fn`.",
@@ -530,13 +535,48 @@ CASES: list[Case] = [
         "Pick a batch size that the number of micro-batches divides.",
     ),
     Case(
-        "train-tensorboard",
-        "zoo.train",
-        "tensorboard=True without log_dir",
-        _train(tensorboard=True),
+        "train-monitor-direction",
+        "zoo.EarlyStopping",
+        "a monitored figure zoo does not define, without `mode`",
+        lambda tmp: zoo.EarlyStopping("score"),
         ValueError,
-        "tensorboard=True needs log_dir",
-        "Pass the run folder: `log_dir='runs/x', tensorboard=True`.",
+        "EarlyStopping's mode is needed for monitor='score'",
+        "Say which way is better: `mode='max'` for a score, `mode='min'` for a loss.",
+    ),
+    Case(
+        "train-eval-fn-shadows",
+        "zoo.train",
+        "an `eval_fn` figure named like a built-in one",
+        _train(eval_data=_classification(), eval_fn=lambda model: {"accuracy": 1.0}),
+        ValueError,
+        "eval_fn returns 'accuracy', which zoo.train already records",
+        "Give your figure its own name, e.g. `{'my_accuracy': ...}`.",
+    ),
+    Case(
+        "train-accumulate-in-batch",
+        "zoo.train",
+        "accumulate > 1 with a loss whose negatives come from the batch",
+        lambda tmp: zoo.train(
+            zoo.MatrixFactorization(5, 5, dim=2, key=jax.random.key(0)),
+            {"user": np.arange(8) % 5, "item": np.arange(8) % 5},
+            loss=zoo.recsys.in_batch_softmax_loss(),
+            batch_size=8,
+            loop=zoo.Loop(accumulate=2),
+            callbacks=[],
+        ),
+        ValueError,
+        "accumulate=2 cannot give this loss's step.*negatives_from_batch",
+        "Use `accumulate=1` with the batch size that fits, or sampled negatives.",
+    ),
+    Case(
+        "train-log-dir-taken",
+        "zoo.Logger",
+        "a `log_dir` that holds another run's logs",
+        lambda tmp: _train(callbacks=[zoo.Logger(tmp / "logs")])(tmp),
+        ValueError,
+        "log_dir .*logs already holds the logs of another run",
+        "Give each run its own folder, e.g. `zoo.Logger('runs/run-2')`.",
+        setup=lambda tmp: _train(callbacks=[zoo.Logger(tmp / "logs")])(tmp),
     ),
     Case(
         "sparse-learning-rate",
@@ -685,7 +725,7 @@ CASES: list[Case] = [
         "resume-other-model",
         "zoo.train",
         "resume=True with a different model than the run's",
-        lambda tmp: zoo.train(
+        lambda tmp: train(
             zoo.MLP(4, 3, (16,), key=jax.random.key(0)),
             _classification(),
             checkpoint_dir=tmp / "run",
@@ -698,22 +738,13 @@ CASES: list[Case] = [
         setup=_trained_with_checkpoints,
     ),
     Case(
-        "resume-no-folder",
-        "zoo.train",
-        "resume=True without checkpoint_dir",
-        _train(resume=True),
-        ValueError,
-        "resume=True needs checkpoint_dir",
-        "Name the run's folder: `checkpoint_dir='runs/x', resume=True`.",
-    ),
-    Case(
         "checkpoint-every",
-        "zoo.train",
-        "checkpoint_every of 0",
-        _train(checkpoint_dir="unused", checkpoint_every=0),
+        "zoo.Checkpointing",
+        "`every` of 0 steps between checkpoints",
+        lambda tmp: zoo.Checkpointing("unused", every=0),
         ValueError,
-        "checkpoint_every must be a positive int; got 0",
-        "Use e.g. `checkpoint_every=1000`.",
+        "Checkpointing's every must be a positive int; got 0",
+        "Use e.g. `zoo.Checkpointing('runs/x', every=1000)`.",
     ),
     # -- recommenders ---------------------------------------------------------------------------
     Case(

@@ -12,6 +12,8 @@ import optax
 
 import zoo
 
+from .helpers import train
+
 USERS, ITEMS, DIM = 64, 48, 8
 
 
@@ -83,7 +85,7 @@ def train_mlp(mesh=None):
     """
     model = zoo.MLP(8, 4, (16,), key=jax.random.key(1))
     kwargs = dict(optimizer=optax.adam(1e-2), epochs=2, batch_size=16, progress=False)
-    trained, history = zoo.train(
+    trained, history = train(
         model, blobs(), eval_data=blobs(), key=jax.random.key(2), mesh=mesh, **kwargs
     )
     return trained, history["eval"]
@@ -94,7 +96,7 @@ def train_recommender(mesh=None, data=None, **kwargs):
     kwargs = {"loss": mse, "optimizer": sparse_optimizer(), "epochs": 2, "batch_size": 32} | kwargs
     model = Scorer(jax.random.key(3))
     data = ratings() if data is None else data
-    trained, _ = zoo.train(model, data, key=jax.random.key(4), progress=False, mesh=mesh, **kwargs)
+    trained, _ = train(model, data, key=jax.random.key(4), progress=False, mesh=mesh, **kwargs)
     return trained
 
 

@@ -30,8 +30,8 @@ from tests import distributed_cases as cases
 from zoo._training._programs import Programs, StepTotals, make_train_step
 from zoo._training._routing import Routing, routed_step, routing_for
 from zoo._training._rules import SPARSE
-from zoo._training._sharded import Placement, shard_training, training_mesh
 from zoo._training._state import initial_state
+from zoo._training._strategy import Placement, shard_training, training_mesh
 from zoo.distributed._hlo import bytes_per_device, collectives
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")

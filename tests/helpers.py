@@ -63,3 +63,55 @@ def planted_split(key):
     """
     data = zoo.data.synthetic_interactions(500, 200, interactions_per_user=20, key=key)
     return zoo.data.leave_last_out(data)
+
+
+class OnEpoch(zoo.Callback):
+    """Calls `fn(history)` after each epoch: a callback in one line, for tests."""
+
+    fn: object
+
+    def after_epoch(self, state, info):
+        self.fn(info.history)
+        return state, False
+
+
+_LOOP = ("last_batch", "on_nonfinite", "fused", "steps_per_chunk", "eval_batch_size", "accumulate")
+_CHECKPOINTING = {"checkpoint_dir": "directory", "checkpoint_every": "every", "keep": "keep",
+                  "resume": "resume"}  # fmt: skip
+
+
+def options(**flat) -> dict:
+    """`zoo.train`'s keywords from the flat ones these tests were written with (e.g.
+    `checkpoint_dir=..., resume=True, progress=False`), as its option objects: a `zoo.Loop`,
+    a `zoo.Checkpointing`, a `zoo.ValidationSplit` and the callbacks. Anything else passes as
+    is, so a bad value reaches the option that checks it."""
+    loop = {name: flat.pop(name) for name in _LOOP if name in flat}
+    checkpointing = {new: flat.pop(old) for old, new in _CHECKPOINTING.items() if old in flat}
+    callbacks = list(flat.pop("callbacks", []))
+    if flat.pop("progress", False):
+        callbacks.append(zoo.ProgressBar())
+    if flat.get("early_stopping") is not None:
+        callbacks.append(flat.pop("early_stopping"))
+    flat.pop("early_stopping", None)
+    if "log_dir" in flat or "tensorboard" in flat:
+        log_dir = flat.pop("log_dir", None)
+        tensorboard = flat.pop("tensorboard", False)
+        if log_dir is not None or tensorboard:
+            callbacks.append(zoo.Logger(log_dir, tensorboard=tensorboard))
+    if flat.get("on_epoch") is not None:
+        callbacks.append(OnEpoch(flat.pop("on_epoch")))
+    flat.pop("on_epoch", None)
+    if "stratify" in flat:
+        stratify = flat.pop("stratify")
+        if flat.get("validation_split") is not None or stratify:
+            flat["validation_split"] = zoo.ValidationSplit(flat["validation_split"], stratify)
+    if loop:
+        flat["loop"] = zoo.Loop(**loop)
+    if checkpointing.get("directory") is not None:
+        flat["checkpoint"] = zoo.Checkpointing(**checkpointing)
+    return flat | {"callbacks": callbacks}
+
+
+def train(model, data, **flat):
+    """`zoo.train(model, data, **options(**flat))`."""
+    return zoo.train(model, data, **options(**flat))

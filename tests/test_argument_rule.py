@@ -11,7 +11,7 @@ import pytest
 import zoo
 from zoo import _checks
 
-from .helpers import tree_equal
+from .helpers import train, tree_equal
 
 
 def _classification(n=12, features=4, seed=0):
@@ -24,7 +24,7 @@ def _classification(n=12, features=4, seed=0):
 
 def _fit(**kwargs):
     model = zoo.MLP(4, 3, (8,), key=jax.random.key(0))
-    return zoo.train(model, _classification(), progress=False, key=jax.random.key(1), **kwargs)
+    return train(model, _classification(), progress=False, key=jax.random.key(1), **kwargs)
 
 
 # -- the checks themselves ---------------------------------------------------------------------

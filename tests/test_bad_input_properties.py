@@ -26,6 +26,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import zoo
 
+from .helpers import train
+
 SRC = pathlib.Path(zoo.__file__).resolve().parent
 _SETTINGS = settings(
     max_examples=12,
@@ -178,7 +180,7 @@ def _classification(n=8):
 
 def _train(**overrides):
     arguments = {"data": _classification(), "epochs": 1, "progress": False} | overrides
-    return zoo.train(MODEL, **arguments)
+    return train(MODEL, **arguments)
 
 
 @pytest.mark.parametrize(
@@ -251,7 +253,7 @@ def test_evaluate_refuses_a_bad_batch_size(value):
 @_SETTINGS
 @given(value=st.sampled_from([None, 3, "model", np.zeros(3), {"x": np.zeros(3)}]))
 def test_train_and_evaluate_refuse_what_is_not_a_model(value):
-    assert_refused_by_zoo(lambda: zoo.train(value, _classification(), progress=False), "model")
+    assert_refused_by_zoo(lambda: train(value, _classification(), progress=False), "model")
     assert_refused_by_zoo(lambda: zoo.evaluate(value, _classification()), "model")
 
 

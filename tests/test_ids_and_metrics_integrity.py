@@ -13,6 +13,8 @@ import pytest
 import zoo
 import zoo._checks
 
+from .helpers import train
+
 WIDE = 2**32 + 3  # JAX without x64 stores this int64 as int32: row 3
 
 
@@ -71,7 +73,7 @@ _ENTRIES = {
         r"^sequence must",
     ),
     "train data": (
-        lambda: zoo.train(
+        lambda: train(
             zoo.MLP(2, 3, (4,), key=jax.random.key(0)),
             {"x": np.zeros((3, 2), np.float32), "y": _wide()},
             progress=False,
@@ -79,7 +81,7 @@ _ENTRIES = {
         r"^data\['y'\] must",
     ),
     "train batches": (
-        lambda: zoo.train(
+        lambda: train(
             zoo.MLP(2, 3, (4,), key=jax.random.key(0)),
             [{"x": np.zeros((3, 2), np.float32), "y": _wide()}],
             progress=False,

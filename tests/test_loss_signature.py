@@ -10,7 +10,7 @@ import pytest
 
 import zoo
 
-from .helpers import tree_equal
+from .helpers import train, tree_equal
 
 
 def _data(key, n=64, features=5, classes=3):
@@ -54,7 +54,7 @@ class _CallableLoss:
 
 def _train(loss, key):
     model = zoo.MLP(in_size=5, out_size=3, hidden=(8,), key=key)
-    trained, _ = zoo.train(
+    trained, _ = train(
         model, _data(key), loss=loss, epochs=2, batch_size=16, progress=False, key=key
     )
     return trained
@@ -109,6 +109,6 @@ def test_a_registered_keyless_loss_trains(getkey):
 def test_a_loss_of_another_form_is_refused_before_training(loss, getkey):
     model = zoo.MLP(in_size=5, out_size=3, hidden=(8,), key=getkey())
     with pytest.raises(TypeError, match=r"loss must be callable as loss\(model, batch, key\)"):
-        zoo.train(model, _data(getkey()), loss=loss, epochs=1, progress=False)
+        train(model, _data(getkey()), loss=loss, epochs=1, progress=False)
     with pytest.raises(TypeError, match=r"def loss\(model, batch\):"):
         zoo.per_example_grads(loss, model, {"x": jnp.zeros((2, 5)), "y": jnp.zeros(2, "int32")})

@@ -5,6 +5,8 @@ import pytest
 
 import zoo
 
+from .helpers import train
+
 
 def _log_softmax(logits):
     shifted = logits - logits.max(-1, keepdims=True)
@@ -54,7 +56,7 @@ def test_unknown_loss_lists_the_known_ones(getkey):
     model = zoo.MLP(2, 2, (), key=getkey())
     data = {"x": np.zeros((4, 2), np.float32), "y": np.zeros(4, np.int32)}
     with pytest.raises(ValueError, match="'cross_entropy', 'mse', 'bce'"):
-        zoo.train(model, data, loss="hinge")
+        train(model, data, loss="hinge")
 
 
 def test_unknown_metric_lists_the_known_ones(getkey):
@@ -84,7 +86,7 @@ def test_register_loss(getkey):
     try:
         model = zoo.MLP(2, 1, (), key=getkey())
         data = {"x": np.ones((8, 2), np.float32), "y": np.ones(8, np.float32)}
-        _, history = zoo.train(model, data, loss="test_hinge", epochs=2, batch_size=4)
+        _, history = train(model, data, loss="test_hinge", epochs=2, batch_size=4)
         assert history["train"]["loss"][1] < history["train"]["loss"][0]
     finally:
         del zoo.losses.LOSSES["test_hinge"]

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 import zoo
 
-from .helpers import tree_allclose
+from .helpers import train, tree_allclose
 
 _SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
 
@@ -42,7 +42,7 @@ def test_every_example_is_visited_once_per_epoch(n, batch_size, epochs, fused, l
         return  # an error by design, tested elsewhere
     model = _Counter(jnp.zeros(n))
     data = {"index": np.arange(n, dtype=np.int32)}
-    trained, history = zoo.train(
+    trained, history = train(
         model,
         data,
         loss=_visit_count_loss,

@@ -18,7 +18,7 @@ import pytest
 import zoo
 from zoo._training._programs import Programs
 
-from .helpers import tree_equal
+from .helpers import train, tree_equal
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def _run(directory, resume=False, **kwargs):
         eval_data=_data(30),
         progress=False,
     )
-    return zoo.train(model, _data(), resume=resume, **(options | kwargs))
+    return train(model, _data(), resume=resume, **(options | kwargs))
 
 
 def _without_time(history):
@@ -114,8 +114,8 @@ _KILLED_RUN = textwrap.dedent("""
             "y": rng.integers(0, 3, 400).astype(np.int32)}
     model = zoo.MLP(5, 3, (16,), key=jax.random.key(0))
     zoo.train(model, data, optimizer=optax.adam(1e-2), epochs=4, batch_size=8,
-              key=jax.random.key(1), checkpoint_dir=sys.argv[1], checkpoint_every=5,
-              steps_per_chunk=5, resume=True, progress=False)
+              key=jax.random.key(1), loop=zoo.Loop(steps_per_chunk=5), callbacks=[],
+              checkpoint=zoo.Checkpointing(sys.argv[1], every=5, resume=True))
 """)
 
 # Where a training run is killed, in order: inside a compiled chunk, halfway through a
@@ -201,11 +201,11 @@ def test_a_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
     model = zoo.MLP(5, 3, (16,), key=jax.random.key(0))
     options = dict(optimizer=optax.adam(1e-2), key=jax.random.key(1), progress=False)
     with pytest.raises(FloatingPointError, match="at step 2"):
-        zoo.train(model, _PoisonedFromEpoch(batches), epochs=3, checkpoint_dir=tmp_path, **options)
-    one_epoch, _ = zoo.train(model, batches, epochs=1, **options)
+        train(model, _PoisonedFromEpoch(batches), epochs=3, checkpoint_dir=tmp_path, **options)
+    one_epoch, _ = train(model, batches, epochs=1, **options)
     with zoo.Checkpoints(tmp_path) as checkpoints:
         assert checkpoints.all_steps() == [2]  # the end of epoch 1, and nothing after it
-    resumed, history = zoo.train(
+    resumed, history = train(
         model, batches, epochs=1, checkpoint_dir=tmp_path, resume=True, **options
     )
     assert tree_equal(resumed, one_epoch)

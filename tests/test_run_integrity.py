@@ -18,7 +18,7 @@ import zoo
 import zoo._io._array_files
 from zoo._training._programs import Programs
 
-from .helpers import tree_equal
+from .helpers import train, tree_equal
 
 
 def _data(n=64):
@@ -49,7 +49,7 @@ _OPTIONS = dict(optimizer=optax.adam(1e-2), batch_size=16, key=jax.random.key(1)
 
 def _train(data=None, model=None, **kwargs):
     data = _data() if data is None else data
-    return zoo.train(_model() if model is None else model, data, **(_OPTIONS | kwargs))
+    return train(_model() if model is None else model, data, **(_OPTIONS | kwargs))
 
 
 def _listing(folder: pathlib.Path) -> dict[str, bytes | None]:

@@ -8,7 +8,7 @@ import pytest
 import zoo
 from zoo._training._dataset import checked_dataset
 
-from .helpers import tree_allclose, tree_equal
+from .helpers import train, tree_allclose, tree_equal
 
 
 def _blobs(key, n=200, features=6, classes=3):
@@ -44,7 +44,7 @@ def test_matches_a_hand_written_optax_loop(getkey, fused):
     data = _blobs(getkey(), n=50)
     model = zoo.MLP(6, 3, (8,), dropout=0.2, key=getkey())
     key = getkey()
-    trained, _ = zoo.train(
+    trained, _ = train(
         model,
         data,
         optimizer=optax.sgd(0.1),
@@ -62,7 +62,7 @@ def test_fused_and_step_by_step_paths_agree_bit_for_bit(getkey):
     data = _blobs(getkey(), n=100)
     model = zoo.MLP(6, 3, (16,), dropout=0.1, key=getkey())
     runs = [
-        zoo.train(
+        train(
             model,
             data,
             epochs=2,
@@ -82,9 +82,9 @@ def test_fused_and_step_by_step_paths_agree_bit_for_bit(getkey):
 def test_same_key_same_result_and_another_key_differs(getkey):
     data = _blobs(getkey())
     model = zoo.MLP(6, 3, (16,), key=getkey())
-    first, _ = zoo.train(model, data, epochs=2, batch_size=32, key=jax.random.key(1))
-    again, _ = zoo.train(model, data, epochs=2, batch_size=32, key=jax.random.key(1))
-    other, _ = zoo.train(model, data, epochs=2, batch_size=32, key=jax.random.key(2))
+    first, _ = train(model, data, epochs=2, batch_size=32, key=jax.random.key(1))
+    again, _ = train(model, data, epochs=2, batch_size=32, key=jax.random.key(1))
+    other, _ = train(model, data, epochs=2, batch_size=32, key=jax.random.key(2))
     assert tree_equal(first, again)
     assert not tree_allclose(first, other)
 
@@ -93,7 +93,7 @@ def test_iterable_of_batches(getkey):
     data = _blobs(getkey(), n=96)
     batches = [{k: jnp.asarray(v[i : i + 32]) for k, v in data.items()} for i in range(0, 96, 32)]
     model = zoo.MLP(6, 3, (8,), key=getkey())
-    trained, history = zoo.train(model, batches, optimizer=optax.sgd(0.1), epochs=3)
+    trained, history = train(model, batches, optimizer=optax.sgd(0.1), epochs=3)
     assert history["step"] == [3, 6, 9]
     expected = model
     opt_state = optax.sgd(0.1).init(eqx.filter(model, eqx.is_array))
@@ -109,13 +109,13 @@ def test_a_spent_generator_is_a_clear_error(getkey):
     data = _blobs(getkey(), n=64)
     batches = ({k: v[i : i + 32] for k, v in data.items()} for i in range(0, 64, 32))
     with pytest.raises(ValueError, match="generator can be iterated only once"):
-        zoo.train(zoo.MLP(6, 3, (8,), key=getkey()), batches, epochs=2)
+        train(zoo.MLP(6, 3, (8,), key=getkey()), batches, epochs=2)
 
 
 @pytest.mark.parametrize("last_batch, steps, skipped", [("keep", 4, 0), ("drop", 3, 4)])
 def test_last_partial_batch(getkey, last_batch, steps, skipped):
     data = _blobs(getkey(), n=100)
-    _, history = zoo.train(
+    _, history = train(
         zoo.MLP(6, 3, (8,), key=getkey()), data, batch_size=32, last_batch=last_batch
     )
     assert history["step"] == [steps]
@@ -140,7 +140,7 @@ def test_history_and_learning(getkey):
     schedule = optax.linear_schedule(1e-2, 1e-3, transition_steps=20)
     optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
     model = zoo.MLP(6, 3, (16,), key=getkey())
-    _, history = zoo.train(
+    _, history = train(
         model, data, optimizer=optimizer, epochs=4, batch_size=20, eval_data=eval_data
     )
     assert history["epoch"] == [1, 2, 3, 4] and history["step"] == [10, 20, 30, 40]
@@ -149,7 +149,7 @@ def test_history_and_learning(getkey):
     assert all(norm > 0 for norm in history["train"]["grad_norm"])
     # The learning rate of each epoch's last step: the schedule at steps 9, 19, 29, 39.
     assert history["train"]["learning_rate"] == pytest.approx([5.95e-3, 1.45e-3, 1e-3, 1e-3])
-    assert set(history["eval"]) == {"cross_entropy", "accuracy"}
+    assert set(history["eval"]) == {"loss", "cross_entropy", "accuracy"}
     assert history["eval"]["accuracy"][-1] > 0.9
 
 
@@ -157,7 +157,7 @@ def test_gradient_clipping_from_optax(getkey):
     data = _blobs(getkey())
     clipped = optax.chain(optax.clip_by_global_norm(1e-3), optax.sgd(1.0))
     model = zoo.MLP(6, 3, (16,), key=getkey())
-    trained, history = zoo.train(model, data, optimizer=clipped, batch_size=200)
+    trained, history = train(model, data, optimizer=clipped, batch_size=200)
     moved = optax.tree.norm(
         jax.tree.map(
             jnp.subtract, eqx.filter(trained, eqx.is_array), eqx.filter(model, eqx.is_array)
@@ -170,7 +170,7 @@ def test_gradient_clipping_from_optax(getkey):
 def test_the_callers_model_survives_training(getkey):
     model = zoo.MLP(6, 3, (8,), key=getkey())
     before = jax.tree.map(np.asarray, model)
-    zoo.train(model, _blobs(getkey()), epochs=1)
+    train(model, _blobs(getkey()), epochs=1)
     assert tree_equal(jax.tree.map(np.asarray, model), before)  # not donated away
 
 
@@ -186,14 +186,14 @@ def test_a_model_with_an_integer_array_trains_with_adam(getkey):
     # Adam's state leaves for integer arrays became None after the first step, so the fused
     # loop's carry changed structure; the optimizer now sees the floating arrays only.
     model = _WithLookupTable(zoo.MLP(6, 3, (8,), key=getkey()), jnp.array([1, 2], jnp.int32))
-    trained, history = zoo.train(model, _blobs(getkey()), epochs=2, batch_size=50)
+    trained, history = train(model, _blobs(getkey()), epochs=2, batch_size=50)
     assert history["train"]["loss"][1] < history["train"]["loss"][0]
     assert tree_equal(trained.table, model.table)
 
 
 def test_eval_fn_figures_are_recorded_each_epoch(getkey):
     seen = []
-    model, history = zoo.train(
+    model, history = train(
         zoo.MLP(6, 3, (8,), key=getkey()),
         _blobs(getkey()),
         epochs=2,
@@ -209,7 +209,7 @@ def test_non_finite_loss_names_the_step(getkey):
     data["x"][40] = np.nan
     model = zoo.MLP(6, 3, (8,), key=getkey())
     with pytest.raises(FloatingPointError, match=r"non-finite .* at step \d"):
-        zoo.train(model, data, optimizer=optax.sgd(0.1), batch_size=64)
+        train(model, data, optimizer=optax.sgd(0.1), batch_size=64)
 
 
 @pytest.mark.parametrize(
@@ -272,14 +272,14 @@ def test_bad_input(getkey, data, kwargs, error, message):
     # eager checks' messages; both name the argument.
     model = zoo.MLP(6, 3, (8,), key=getkey())
     with pytest.raises(error, match=message):
-        zoo.train(model, data, **kwargs)
+        train(model, data, **kwargs)
 
 
 def test_mnist_one_epoch_reaches_95_percent(shared_data):
     train = zoo.data.mnist("train", root=shared_data / "mnist", download=False)
     test = zoo.data.mnist("test", root=shared_data / "mnist", download=False)
     model = zoo.MLP(in_size=784, out_size=10, hidden=(256, 128), key=jax.random.key(0))
-    _, history = zoo.train(
+    _, history = train(
         model,
         train,
         optimizer=optax.adam(1e-3),
@@ -296,10 +296,10 @@ def test_skip_nonfinite_steps_leaves_the_model_unchanged_for_them(getkey):
     data["x"][:32] = np.nan  # the first batch of each epoch in order is poisoned
     model = zoo.MLP(6, 3, (8,), key=getkey())
     batches = [{k: jnp.asarray(v[i : i + 32]) for k, v in data.items()} for i in (0, 32)]
-    skipped, history = zoo.train(
+    skipped, history = train(
         model, batches, optimizer=optax.adam(1e-2), epochs=2, on_nonfinite="skip"
     )
-    clean, _ = zoo.train(model, batches[1:], optimizer=optax.adam(1e-2), epochs=2)
+    clean, _ = train(model, batches[1:], optimizer=optax.adam(1e-2), epochs=2)
     assert history["train"]["nonfinite_steps"] == [1, 1]
     assert np.isfinite(history["train"]["loss"]).all()
     # Adam's state never saw the bad steps, so the result is training on the clean batch alone.
@@ -338,7 +338,7 @@ def test_a_model_with_a_python_float_leaf_trains_fused_and_not(getkey, fused):
         logits = jax.vmap(lambda x, k: model(x, key=k))(batch["x"], keys)
         return zoo.losses.cross_entropy(logits, batch["y"]).mean()
 
-    model, history = zoo.train(
+    model, history = train(
         _WithDropoutLayer(getkey()), data, loss=loss, epochs=2, batch_size=64, fused=fused
     )
     assert model.dropout.p == 0.1 and isinstance(model.dropout.p, float)

@@ -12,11 +12,12 @@ import optax
 import pytest
 
 import zoo
-from zoo._training._early_stopping import EarlyStopping
+from zoo import EarlyStopping
+from zoo._training._monitoring import decide
 from zoo._training._precision import dynamic_loss_scaling
 from zoo._training._validation import split_validation
 
-from .helpers import tree_allclose, tree_equal
+from .helpers import train, tree_allclose, tree_equal
 
 
 def _blobs(n=240, features=6, classes=3, noise=2.0, seed=0):
@@ -30,7 +31,7 @@ def _blobs(n=240, features=6, classes=3, noise=2.0, seed=0):
 
 def _fit(model, data, **kwargs):
     options = dict(optimizer=optax.adam(3e-2), batch_size=16, key=jax.random.key(1), progress=False)
-    return zoo.train(model, data, **(options | kwargs))
+    return train(model, data, **(options | kwargs))
 
 
 # -- early stopping ------------------------------------------------------------------------------
@@ -78,7 +79,8 @@ def test_early_stopping_that_never_triggers_runs_every_epoch():
     ],
 )
 def test_early_stopping_decision(values, options, best_epoch, stop):
-    decision = EarlyStopping("figure", **options).decide(values)
+    decision = decide(values, options.get("mode", "min"), options.get("min_delta", 0.0),
+                      options.get("patience", 3))  # fmt: skip
     assert (decision.best_epoch, decision.stop) == (best_epoch, stop)
 
 
@@ -100,12 +102,12 @@ def test_early_stopping_on_an_eval_fn_figure_is_checked_before_training():
             model,
             _blobs(),
             eval_fn=eval_fn,
-            early_stopping=EarlyStopping("score"),
+            early_stopping=EarlyStopping("score", mode="max"),
             on_epoch=epochs.append,
         )
     assert len(calls) == 1 and calls[0] is model and not epochs  # asked once, before training
     _, history = _fit(
-        model, _blobs(), epochs=2, eval_fn=eval_fn, early_stopping=EarlyStopping("bias")
+        model, _blobs(), epochs=2, eval_fn=eval_fn, early_stopping=EarlyStopping("bias", mode="max")
     )
     assert history["stop_reason"] in ("epochs", "early_stopping")
 
@@ -187,7 +189,7 @@ def test_an_uneven_last_batch_is_taken_whole():
 def test_accumulation_with_a_sparse_optimizer_is_a_clear_error():
     model = zoo.MatrixFactorization(10, 10, 4, key=jax.random.key(0))
     with pytest.raises(ValueError, match=r"accumulate > 1 does not work with zoo\.sparse"):
-        zoo.train(model, {"x": np.zeros(4)}, optimizer=zoo.sparse.sgd(0.1), accumulate=2)
+        train(model, {"x": np.zeros(4)}, optimizer=zoo.sparse.sgd(0.1), accumulate=2)
 
 
 # -- mixed precision -----------------------------------------------------------------------------

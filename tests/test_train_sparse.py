@@ -12,7 +12,7 @@ from zoo._training._programs import Programs, StepTotals, make_train_step
 from zoo._training._rules import rule_for
 from zoo._training._state import initial_state
 
-from .helpers import tree_allclose
+from .helpers import train, tree_allclose
 from .test_sparse import BigModel, big_loss, table_sized_ops
 
 
@@ -50,7 +50,7 @@ def test_train_with_a_sparse_optimizer_matches_a_hand_written_step(getkey):
     optimizer = zoo.sparse.partition(
         dense=optax.adam(1e-2), embeddings=zoo.sparse.rowwise_adagrad(0.1)
     )
-    trained, history = zoo.train(
+    trained, history = train(
         model, data, loss=_mse, optimizer=optimizer, epochs=2, batch_size=32, key=key
     )
 
@@ -77,10 +77,10 @@ def test_sparse_and_dense_sgd_train_to_the_same_model(getkey):
     # With plain SGD the sparse update is exactly the dense one, zero rows included.
     model, data, key = _Scorer(getkey()), _ratings(getkey()), getkey()
     sparse_opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=zoo.sparse.sgd(0.1))
-    sparse_model, _ = zoo.train(
+    sparse_model, _ = train(
         model, data, loss=_mse, optimizer=sparse_opt, epochs=2, batch_size=32, key=key
     )
-    dense_model, _ = zoo.train(
+    dense_model, _ = train(
         model, data, loss=_mse, optimizer=optax.sgd(0.1), epochs=2, batch_size=32, key=key
     )
     assert tree_allclose(sparse_model, dense_model, rtol=1e-5, atol=1e-6)
@@ -122,8 +122,8 @@ def test_sparse_sgd_trains_a_scanning_model_as_dense_sgd(getkey):
     model, data, key = _SequenceScorer(getkey()), _sequences(getkey()), getkey()
     sparse_opt = zoo.sparse.partition(dense=optax.sgd(0.05), embeddings=zoo.sparse.sgd(0.05))
     kwargs = dict(loss=_sequence_mse, epochs=2, batch_size=16, key=key)
-    sparse_model, history = zoo.train(model, data, optimizer=sparse_opt, **kwargs)
-    dense_model, _ = zoo.train(model, data, optimizer=optax.sgd(0.05), **kwargs)
+    sparse_model, history = train(model, data, optimizer=sparse_opt, **kwargs)
+    dense_model, _ = train(model, data, optimizer=optax.sgd(0.05), **kwargs)
     assert tree_allclose(sparse_model, dense_model, rtol=1e-5, atol=1e-6)
     assert history["train"]["loss"][1] < history["train"]["loss"][0]
 
@@ -133,7 +133,7 @@ def test_rowwise_adagrad_trains_a_scanning_model_as_a_hand_written_step(getkey):
     optimizer = zoo.sparse.partition(
         dense=optax.sgd(0.05), embeddings=zoo.sparse.rowwise_adagrad(0.1)
     )
-    trained, _ = zoo.train(
+    trained, _ = train(
         model, data, loss=_sequence_mse, optimizer=optimizer, epochs=1, batch_size=16, key=key
     )
     grads_of = jax.jit(lambda m, b: eqx.filter_grad(_sequence_mse)(m, b, None))

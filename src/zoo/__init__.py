@@ -16,8 +16,21 @@ from ._io._rebuild import Rebuildable as Rebuildable
 from ._io._serialization import load as load, save as save
 from ._nn._embedding import Embedding as Embedding
 from ._nn._mlp import MLP as MLP
-from ._training._early_stopping import EarlyStopping as EarlyStopping
+from ._training._callbacks import (
+    Callback as Callback,
+    ChunkInfo as ChunkInfo,
+    EpochInfo as EpochInfo,
+    ProgressBar as ProgressBar,
+    RunInfo as RunInfo,
+)
+from ._training._checkpointing import Checkpointing as Checkpointing
+from ._training._epochs import Loop as Loop
 from ._training._evaluate import evaluate as evaluate
+from ._training._logs import Logger as Logger
+from ._training._monitoring import (
+    EarlyStopping as EarlyStopping,
+    ModelCheckpoint as ModelCheckpoint,
+)
 from ._training._per_example import (
     per_example_grad_norms as per_example_grad_norms,
     per_example_grads as per_example_grads,
@@ -30,6 +43,7 @@ from ._training._stopped import (
     TrainingStopped as TrainingStopped,
 )
 from ._training._train import train as train
+from ._training._validation import ValidationSplit as ValidationSplit
 from ._version import __version__ as __version__
 from .recsys import (
     DLRM as DLRM,

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     A mistake is one line on stderr, `zoo: error: ...`, naming the flag: exit status 2 for a
     flag's value (argparse's own complaints also show the usage), 1 for a failure while
     running (missing or malformed data). A run that fails leaves no empty folder behind.
+    Ctrl-C is one line too, with exit status 130: during training, after the run folder gets
+    the history, the plot and the last good epoch's model.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -33,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
             return args.run(args, parser)
     except _UsageError as error:
         return _fail(args, str(error), 2)
+    except KeyboardInterrupt:  # before training began (Ctrl-C in training is `_interrupted`)
+        print("zoo: interrupted before training began; nothing written", file=sys.stderr)
+        return 130
     except _USER_ERRORS as error:
         message, names_a_flag = _in_flags(str(error), args.flags)
         usage = names_a_flag and isinstance(error, ValueError | TypeError)
@@ -207,16 +212,16 @@ def _train_mlp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         f"Adam {args.lr:g}, batch {batch_size}, {epochs} epochs",
     )
 
-    def report(history):
-        epoch = history["epoch"][-1]
-        _say(
-            args,
-            f"epoch {epoch:3d}  loss {history['train']['loss'][-1]:.4f}  "
+    def line(history):
+        return (
+            f"epoch {history['epoch'][-1]:3d}  loss {history['train']['loss'][-1]:.4f}  "
             f"test accuracy {history['eval']['accuracy'][-1]:.4f}  "
-            f"({history['time'][-1]:.2f}s)",
+            f"({history['time'][-1]:.2f}s)"
         )
 
-    _, history = zoo.train(
+    model, history, interrupted = _trained(
+        args,
+        line,
         model,
         train_data,
         optimizer=optax.adam(args.lr),
@@ -224,19 +229,59 @@ def _train_mlp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         batch_size=batch_size,
         eval_data=test_data,
         key=train_key,
-        progress=None if not args.quiet else False,
-        on_epoch=report,
-        log_dir=out,
-        tensorboard=_tensorboard(args),
     )
-    out.mkdir(parents=True, exist_ok=True)  # zoo.train made it; unless epochs ran none
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    zoo.plot_history(history, out / "training_curve.png")
+    _write_run(out, history, model)
+    if interrupted:
+        return _interrupted(out, history)
     print(
         f"final test accuracy {history['eval']['accuracy'][-1]:.4f}; "
-        f"wrote {out / 'history.json'} and {out / 'training_curve.png'}"
+        f"wrote {out / 'history.json'}, {out / 'training_curve.png'} and {out / 'model'}"
     )
     return 0
+
+
+def _trained(args, line, model, data, **options):
+    """`zoo.train` with the CLI's callbacks (`_callbacks`); `(model, history, interrupted)`,
+    where Ctrl-C gives the last good epoch's model and history and `interrupted=True`."""
+    import zoo
+
+    try:
+        model, history = zoo.train(model, data, callbacks=_callbacks(args, line), **options)
+    except zoo.TrainingInterrupted as stop:
+        return stop.model, stop.history, True
+    return model, history, False
+
+
+def _callbacks(args, line) -> list:
+    """The CLI's callbacks: the run folder's logs, and a line per epoch on stdout made by
+    `line(history)` (a bar on a terminal), unless `--quiet`."""
+    import zoo
+
+    callbacks = [zoo.Logger(args.out, tensorboard=_tensorboard(args))]
+    if not args.quiet:
+        # A bar on a terminal, giving way to the epoch's line; one line per epoch in a pipe.
+        callbacks.append(zoo.ProgressBar(file=sys.stdout, line=line))
+    return callbacks
+
+
+def _write_run(out: pathlib.Path, history: dict, model) -> None:
+    """The run folder's history, training curve and model."""
+    import zoo
+
+    out.mkdir(parents=True, exist_ok=True)  # the logger made it, unless no epoch completed
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    if history["epoch"]:
+        zoo.plot_history(history, out / "training_curve.png")
+    zoo.save(out / "model", model, overwrite=True)
+
+
+def _interrupted(out: pathlib.Path, history: dict) -> int:
+    print(
+        f"zoo: interrupted after {len(history['epoch'])} epochs; wrote the last good model, "
+        f"history and plot to {out}",
+        file=sys.stderr,
+    )
+    return 130
 
 
 def _add_recommender(models) -> None:
@@ -427,13 +472,12 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
         f"{len(test['user'])} test interactions (leave-one-out by time)",
     )
 
-    def report(history):
+    def line(history):
         evaluation = history["eval"]
-        _say(
-            args,
+        return (
             f"epoch {history['epoch'][-1]:3d}  loss {history['train']['loss'][-1]:.4f}  "
             f"valid HR@10 {evaluation['hr@10'][-1]:.4f}  NDCG@10 {evaluation['ndcg@10'][-1]:.4f}"
-            f"  ({history['time'][-1]:.2f}s)",
+            f"  ({history['time'][-1]:.2f}s)"
         )
 
     model, history, interrupted = recipes.fit(
@@ -446,10 +490,8 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
         key=train_key,
         evaluate=recipes.validation(train, valid),
         patience=args.patience,
-        on_epoch=report,
-        log_dir=out,
-        progress=None if not args.quiet else False,
-        tensorboard=_tensorboard(args),
+        callbacks=_callbacks(args, line),
+        best_model=out / "model",
     )
     config = {"model": args.model, "dim": dim, "max_len": args.max_len, "loss": loss_name}
     saved = recipes.save_run(out, model, data, config)
@@ -466,8 +508,7 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
     print(f"wrote {saved} (the model), {out / 'history.json'}; try: zoo recommend {out} --user "
           f"{data.user_ids[0]}")  # fmt: skip
     if interrupted:
-        print(f"zoo: interrupted; kept the model of epoch {len(history['epoch'])}")
-        return 130
+        return _interrupted(out, history)
     return 0
 
 

@@ -4,7 +4,7 @@ for `zoo recommend`."""
 
 import json
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -14,7 +14,9 @@ from jaxtyping import PRNGKeyArray
 from .. import data as datasets, sparse
 from .._custom_types import LossFn, Optimizer
 from .._io._serialization import load as load_model, save as save_model
-from .._training._early_stopping import EarlyStopping
+from .._training._callbacks import Callback
+from .._training._epochs import Loop
+from .._training._monitoring import EarlyStopping, ModelCheckpoint
 from .._training._stopped import TrainingInterrupted
 from .._training._train import train as zoo_train
 from ..data._interactions import Interactions
@@ -180,18 +182,22 @@ def fit(
     key: PRNGKeyArray,
     evaluate: Callable,
     patience: int,
-    on_epoch: Callable[[dict], None],
-    log_dir: pathlib.Path,
-    progress: bool | None,
-    tensorboard: bool,
+    callbacks: Sequence[Callback] = (),
+    best_model: pathlib.Path | None = None,
 ):
-    """Trains to the best validation `MONITOR` (`evaluate(model)` after each epoch), stopping
-    after `patience` epochs without improvement, `epochs` at most: `(model, history,
-    interrupted)`, the best model, or on Ctrl-C the last completed epoch's.
+    """Trains to the best validation `MONITOR` (`evaluate(model)` after each epoch, more is
+    better), stopping after `patience` epochs without improvement, `epochs` at most: `(model,
+    history, interrupted)`, the best epoch's model, or on Ctrl-C that of the epochs completed.
+    With `best_model`, the best epoch's model is also saved there as it is found, so that it
+    outlives a killed run. `callbacks` (logs, progress) run after these.
 
-    The one function of the CLI that uses `zoo.train`'s options (early stopping, evaluation,
-    logging), so that a change of the trainer's API is a change here alone.
+    The one function of the CLI that uses `zoo.train`'s options (early stopping, the best
+    model's checkpoint, evaluation), so that a change of the trainer's API is a change here
+    alone.
     """
+    stopping = [EarlyStopping(MONITOR, mode="max", patience=patience)]
+    if best_model is not None:
+        stopping.append(ModelCheckpoint(best_model, monitor=MONITOR, mode="max"))
     try:
         model, history = zoo_train(
             model,
@@ -202,13 +208,9 @@ def fit(
             batch_size=batch_size,
             key=key,
             # A small last batch would be a weak in-batch softmax, and one more program.
-            last_batch="drop",
-            progress=progress,
+            loop=Loop(last_batch="drop"),
             eval_fn=evaluate,
-            early_stopping=EarlyStopping(MONITOR, mode="max", patience=patience),
-            on_epoch=on_epoch,
-            log_dir=log_dir,
-            tensorboard=tensorboard,
+            callbacks=[*stopping, *callbacks],
         )
     except TrainingInterrupted as stopped:
         return stopped.model, stopped.history, True

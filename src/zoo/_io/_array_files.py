@@ -162,6 +162,11 @@ class ArrayFileHandler(ocp.type_handlers.NumpyHandler):
     host before `serialize` returns, so training can go on.
     """
 
+    # Orbax looks for this attribute on the jax.Array handler and logs a warning on every save
+    # and load when it is missing; `None` is what it falls back to then (no subchunking), so the
+    # `zoo` command's output stays its own.
+    _array_metadata_store = None
+
     def __init__(self):
         super().__init__(deepcopy_host_arrays=False)
 

@@ -4,25 +4,95 @@
 """
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from typing import NamedTuple
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
+import equinox as eqx
+import jax
 import numpy as np
 
-from .._custom_types import Batch, Dataset
-from ._checkpointing import Saver
+from .. import _checks
+from .._custom_types import Batch, Dataset, IntLike
 from ._dataset import checked_dataset, gather, host_rows, nbytes, num_examples
 from ._fused import fits_on_devices
 from ._programs import Programs, StepTotals
-from ._sharded import Placement
 from ._state import TrainState
 
-_PROGRESS_UPDATES_PER_EPOCH = 10
-# Each compiled run of steps costs a dispatch and a wait on the host: on a short epoch a tenth
-# of it (2 of 16 steps, say) made zoo.train 1.3x slower than one program for the epoch.
+# Each compiled run of steps costs a dispatch and a wait on the host, about the same at any
+# batch size; so a chunk is sized by examples, not by a share of the epoch: 2**16 examples keep
+# dispatch a few percent of a chunk from batch 32 (2048 steps) to 1024 (64), while a chunk of
+# a model of real size still takes about a second or less, which keeps progress, Ctrl-C and
+# checkpoints responsive (benchmarks/train_epoch.py).
+_EXAMPLES_PER_CHUNK = 2**16
 _MIN_STEPS_PER_CHUNK = 32
+# A chunk of a slow model is shortened to about this long, so that progress, Ctrl-C and the
+# host's view of the run stay responsive (`_Pace`).
+_SECONDS_PER_CHUNK = 1.0
 _ITERABLE_STEPS_PER_REPORT = 50
+
+
+class Loop(eqx.Module):
+    """How `zoo.train`'s epochs run: batching at the epoch's end, non-finite steps, the
+    compiled chunks of steps, and the evaluation's batch size.
+
+    **Arguments:**
+
+    - `last_batch`: `"keep"` takes the last, smaller batch of an epoch as a step of its own;
+      `"drop"` skips it (`history["skipped_examples_per_epoch"]` says how many examples).
+      Part of the run record.
+    - `on_nonfinite`: `"raise"` (default) stops training with a [`zoo.NonFiniteLossError`][]
+      naming the first step whose loss or gradient is not finite, before that epoch is
+      recorded or checkpointed; the error carries the last good model and history. `"skip"`
+      leaves the model and optimizer state unchanged for such a step and counts it in
+      `history["train"]["nonfinite_steps"]`. Part of the run record.
+    - `fused`: force (`True`) or forbid (`False`) the fused on-device epoch; `None` decides by
+      whether the dataset fits in device memory.
+    - `steps_per_chunk`: steps per compiled run (and per progress update); by default enough
+      for 65536 examples (at least 32 steps), so that a dispatch costs a few percent of a
+      chunk at any batch size.
+    - `eval_batch_size`: batch size of the per-epoch evaluation.
+    - `accumulate`: micro-batches per optimizer step: each batch (which `accumulate` must
+      divide) is taken as `accumulate` slices one after another, with the activations of only
+      one slice in memory, weighted by their count of loss terms (the loss's `count_terms`,
+      else their examples): exactly the step of the whole batch, to float rounding. Refused
+      for a loss whose negatives come from the batch (`negatives_from_batch`) and for
+      `zoo.sparse` optimizers. Part of the run record.
+    """
+
+    last_batch: Literal["keep", "drop"] = "keep"
+    on_nonfinite: Literal["raise", "skip"] = "raise"
+    fused: bool | None = None
+    steps_per_chunk: IntLike | None = None
+    eval_batch_size: IntLike = 1024
+    accumulate: IntLike = 1
+
+    def __check_init__(self):
+        _checks.one_of(
+            "last_batch", self.last_batch, ("keep", "drop"), example="zoo.Loop(last_batch='drop')"
+        )
+        _checks.one_of(
+            "on_nonfinite",
+            self.on_nonfinite,
+            ("raise", "skip"),
+            example="zoo.Loop(on_nonfinite='skip')",
+        )
+        if self.fused is not None:
+            _checks.boolean("fused", self.fused, example="zoo.Loop(fused=True)")
+        _checks.optional_positive_int(
+            "steps_per_chunk", self.steps_per_chunk, example="zoo.Loop(steps_per_chunk=100)"
+        )
+        _checks.positive_int(
+            "eval_batch_size", self.eval_batch_size, example="zoo.Loop(eval_batch_size=1024)"
+        )
+
+    def record(self) -> dict:
+        return {
+            "last_batch": self.last_batch,
+            "on_nonfinite": self.on_nonfinite,
+            "accumulate": int(self.accumulate),
+        }
 
 
 class _EpochLayout(NamedTuple):
@@ -38,9 +108,7 @@ class _EpochLayout(NamedTuple):
     def of(cls, count, batch_size, last_batch, steps_per_chunk) -> "_EpochLayout":
         full, remainder = divmod(count, batch_size)
         kept = remainder if last_batch == "keep" else 0
-        chunk = steps_per_chunk or max(
-            -(-full // _PROGRESS_UPDATES_PER_EPOCH), min(full, _MIN_STEPS_PER_CHUNK), 1
-        )
+        chunk = steps_per_chunk or max(_MIN_STEPS_PER_CHUNK, -(-_EXAMPLES_PER_CHUNK // batch_size))
         return cls(batch_size, full, kept, remainder - kept, chunk)
 
     @property
@@ -56,16 +124,56 @@ class EpochRunner:
     arrays: dict | None = None  # the whole dataset, when there is one (not for iterables)
 
     def run(
-        self, dynamic: TrainState, totals: StepTotals, bar, saver: Saver
+        self, dynamic: TrainState, totals: StepTotals, hooks: "Hooks"
     ) -> tuple[TrainState, StepTotals]:
         """Runs the rest of the epoch that `dynamic` is in, from its batch position."""
         raise NotImplementedError
 
 
+class _Pace:
+    """The length of the next fused chunk: the examples-based default, shortened when chunks
+    take longer than `_SECONDS_PER_CHUNK` (a slow model), never lengthened.
+
+    A chunk's time is that between the ends of successive chunks, read on the chunk *before*
+    the one just dispatched, so the device always has work queued and never waits on the host.
+    The programs take the number of steps as an argument: a new length compiles nothing, and
+    gives the same steps bit for bit.
+    """
+
+    def __init__(self, steps: int, *, adaptive: bool):
+        self.steps = steps
+        self._adaptive = adaptive
+        self._dispatched: deque = deque()
+        self._last_end: float | None = None
+
+    def start(self) -> None:
+        """A new epoch: the time between epochs (evaluation, callbacks) is no chunk's."""
+        self._dispatched.clear()
+        self._last_end = None
+
+    def dispatched(self, totals: StepTotals, steps: int) -> None:
+        if not self._adaptive:
+            return
+        self._dispatched.append((totals, steps))
+        if len(self._dispatched) < 2:
+            return
+        previous, previous_steps = self._dispatched.popleft()
+        jax.block_until_ready(previous)
+        end = time.perf_counter()
+        if self._last_end is not None:  # the first chunk's time includes compiling: not used
+            seconds = end - self._last_end
+            if seconds > _SECONDS_PER_CHUNK:
+                shorter = int(previous_steps * _SECONDS_PER_CHUNK / seconds)
+                self.steps = max(1, min(self.steps, shorter))
+        self._last_end = end
+
+
 class _FusedEpochs(EpochRunner):
     """The dataset lives on the device; each chunk of steps runs as one program."""
 
-    def __init__(self, arrays, programs: Programs, layout: _EpochLayout, placement: Placement):
+    def __init__(
+        self, arrays, programs: Programs, layout: _EpochLayout, placement, steps_per_chunk=None
+    ):
         self.arrays = arrays
         self._data = placement.dataset(arrays)
         self._count = num_examples(arrays)
@@ -73,18 +181,21 @@ class _FusedEpochs(EpochRunner):
         self._layout = layout
         self.steps_per_epoch = layout.steps
         self.skipped_per_epoch = layout.skipped
+        self._pace = _Pace(layout.chunk, adaptive=steps_per_chunk is None)
 
-    def run(self, dynamic, totals, bar, saver):
+    def run(self, dynamic, totals, hooks):
         layout = self._layout
         order = self._programs.epoch_order(dynamic, self._count)
-        report = _ChunkReport(bar)
+        report = _ChunkReport(hooks, int(dynamic.batch))
         batch, step = int(dynamic.batch), int(dynamic.step)
+        self._pace.start()
         while batch < layout.full_batches:
-            steps = min(layout.chunk, layout.full_batches - batch, _until(saver, step))
+            steps = min(self._pace.steps, layout.full_batches - batch, _until(hooks, step))
             dynamic, totals = self._programs.run_steps(dynamic, totals, self._data, order, steps)
+            self._pace.dispatched(totals, steps)
             report.dispatched(totals, steps)
             batch, step = batch + steps, step + steps
-            saver.after_steps(step, dynamic, totals)
+            hooks.after_steps(step, dynamic, totals)
         if layout.remainder:
             last = gather(self._data, order[layout.full_batches * layout.batch_size :])
             dynamic, totals = self._programs.one_step(dynamic, totals, last)
@@ -93,16 +204,31 @@ class _FusedEpochs(EpochRunner):
         return dynamic, totals
 
 
-def _until(saver: Saver, step: int) -> int:
+@runtime_checkable
+class Hooks(Protocol):
+    """What an epoch runner calls between its compiled runs (the loop's checkpoints and
+    callbacks)."""
+
+    def steps_until_due(self, step: int) -> int | None:
+        """Steps a compiled run may take before a save is due (`None`: no limit)."""
+
+    def after_steps(self, step: int, dynamic: TrainState, totals: StepTotals) -> None:
+        """After the runs up to `step`, with their state (a save may be due)."""
+
+    def after_chunk(self, steps: int, totals: StepTotals) -> None:
+        """`steps` of the epoch are done; `totals` are theirs (ready, or nearly)."""
+
+
+def _until(hooks: Hooks, step: int) -> int:
     """Steps until the next checkpoint is due, or effectively no limit."""
-    due = saver.steps_until_due(step)
+    due = hooks.steps_until_due(step)
     return 2**31 - 1 if due is None else due
 
 
 class _HostEpochs(EpochRunner):
     """The dataset stays on the host; each step's batch is gathered there and prefetched."""
 
-    def __init__(self, arrays, programs: Programs, layout: _EpochLayout, placement: Placement):
+    def __init__(self, arrays, programs: Programs, layout: _EpochLayout, placement):
         self.arrays = self._arrays = arrays
         self._placement = placement
         self._count = num_examples(arrays)
@@ -117,12 +243,10 @@ class _HostEpochs(EpochRunner):
             rows = host_rows(self._arrays, order[step * size : (step + 1) * size])
             yield self._placement.batch(rows)
 
-    def run(self, dynamic, totals, bar, saver):
+    def run(self, dynamic, totals, hooks):
         order = np.asarray(self._programs.epoch_order(dynamic, self._count))
         batches = self._batches(order, int(dynamic.batch))
-        return _run_batches(
-            self._programs, dynamic, totals, batches, bar, self._layout.chunk, saver
-        )
+        return _run_batches(self._programs, dynamic, totals, batches, hooks, self._layout.chunk)
 
 
 class _IterableEpochs(EpochRunner):
@@ -135,13 +259,11 @@ class _IterableEpochs(EpochRunner):
         self._chunk = steps_per_chunk or _ITERABLE_STEPS_PER_REPORT
         self.steps_per_epoch = len(data) if hasattr(data, "__len__") else None
 
-    def run(self, dynamic, totals, bar, saver):
+    def run(self, dynamic, totals, hooks):
         # A resumed epoch skips the batches it already took: the iterable must repeat its order.
         remaining = itertools.islice(self._data, int(dynamic.batch), None)
         batches = (self._placement.batch(_checked_batch(batch)) for batch in remaining)
-        dynamic, totals = _run_batches(
-            self._programs, dynamic, totals, batches, bar, self._chunk, saver
-        )
+        dynamic, totals = _run_batches(self._programs, dynamic, totals, batches, hooks, self._chunk)
         if int(totals.steps) + int(totals.nonfinite_steps) == 0:
             raise ValueError(
                 "data yielded no batches this epoch. A generator can be iterated only once: pass "
@@ -159,15 +281,15 @@ def _checked_batch(batch) -> dict:
     return checked_dataset(batch, argument="batch")
 
 
-def _run_batches(programs: Programs, dynamic, totals, batches: Iterable[Batch], bar, chunk, saver):
+def _run_batches(programs: Programs, dynamic, totals, batches: Iterable[Batch], hooks, chunk):
     """Runs a step per batch, with the next batch already on its way to the device."""
-    report = _ChunkReport(bar)
+    report = _ChunkReport(hooks)
     step = int(dynamic.step)
     ahead = deque()
 
     def take_step(dynamic, totals):
         dynamic, totals = programs.one_step(dynamic, totals, ahead.popleft())
-        saver.after_steps(step + 1, dynamic, totals)
+        hooks.after_steps(step + 1, dynamic, totals)
         return dynamic, totals
 
     for taken, batch in enumerate(batches, start=1):
@@ -186,21 +308,21 @@ def _run_batches(programs: Programs, dynamic, totals, batches: Iterable[Batch], 
 
 
 class _ChunkReport:
-    """Progress-bar updates that never stall the device.
+    """Chunk reports that never stall the device.
 
     Reading a total waits for the program that computes it. So when a chunk has been
-    dispatched, the bar shows the totals of the chunk *before* it, which are ready or nearly so
-    while the device already works on the next one.
+    dispatched, the report gives the totals of the chunk *before* it, which are ready or nearly
+    so while the device already works on the next one.
     """
 
-    def __init__(self, bar):
-        self._bar = bar
+    def __init__(self, hooks: Hooks, start: int = 0):
+        self._hooks = hooks
         self._pending: tuple[StepTotals, int] | None = None
-        self.steps = 0
+        self.steps = start
 
     def dispatched(self, totals: StepTotals, steps: int) -> None:
         self.flush()
-        self._pending = (totals, steps)
+        self._pending = (totals, self.steps + steps)
         self.steps += steps
 
     def flush(self) -> None:
@@ -208,9 +330,7 @@ class _ChunkReport:
             return
         totals, steps = self._pending
         self._pending = None
-        self._bar.update(steps)
-        if not self._bar.disable:
-            self._bar.set_postfix(loss=f"{float(totals.loss) / int(totals.examples):.4g}")
+        self._hooks.after_chunk(steps, totals)
 
 
 def epoch_runner(
@@ -234,4 +354,6 @@ def epoch_runner(
     if fused is None:
         fused = fits_on_devices(nbytes(arrays), placement.mesh)
     layout = _EpochLayout.of(num_examples(arrays), batch_size, last_batch, steps_per_chunk)
-    return (_FusedEpochs if fused else _HostEpochs)(arrays, programs, layout, placement)
+    if fused:
+        return _FusedEpochs(arrays, programs, layout, placement, steps_per_chunk)
+    return _HostEpochs(arrays, programs, layout, placement)

@@ -1,7 +1,8 @@
 """`zoo.evaluate`: metrics of a model over a whole dataset, in one compiled program."""
 
 import functools
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import equinox as eqx
 import jax
@@ -156,3 +157,97 @@ def _finite_rows(values) -> Array:
 def _count_and_first(bad: Array, rows: Array, count: int) -> tuple[Array, Array]:
     bad = jnp.broadcast_to(bad, rows.shape)
     return jnp.sum(bad), jnp.min(jnp.where(bad, rows, count))
+
+
+class Evaluation:
+    """The figures each epoch of `zoo.train` records in `history["eval"]`: `"loss"` (the
+    training loss on the eval data, weighted by its terms), the metrics, and what `eval_fn`
+    returns; built before training, its names known and checked then."""
+
+    def __init__(self, model, eval_arrays, loss_fn, terms, metrics: dict, eval_fn, batch_size, key):
+        self._arrays = eval_arrays
+        self._loss_fn, self._terms = loss_fn, terms
+        self._metrics = metrics if eval_arrays is not None else {}
+        self._eval_fn = eval_fn
+        self._batch_size = batch_size
+        self._key = key
+        names = ([] if eval_arrays is None else ["loss"]) + list(self._metrics)
+        if eval_fn is not None:
+            # Its names are known only by calling it: once, on the untrained model.
+            user = list(_checked_eval_figures(eval_fn(model)))
+            shadowed = [name for name in user if name in names]
+            if shadowed:
+                raise ValueError(
+                    f"eval_fn returns {shadowed[0]!r}, which zoo.train already records in "
+                    f"history['eval'] ({', '.join(map(repr, names))}): a figure of eval_fn may "
+                    "not replace a built-in one. Name it otherwise, e.g. "
+                    f"{{'my_{shadowed[0]}': ...}}."
+                )
+            names += user
+        self.names = tuple(names)
+
+    def __call__(self, model) -> dict[str, float]:
+        figures = {}
+        if self._arrays is not None:
+            figures["loss"] = loss_over(
+                self._loss_fn, self._terms, model, self._arrays, self._batch_size, self._key
+            )
+            if self._metrics:
+                figures |= evaluated(
+                    model,
+                    self._arrays,
+                    self._metrics,
+                    batch_size=self._batch_size,
+                    argument="eval_data",
+                )
+        if self._eval_fn is not None:
+            figures |= _checked_eval_figures(self._eval_fn(model))
+        return figures
+
+
+def loss_over(loss_fn, terms, model, arrays, batch_size: int, key) -> float:
+    """The mean of `loss_fn` over all of `arrays`' examples, each batch weighted by its count
+    of terms (`terms(model, batch)`): the loss of the whole set as one batch."""
+    count = num_examples(arrays)
+    total = weight = 0.0
+    for start in range(0, count, batch_size):
+        batch = {name: array[start : start + batch_size] for name, array in arrays.items()}
+        value, terms_of = _batch_loss(loss_fn, terms, model, to_device(batch), key)
+        total, weight = total + value * terms_of, weight + terms_of
+    return float(total / max(float(weight), 1.0))
+
+
+@eqx.filter_jit
+def _batch_loss(loss_fn, terms, model, batch, key):
+    value = loss_fn(model, batch, key).astype(jnp.float32)
+    return value, jnp.asarray(terms(model, batch), jnp.float32)
+
+
+def _checked_eval_figures(figures) -> dict[str, float]:
+    """What `eval_fn` returned, as a dict of finite floats; otherwise an error naming it."""
+    example = "eval_fn=lambda model: {'recall@10': 0.31}"
+    if not isinstance(figures, Mapping):
+        raise TypeError(
+            f"eval_fn must return a mapping from names to numbers; got "
+            f"{type(figures).__name__}. For example {example}"
+        )
+    checked = {}
+    for name, value in figures.items():
+        if not isinstance(name, str) or np.ndim(value) != 0 or not _is_number(value):
+            raise TypeError(
+                f"eval_fn must return a mapping from names (str) to numbers; got "
+                f"{name!r}: {value!r}. For example {example}"
+            )
+        if not math.isfinite(float(value)):
+            raise ValueError(
+                f"eval_fn returned {name!r}: {float(value)}, not a finite number: a figure "
+                "recorded in the history must be finite. Check the evaluation (non-finite "
+                f"scores, an empty split). For example {example}"
+            )
+        checked[name] = float(value)
+    return checked
+
+
+def _is_number(value) -> bool:
+    dtype = np.asarray(value).dtype
+    return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)

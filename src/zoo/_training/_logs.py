@@ -1,24 +1,19 @@
-"""Logs a person can look at: one JSON line per epoch, and TensorBoard event files when asked."""
+"""`zoo.Logger`: one JSON line per epoch, and TensorBoard event files when asked.
+
+Each run's logs are its own: a new run refuses a folder that holds another run's logs (before
+anything is trained), and a resumed run rewrites the file from its checkpoint's history, so
+each epoch appears once and nothing of another run is touched.
+"""
 
 import json
 import os
 import pathlib
 
 from .. import _checks
+from ._callbacks import Callback, EpochInfo, RunInfo, epoch_figures
 
 LOG_FILE = "history.jsonl"
-
-
-def check_logging(log_dir, tensorboard: bool) -> None:
-    if log_dir is not None:
-        _checks.path("log_dir", log_dir, example="zoo.train(..., log_dir='runs/x')")
-    if tensorboard and log_dir is None:
-        raise ValueError(
-            "tensorboard=True needs log_dir, the folder for the event files: "
-            "zoo.train(..., log_dir='runs/x', tensorboard=True)."
-        )
-    if tensorboard:
-        _summary_writer_class()  # fail on a missing extra before training, not after an epoch
+_EVENTS = "events.out.tfevents"
 
 
 def _summary_writer_class():
@@ -32,50 +27,81 @@ def _summary_writer_class():
     return SummaryWriter
 
 
-def epoch_record(history: dict, index: int) -> dict:
-    """Epoch `index`'s figures, flat: `{"epoch", "step", "time", "train/loss", "eval/..."}`."""
-    record = {name: history[name][index] for name in ("epoch", "step", "time")}
-    for group in ("train", "eval"):
-        record |= {f"{group}/{name}": values[index] for name, values in history[group].items()}
-    return record
+class Logger(Callback):
+    """Writes each epoch's figures to `log_dir/history.jsonl`, one JSON object a line
+    (`{"epoch": 1, "step": ..., "time": ..., "train/loss": ..., "eval/accuracy": ...}`), and
+    with `tensorboard=True` the same figures as TensorBoard event files (with `tensorboardX`:
+    `pip install 'equinox-zoo[tensorboard]'`).
 
+    **Arguments:**
 
-class EpochLogs:
-    """Writes each recorded epoch to `log_dir`; a no-op without a directory.
+    - `log_dir`: the run's folder for logs: a new or empty one, or one whose logs are those
+      of the run being resumed. A folder with another run's logs is refused before training,
+      so each run's logs stay apart.
+    - `tensorboard`: also write TensorBoard event files.
 
-    `history.jsonl` is rewritten from the history at the start (so a resumed run's file holds
-    the epochs of its checkpoint, each once) and then appended one line per epoch.
+    !!! example
+
+        ```python
+        model = zoo.MLP(in_size=64, out_size=10, hidden=(32,), key=jax.random.key(0))
+        zoo.train(model, zoo.data.digits("train"), epochs=2,
+                  callbacks=[zoo.Logger("runs/digits-1")])
+        ```
     """
 
-    def __init__(self, log_dir: str | os.PathLike | None, tensorboard: bool):
-        self._folder = None if log_dir is None else pathlib.Path(log_dir)
-        self._tensorboard = tensorboard
-        self._writer = None
+    log_dir: str | os.PathLike
+    tensorboard: bool = False
 
-    def start(self, history: dict) -> None:
-        if self._folder is None:
-            return
-        self._folder.mkdir(parents=True, exist_ok=True)
-        lines = [json.dumps(epoch_record(history, i)) + "\n" for i in range(len(history["epoch"]))]
-        (self._folder / LOG_FILE).write_text("".join(lines))
-        if self._tensorboard:
-            self._writer = _summary_writer_class()(str(self._folder))
+    def __check_init__(self):
+        _checks.path("log_dir", self.log_dir, example="zoo.Logger(log_dir='runs/x')")
+        _checks.boolean("tensorboard", self.tensorboard, example="zoo.Logger('runs/x', True)")
+        if self.tensorboard:
+            _summary_writer_class()  # fail on a missing extra now, not after an epoch
 
-    def after_epoch(self, history: dict) -> None:
-        if self._folder is None:
-            return
-        record = epoch_record(history, -1)
-        with (self._folder / LOG_FILE).open("a") as file:
-            file.write(json.dumps(record) + "\n")
-        if self._writer is not None:
-            epoch = record["epoch"]
-            for name, value in record.items():
+    def init(self, info: RunInfo) -> dict:
+        folder = pathlib.Path(self.log_dir)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"log_dir {folder} is a file; name a folder for the logs.")
+        earlier = _logs_in(folder)
+        if earlier and not info.resumed:
+            raise ValueError(
+                f"log_dir {folder} already holds the logs of another run ({earlier[0]}): a new "
+                "run writes into a new or empty folder, so that no run's logs are overwritten "
+                "or mixed. For example log_dir='runs/run-2'."
+            )
+        return {"written": False, "writer": None}
+
+    def after_epoch(self, state: dict, info: EpochInfo) -> tuple[dict, bool]:
+        folder = pathlib.Path(self.log_dir)
+        if not state["written"]:  # this run's first epoch: the epochs before it come first
+            folder.mkdir(parents=True, exist_ok=True)
+            epochs = range(len(info.history["epoch"]) - 1)
+            lines = "".join(json.dumps(epoch_figures(info.history, i)) + "\n" for i in epochs)
+            (folder / LOG_FILE).write_text(lines)
+            if self.tensorboard:
+                # purge_step drops events of epochs past the checkpoint a resumed run starts from.
+                writer = _summary_writer_class()(str(folder), purge_step=info.epoch)
+                state = state | {"writer": writer}
+            state = state | {"written": True}
+        figures = epoch_figures(info.history)
+        with (folder / LOG_FILE).open("a") as file:
+            file.write(json.dumps(figures) + "\n")
+        if state["writer"] is not None:
+            for name, value in figures.items():
                 if "/" in name:
-                    self._writer.add_scalar(name, value, epoch)
-            self._writer.add_scalar("time/seconds_per_epoch", record["time"], epoch)
-            self._writer.flush()
+                    state["writer"].add_scalar(name, value, info.epoch)
+            state["writer"].add_scalar("time/seconds_per_epoch", figures["time"], info.epoch)
+            state["writer"].flush()
+        return state, False
 
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+    def close(self, state: dict) -> None:
+        if state["writer"] is not None:
+            state["writer"].close()
+
+
+def _logs_in(folder: pathlib.Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path.name for path in folder.iterdir() if path.name == LOG_FILE or _EVENTS in path.name
+    )

@@ -22,21 +22,17 @@ _FORMAT = "zoo.run/1"
 _NEW_FOLDER = "Choose a new or empty folder, e.g. checkpoint_dir='runs/x'."
 
 
-def run_record(
-    *, data: str, batch_size, last_batch, accumulate, precision, loss, key, model, opt_state
-) -> dict:
-    """The record of a run: its defining arguments and the signatures of its state's arrays."""
+def run_record(arguments: dict, *, model, opt_state) -> dict:
+    """The record of a run: the options that define what it computes (`key` and a callable
+    `loss` by name, the rest as given) and the signatures of its state's arrays."""
+    arguments = dict(arguments)
+    loss = arguments.get("loss")
+    if loss is not None and not isinstance(loss, str):
+        arguments["loss"] = _name_of(loss)
+    arguments["key"] = _key_data(arguments["key"])
     return {
         "format": _FORMAT,
-        "arguments": {
-            "data": data,
-            "batch_size": batch_size,
-            "last_batch": last_batch,
-            "accumulate": accumulate,
-            "precision": precision,
-            "loss": loss if isinstance(loss, str) else _name_of(loss),
-            "key": _key_data(key),
-        },
+        "arguments": arguments,
         "model": _signature(model),
         "optimizer": _signature(opt_state),
     }
@@ -126,8 +122,9 @@ def _read(path: pathlib.Path) -> dict | None:
 
 def _check_same_run(recorded: dict, given: dict, path: pathlib.Path) -> None:
     where = f"the run in checkpoint_dir {path}"
-    for name, value in given["arguments"].items():
-        before = recorded["arguments"].get(name)
+    given_arguments, recorded_arguments = given["arguments"], recorded["arguments"]
+    for name in [*given_arguments, *(n for n in recorded_arguments if n not in given_arguments)]:
+        value, before = given_arguments.get(name), recorded_arguments.get(name)
         if before != value:
             raise ValueError(
                 f"resume=True with {name}={value!r}, but {where} was started with "

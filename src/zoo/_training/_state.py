@@ -12,6 +12,7 @@ from .._custom_types import PyTree
 _SHUFFLE_STREAM = 0
 _STEP_STREAM = 1
 _VALIDATION_STREAM = 2
+_EVALUATION_STREAM = 3
 
 
 class TrainState(eqx.Module):
@@ -54,3 +55,9 @@ def initial_state(model: eqx.Module, opt_state: PyTree, key: PRNGKeyArray) -> Tr
     # Distinct buffers for each counter: the state is donated, and a buffer may be donated once.
     step, epoch, batch = (jnp.zeros((), jnp.int32) for _ in range(3))
     return TrainState(model, opt_state, step=step, epoch=epoch, batch=batch, key=key)
+
+
+def evaluation_key(key: PRNGKeyArray) -> PRNGKeyArray:
+    """The key a user's loss gets when `zoo.train` evaluates it on the eval data: fixed, so
+    each epoch's figure is comparable."""
+    return jax.random.fold_in(key, _EVALUATION_STREAM)

@@ -2,6 +2,7 @@
 
 import math
 
+import equinox as eqx
 import jax
 import numpy as np
 from jaxtyping import PRNGKeyArray
@@ -11,22 +12,54 @@ from .._custom_types import RealLike
 from ._dataset import host_rows, num_examples
 
 
-def check_validation_split(fraction, stratify: bool, data, eval_data) -> None:
-    """Eager checks of the arguments, before any work."""
-    if fraction is None:
-        if stratify:
+class ValidationSplit(eqx.Module):
+    """Holds out a fraction of the training data as the eval set (`validation_split=`).
+
+    **Arguments:**
+
+    - `fraction`: in (0, 1), of `data` (a mapping of arrays). The rows are drawn by the
+      training key (its own stream, apart from the shuffles), so the same key holds out the
+      same rows; both sides are disjoint.
+    - `stratify`: hold out that fraction of each class of `data["y"]` (integer labels), so
+      both sides keep the class proportions.
+
+    Both are in the run record: a resumed run holds out the same rows, or is refused.
+    `zoo.train(..., validation_split=0.1)` is `ValidationSplit(0.1)`.
+
+    !!! example
+
+        ```python
+        model = zoo.MLP(in_size=64, out_size=10, hidden=(32,), key=jax.random.key(0))
+        model, history = zoo.train(model, zoo.data.digits("train"), epochs=2,
+                                   validation_split=zoo.ValidationSplit(0.1, stratify=True))
+        print(history["eval"]["loss"][-1])
+        ```
+    """
+
+    fraction: RealLike
+    stratify: bool = False
+
+    def __check_init__(self):
+        if not _checks.is_real(self.fraction):
+            raise TypeError(f"validation_split must be a float in (0, 1); got {self.fraction!r}.")
+        if not 0 < self.fraction < 1:
             raise ValueError(
-                "stratify=True needs validation_split, the fraction to hold out: "
-                "zoo.train(..., validation_split=0.1, stratify=True)."
+                f"validation_split must lie strictly between 0 and 1 (the fraction of data held "
+                f"out for evaluation); got {self.fraction!r}. For example validation_split=0.1."
             )
-        return
-    if not _checks.is_real(fraction):
-        raise TypeError(f"validation_split must be a float in (0, 1); got {fraction!r}.")
-    if not 0 < fraction < 1:
-        raise ValueError(
-            f"validation_split must lie strictly between 0 and 1 (the fraction of data held out "
-            f"for evaluation); got {fraction!r}. For example validation_split=0.1."
-        )
+        _checks.boolean("stratify", self.stratify, example="zoo.ValidationSplit(0.1, True)")
+
+    def record(self) -> dict:
+        return {"validation_split": float(self.fraction), "stratify": self.stratify}
+
+
+def validation_option(split) -> "ValidationSplit | None":
+    """`validation_split` as a `ValidationSplit` (a float is one without stratifying)."""
+    return split if split is None or isinstance(split, ValidationSplit) else ValidationSplit(split)
+
+
+def check_validation_data(data, eval_data) -> None:
+    """A split needs a mapping of arrays to split, and no other eval set."""
     if eval_data is not None:
         raise ValueError(
             "pass either eval_data or validation_split, not both: validation_split takes the "

@@ -1,3 +1,9 @@
 """Metrics for `zoo.evaluate` and `zoo.train(..., metrics=...)`: per-example functions by name."""
 
-from ._metrics import METRICS as METRICS, accuracy as accuracy, mae as mae
+from ._metrics import (
+    DIRECTIONS as DIRECTIONS,
+    METRICS as METRICS,
+    accuracy as accuracy,
+    direction as direction,
+    mae as mae,
+)

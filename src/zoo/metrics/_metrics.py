@@ -4,6 +4,7 @@ Each returns one value per example so that averages over a dataset are exact wha
 size, the last partial batch included.
 """
 
+import re
 from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
@@ -43,6 +44,30 @@ METRICS: dict[str, Metric] = {
     "mae": mae,
     "bce": bce,
 }
+
+
+# Whether more is better, for each figure zoo records: its metrics and losses by name, and the
+# ranking figures of `zoo.recsys` by their pattern. A figure not here has no known direction:
+# whoever monitors it says which way is better (`zoo.EarlyStopping(..., mode="max")`).
+DIRECTIONS: dict[str, str] = {
+    "accuracy": "max",
+    "cross_entropy": "min",
+    "mse": "min",
+    "mae": "min",
+    "bce": "min",
+    "loss": "min",
+    "auc": "max",
+    "mrr": "max",
+}
+_RANKING = re.compile(r"(hr|recall|ndcg|precision)@[0-9]+")
+
+
+def direction(name: str) -> str | None:
+    """`"max"` or `"min"` for a figure zoo defines (`"accuracy"`, `"loss"`, `"ndcg@10"`),
+    `None` for any other name."""
+    if name in DIRECTIONS:
+        return DIRECTIONS[name]
+    return "max" if _RANKING.fullmatch(name) else None
 
 
 def resolve_metrics(metrics: Sequence[str | Metric] | dict[str, Metric]) -> dict[str, Metric]:

@@ -223,8 +223,8 @@ def in_batch_softmax_loss(*, item_counts: ArrayLike | None = None) -> LossFn:
             raise ValueError(
                 "in_batch_softmax_loss needs batches of at least 2 interactions: each row's "
                 f"negatives are the other rows' items; got a batch of {items.shape[0]}. Use "
-                "zoo.train(..., batch_size=512), and last_batch='drop' when the last batch of "
-                "an epoch would hold a single row."
+                "zoo.train(..., batch_size=512), and loop=zoo.Loop(last_batch='drop') when the "
+                "last batch of an epoch would hold a single row."
             )
         logits = model.embed_users(users) @ model.embed_items(items).T
         if log_q is not None:
@@ -233,4 +233,6 @@ def in_batch_softmax_loss(*, item_counts: ArrayLike | None = None) -> LossFn:
         logits = jnp.where(repeated, -jnp.inf, logits)
         return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits))
 
+    # Each row's negatives are the batch's other items: zoo.train refuses accumulate > 1.
+    loss.negatives_from_batch = True
     return loss

@@ -95,6 +95,12 @@ def sequence_loss(
         count = jnp.maximum(jnp.sum(real), 1).astype(per_position.dtype)
         return jnp.sum(jnp.where(real, per_position, 0.0)) / count
 
+    def count_terms(model, batch: Batch) -> Scalar:
+        # The loss is a mean over the real (unpadded) positions: zoo.train's accumulate weighs
+        # micro-batches by these, so uneven sequences give the whole batch's step.
+        return jnp.sum(_rows(batch)[1] != model.num_items)
+
+    loss.count_terms = count_terms
     return loss
 
 

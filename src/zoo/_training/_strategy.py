@@ -1,7 +1,10 @@
-"""What `zoo.train(..., mesh=...)` adds to a training run: the layout of state and data.
+"""Where the step runs: one device, sharded over a mesh, or routed sparse on a mesh.
 
-The trainer's programs stay as they are. The state is placed once; the step pins the batch to
-the batch axes and the new state to its layout, and jit's SPMD partitioner does the rest
+`strategy_for` chooses once per run; the `Strategy` then owns the state's placement, the
+step's construction and the data's placement, and nothing else in the trainer asks whether
+there is a mesh. The trainer's programs stay as they are. The state is placed once; the step
+pins the batch to the batch axes and the new state to its layout, and jit's SPMD partitioner
+does the rest
 (including the sparse embedding step: see docs/scaling.md for what it compiles to).
 """
 
@@ -9,6 +12,7 @@ from collections.abc import Callable, Mapping
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
@@ -22,6 +26,8 @@ from ..distributed._mesh import (
 )
 from ..distributed._sharding import put, state_shardings
 from ._dataset import to_device
+from ._routing import routing_for
+from ._rules import UpdateRule
 from ._state import TrainState
 
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, jax.Array, jax.Array]]
@@ -125,3 +131,37 @@ class Placement:
         if self._mesh is None:
             return jax.device_put(dict(arrays))
         return {name: _from_host(x, batch_layout(self._mesh, len(x))) for name, x in arrays.items()}
+
+
+class Strategy(Placement):
+    """Where a run's steps run, chosen once: `state` makes the training state there and the
+    step that runs on it; `dataset` and `batch` (from `Placement`) place the data."""
+
+    def __init__(self, mesh: Mesh | None, routed: RoutedStep | None = None):
+        super().__init__(mesh)
+        self._routed = routed
+
+    def state(
+        self, init: Callable[[eqx.Module], TrainState], model: eqx.Module, train_step: TrainStep
+    ) -> tuple[TrainState, TrainState, TrainStep]:
+        """`(dynamic, static, train_step)`: the state's arrays (new buffers: the programs
+        donate them, and the caller's model stays usable), its static rest, and the step."""
+        if self.mesh is None:
+            dynamic, static = eqx.partition(init(model), eqx.is_array)
+            return jax.tree.map(jnp.copy, dynamic), static, train_step
+        return shard_training(init, model, train_step, self.mesh, self._routed)
+
+
+def strategy_for(
+    mesh: Mesh | None,
+    batch_size: int,
+    rule: UpdateRule,
+    make_step: Callable[[UpdateRule], TrainStep],
+    loss_fn,
+) -> Strategy:
+    """One device without a mesh; on a mesh, sharded by jit's partitioner, with the sparse
+    step routed where the tables are split over `"model"` (see `_routing.py`)."""
+    if mesh is None:
+        return Strategy(None)
+    mesh = training_mesh(mesh, batch_size)
+    return Strategy(mesh, routing_for(rule, make_step, loss_fn, mesh))
