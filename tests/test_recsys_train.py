@@ -11,6 +11,7 @@ import pytest
 import zoo
 from zoo._cli import _recipes as recipes, main
 
+from . import helpers
 from .helpers import planted_split
 
 
@@ -50,8 +51,8 @@ def test_two_tower_with_in_batch_softmax_and_adam_doubles_popularity(getkey):
                          item_features=np.arange(200) % 5, similarity="cosine",
                          temperature=0.1, key=getkey())  # fmt: skip
     loss = zoo.recsys.in_batch_softmax_loss(item_counts=zoo.recsys.item_counts(train, 200))
-    model, _ = train(model, train, loss=loss, optimizer=optax.adam(1e-2), epochs=20,
-                         batch_size=250, key=getkey(), progress=False)  # fmt: skip
+    model, _ = helpers.train(model, train, loss=loss, optimizer=optax.adam(1e-2), epochs=20,
+                                 batch_size=250, key=getkey(), progress=False)  # fmt: skip
     report = zoo.recsys.evaluate_ranking(model, train, test, k=10)
     assert report["model"]["hr@10"] >= 2 * report["popularity"]["hr@10"]
 
