@@ -309,9 +309,9 @@ def _add_recommender(models) -> None:
     recommender.add_argument(
         "--columns",
         type=_columns,
-        default=("user", "item", "timestamp"),
+        default="user,item,timestamp",  # argparse passes a default given as text through type
         help="csv: the names of the user, item and time columns, and optionally a rating "
-        "column, comma-separated (default: user,item,timestamp)",
+        "column, comma-separated",
     )
     recommender.add_argument(
         "--min-rating",
