@@ -93,3 +93,23 @@ def test_missing_movielens_folder_is_a_clear_error(tmp_path, capsys):
         main([*args, "--out", str(tmp_path / "run")])
     assert exit_info.value.code == 1
     assert "u.data" in capsys.readouterr().err
+
+
+def test_cli_recommender_on_ctrl_c_keeps_what_trained_and_exits_130(tmp_path, monkeypatch, capsys):
+    after_epoch = zoo.Logger.after_epoch
+
+    def interrupted_at_epoch_3(self, state, info):
+        if info.epoch == 3:
+            raise KeyboardInterrupt
+        return after_epoch(self, state, info)
+
+    monkeypatch.setattr(zoo.Logger, "after_epoch", interrupted_at_epoch_3)
+    args = ["train", "recommender", "--model", "mf", "--data", "synthetic:200x100",
+            "--epochs", "10", "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main(args) == 130
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["epoch"][:2] == [1, 2] and len(history["epoch"]) <= 3  # not the 10 asked
+    assert "hr@10" in history["test"]["model"]
+    model, data = recipes.load_run(tmp_path)  # the run folder serves `zoo recommend`
+    assert isinstance(model, zoo.MatrixFactorization) and model.num_items == data.num_items
+    assert capsys.readouterr().err.strip().startswith("zoo: interrupted")
