@@ -81,7 +81,8 @@ def main() -> None:
     results, baselines = [], None
     with tempfile.TemporaryDirectory() as folder:
         for model, optimizer in ROWS:
-            final, baselines, seconds = run(model, optimizer, pathlib.Path(folder) / model)
+            out = pathlib.Path(folder) / f"{model}-{optimizer}"  # a run folder of its own
+            final, baselines, seconds = run(model, optimizer, out)
             results.append((model, optimizer, final, seconds))
             print(f"{model} {optimizer}: {final} in {seconds:.0f} s", flush=True)
     text = table(results, baselines)
