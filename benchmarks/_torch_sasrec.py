@@ -48,6 +48,9 @@ class SASRec(nn.Module):
     def __init__(self, num_items, dim, blocks, heads, max_len, dropout):
         super().__init__()
         self.items = nn.Embedding(num_items + 1, dim, padding_idx=num_items)
+        with torch.no_grad():  # zoo.Embedding's initialisation: N(0, 1/dim), padding row zero
+            self.items.weight.normal_(0.0, dim**-0.5)
+            self.items.weight[num_items].zero_()
         self.positions = nn.Parameter(torch.randn(max_len, dim) / dim**0.5)
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(blocks))
         self.final_norm, self.dropout, self.num_items = (
