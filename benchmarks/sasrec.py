@@ -28,7 +28,7 @@ wall-clock from the start of training (zoo's compilation included) to the end of
 epoch's validation. `--plateau-only` skips the throughput rounds; `--max-len` shortens the
 history for a quicker run.
 
-    flock /work/coord/heavy.lock uv run python benchmarks/sasrec.py
+    flock /tmp/zoo-heavy.lock uv run python benchmarks/sasrec.py
 """
 
 import argparse
