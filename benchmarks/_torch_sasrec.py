@@ -1,6 +1,13 @@
 """PyTorch eager baseline for sasrec.py: run by the .bench-venv Python 3.11 interpreter.
 
     python _torch_sasrec.py DATA.npz CONFIG_JSON EPOCHS  ->  prints {"epoch_seconds": [...]}
+    python _torch_sasrec.py DATA.npz CONFIG_JSON EPOCHS PATIENCE  ->  prints {"marks": [...]}
+
+The second form trains to the validation plateau: after each epoch, NDCG@10 of each user's
+validation item ranked over the whole catalogue (the user's training items excluded) from the
+model's state after the user's latest training items (`histories`), as
+`zoo.recsys.evaluate_ranking` computes it; it stops after PATIENCE epochs without a better
+figure and prints `[seconds since training began, NDCG@10]` after each epoch.
 
 The same model as `zoo.SASRec` (item embedding with a padding row, learned positions counted
 from the end, pre-norm blocks of causal self-attention that never attends to padding and a
@@ -41,6 +48,9 @@ class SASRec(nn.Module):
     def __init__(self, num_items, dim, blocks, heads, max_len, dropout):
         super().__init__()
         self.items = nn.Embedding(num_items + 1, dim, padding_idx=num_items)
+        with torch.no_grad():  # zoo.Embedding's initialisation: N(0, 1/dim), padding row zero
+            self.items.weight.normal_(0.0, dim**-0.5)
+            self.items.weight[num_items].zero_()
         self.positions = nn.Parameter(torch.randn(max_len, dim) / dim**0.5)
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(blocks))
         self.final_norm, self.dropout, self.num_items = (
@@ -60,8 +70,29 @@ class SASRec(nn.Module):
         return self.final_norm(x) * real[..., None]
 
 
+@torch.no_grad()
+def validation_ndcg(model, arrays, num_items: int) -> float:
+    """Mean NDCG@10 of the validation items under full ranking, training items excluded."""
+    model.eval()
+    histories = torch.from_numpy(arrays["histories"]).long()
+    users = torch.from_numpy(arrays["valid_user"]).long()
+    items = torch.from_numpy(arrays["valid_item"]).long()
+    hidden = torch.cat([model(chunk)[:, -1] for chunk in histories[users].split(256)])
+    scores = hidden @ model.items.weight[:num_items].T
+    target = scores[torch.arange(len(users)), items]
+    seen = torch.zeros(len(histories), num_items, dtype=torch.bool)
+    seen[
+        torch.from_numpy(arrays["seen_user"]).long(), torch.from_numpy(arrays["seen_item"]).long()
+    ] = True
+    scores = scores.masked_fill(seen[users], -torch.inf)
+    rank = (scores > target[:, None]).sum(1)
+    model.train()
+    return float(torch.where(rank < 10, 1 / torch.log2(rank + 2.0), 0.0).mean())
+
+
 def main() -> None:
     path, config, epochs = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    patience = int(sys.argv[4]) if len(sys.argv) > 4 else None
     arrays = np.load(path)
     inputs, targets = (
         torch.from_numpy(arrays["input"]).long(),
@@ -79,7 +110,7 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
     loss_fn = nn.CrossEntropyLoss(ignore_index=config["num_items"])
     batch_size = config["batch_size"]
-    seconds = []
+    seconds, marks, began = [], [], time.perf_counter()
     for _ in range(epochs):
         start = time.perf_counter()
         order = torch.randperm(len(inputs))
@@ -92,7 +123,14 @@ def main() -> None:
             loss.backward()
             optimizer.step()
         seconds.append(time.perf_counter() - start)
-    print(json.dumps({"epoch_seconds": seconds, "threads": torch.get_num_threads()}))
+        if patience is not None:
+            ndcg = validation_ndcg(model, arrays, config["num_items"])
+            marks.append([time.perf_counter() - began, ndcg])
+            best = max(range(len(marks)), key=lambda epoch: (marks[epoch][1], -epoch))
+            if len(marks) - 1 - best >= patience:
+                break
+    threads = torch.get_num_threads()
+    print(json.dumps({"epoch_seconds": seconds, "marks": marks, "threads": threads}))
 
 
 if __name__ == "__main__":

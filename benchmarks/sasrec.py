@@ -18,6 +18,16 @@ process and one run, side by side:
 Each method runs `--epochs` epochs per round over `--rounds` rounds, the methods taking turns,
 and reports the median over epochs after each round's first (compilation).
 
+Then, in the same run, the **time to the validation plateau**: `zoo train recommender
+--model sasrec` as the CLI runs it (the ML-100K stand-in `zoo.data.synthetic_movielens`,
+ratings >= 4, leave-one-out, its default SASRec, loss, optimizer, batch and epoch, through
+`recipes.fit`), beside the same model, loss, optimizer, rows and validation in PyTorch eager.
+Both validate after every epoch (NDCG@10 of the validation items over the whole catalogue)
+and stop after `PATIENCE` epochs without a better figure; the time to the plateau is the
+wall-clock from the start of training (zoo's compilation included) to the end of the best
+epoch's validation. `--plateau-only` skips the throughput rounds; `--max-len` shortens the
+history for a quicker run.
+
     flock /tmp/zoo-heavy.lock uv run python benchmarks/sasrec.py
 """
 
@@ -38,6 +48,7 @@ import optax
 
 import zoo
 from _torch_env import torch_python
+from zoo._cli import _recipes as recipes
 
 HERE = pathlib.Path(__file__).resolve().parent
 CONFIG = {
@@ -140,11 +151,118 @@ def run_torch(python: pathlib.Path | None, data_file: str, epochs: int):
     return json.loads(result.stdout)["epoch_seconds"]
 
 
+def plateau_workload(max_len: int):
+    """What `zoo train recommender --model sasrec` trains and validates on, and its settings."""
+    data_key, init_key, train_key = recipes.split_keys(0)
+    data, _ = recipes.load("synthetic", None, data_key, sequential=True)
+    train, valid, _ = recipes.splits(data)
+    config = CONFIG | {
+        "num_items": train.num_items,
+        "max_len": max_len,
+        "dim": recipes.DEFAULT_DIM["sasrec"],
+        "learning_rate": recipes.learning_rate("sasrec", "adam"),
+        "batch_size": recipes.DEFAULT_BATCH_SIZE["sasrec"],
+    }
+    rows = recipes.training_data("sasrec", train, max_len, config["batch_size"])
+    return train, valid, rows, config, (init_key, train_key)
+
+
+def zoo_plateau(train, valid, rows, config, keys, epochs: int, patience: int) -> list:
+    """`[seconds since training began, validation NDCG@10]` after each epoch of the CLI's fit."""
+    init_key, train_key = keys
+    model = recipes.build_model("sasrec", train, config["dim"], init_key, max_len=config["max_len"])
+    validation = recipes.validation(train, valid)
+    marks = []
+
+    def timed(model):
+        figures = validation(model)
+        marks.append([time.perf_counter() - began, figures[recipes.MONITOR]])
+        return figures
+
+    began = time.perf_counter()
+    _, history, _ = recipes.fit(
+        model,
+        rows,
+        loss=recipes.build_loss("softmax", train, model="sasrec"),
+        optimizer=recipes.build_optimizer("adam", config["learning_rate"]),
+        epochs=epochs,
+        batch_size=config["batch_size"],
+        key=train_key,
+        evaluate=timed,
+        patience=patience,
+    )
+    return marks[-len(history["epoch"]) :]  # an evaluation before training names the figures
+
+
+def torch_plateau(python, train, valid, rows, config, epochs: int, patience: int) -> list | None:
+    if python is None:
+        return None
+    histories = np.asarray(zoo.SASRec(config["num_items"], dim=4, max_len=config["max_len"],
+                                      key=jax.random.key(0)).ranker(train).histories)  # fmt: skip
+    arrays = dict(rows) | {
+        "histories": histories,
+        "valid_user": np.asarray(valid["user"]),
+        "valid_item": np.asarray(valid["item"]),
+        "seen_user": np.asarray(train["user"]),
+        "seen_item": np.asarray(train["item"]),
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        data_file = str(pathlib.Path(scratch) / "plateau.npz")
+        np.savez(data_file, **arrays)
+        result = subprocess.run(
+            [str(python), str(HERE / "_torch_sasrec.py"), data_file, json.dumps(config),
+             str(epochs), str(patience)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    return json.loads(result.stdout)["marks"]
+
+
+def plateau(marks: list) -> tuple[int, float, float]:
+    """`(epoch, seconds, ndcg)` of the best validation figure (the first, on ties)."""
+    best = max(range(len(marks)), key=lambda epoch: (marks[epoch][1], -epoch))
+    return best + 1, marks[best][0], marks[best][1]
+
+
+def run_plateau(python, max_len: int) -> None:
+    train, valid, rows, config, keys = plateau_workload(max_len)
+    epochs, patience = recipes.EPOCHS, recipes.PATIENCE
+    print(
+        f"\ntime to the validation plateau: the stand-in, {train.num_users} users, "
+        f"{train.num_items} items, {len(rows['input'])} rows of {max_len} items an epoch, "
+        f"dim {config['dim']}, Adam {config['learning_rate']:g}, batch {config['batch_size']}, "
+        f"full softmax; patience {patience}, at most {epochs} epochs",
+        flush=True,
+    )
+    results = {"zoo (recipes.fit)": zoo_plateau(train, valid, rows, config, keys, epochs, patience)}
+    torch_marks = torch_plateau(python, train, valid, rows, config, epochs, patience)
+    if torch_marks:
+        results["pytorch eager"] = torch_marks
+    for name, marks in results.items():
+        epoch, seconds, ndcg = plateau(marks)
+        print(
+            f"  {name:20s} best validation NDCG@10 {ndcg:.4f} at epoch {epoch} of "
+            f"{len(marks)}: {seconds:.0f} s to the plateau ({marks[-1][0]:.0f} s in all, "
+            f"{marks[-1][0] / len(marks):.1f} s an epoch)"
+        )
+    if torch_marks:
+        ratio = plateau(torch_marks)[1] / plateau(results["zoo (recipes.fit)"])[1]
+        print(f"  pytorch / zoo time to the plateau = {ratio:.2f} (target >= 1.5)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4, help="per round, the first discarded")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--plateau-only", action="store_true", help="skip the throughput rounds")
+    parser.add_argument(
+        "--max-len", type=int, default=recipes.DEFAULT_MAX_LEN, help="plateau run's history"
+    )
     args = parser.parse_args()
+    if args.plateau_only:
+        python, how = torch_python()
+        print(how)
+        run_plateau(python, args.max_len)
+        return
 
     rows = sequence_rows()
     sequences = (len(rows["input"]) // CONFIG["batch_size"]) * CONFIG["batch_size"]
@@ -175,6 +293,7 @@ def main() -> None:
                 )
             )
     report({name: sequences / statistics.median(v) for name, v in samples.items() if v})
+    run_plateau(python, args.max_len)
 
 
 def report(throughput: dict[str, float]) -> None:

@@ -40,10 +40,8 @@ def main() -> None:
         optimizer=optax.adam(1e-3),
         epochs=args.epochs,
         batch_size=32,
-        validation_split=0.2,
-        stratify=True,
-        early_stopping=zoo.EarlyStopping("cross_entropy", patience=args.patience),
-        progress=False,
+        validation_split=zoo.ValidationSplit(0.2, stratify=True),
+        callbacks=[zoo.EarlyStopping("cross_entropy", patience=args.patience)],
         key=train_key,
     )
     best = history["best_epoch"]

@@ -11,23 +11,38 @@ import pytest
 import zoo
 from zoo._cli import _recipes as recipes, main
 
+from . import helpers
 from .helpers import planted_split
 
 
 def test_cli_matrix_factorization_with_sparse_adagrad_doubles_popularity(tmp_path, capsys):
-    # zoo.train with a zoo.sparse optimizer, BPR with negatives that skip known positives.
+    # zoo.train with a zoo.sparse optimizer, BPR with negatives that skip known positives;
+    # early stopping on validation NDCG@10, the test split reported once, the run saved.
     args = ["train", "recommender", "--model", "mf", "--optimizer", "sparse-adagrad",
             "--data", "synthetic:500x200", "--dim", "16", "--epochs", "20",
             "--batch-size", "250", "--out", str(tmp_path), "--quiet"]  # fmt: skip
     assert main(args) == 0
     history = json.loads((tmp_path / "history.json").read_text())
-    hr, popularity = history["eval"]["hr@10"], history["baselines"]["popularity"]["hr@10"]
-    assert len(hr) == 20 and hr[-1] >= 2 * popularity
-    assert history["train"]["loss"][-1] < 0.5 * history["train"]["loss"][0]
+    test, popularity = history["test"], history["baselines"]["popularity"]
+    assert test["model"]["hr@10"] >= 2 * popularity["hr@10"]
+    assert history["best_epoch"] <= len(history["epoch"]) <= 20
+    assert history["stop_reason"] in ("early_stopping", "epochs")
+    assert "leave-one-out test split: full ranking of all 200 items" in history["protocol"]
     assert set(history["baselines"]) == {"popularity", "random"}
     assert (tmp_path / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert re.search(r"\| model +\| [\d.]+ \(x[\d.]+\)", out) and "| popularity |" in out
+    # zoo recommend reads the run: a user's top 5, in raw ids, none of them already seen.
+    assert main(["recommend", str(tmp_path), "--user", "7", "-k", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "user 7:" and len(lines) == 6
+    recommended = {int(line.split()[2]) for line in lines[1:]}
+    _, data = recipes.load_run(tmp_path)
+    seen = set(data.item_ids[data["item"][data["user"] == 7]].tolist())
+    assert recommended.isdisjoint(seen) and len(recommended) == 5
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recommend", str(tmp_path), "--user", "100000"])
+    assert exit_info.value.code == 2 and "--user" in capsys.readouterr().err
 
 
 def test_two_tower_with_in_batch_softmax_and_adam_doubles_popularity(getkey):
@@ -36,8 +51,8 @@ def test_two_tower_with_in_batch_softmax_and_adam_doubles_popularity(getkey):
                          item_features=np.arange(200) % 5, similarity="cosine",
                          temperature=0.1, key=getkey())  # fmt: skip
     loss = zoo.recsys.in_batch_softmax_loss(item_counts=zoo.recsys.item_counts(train, 200))
-    model, _ = train(model, train, loss=loss, optimizer=optax.adam(1e-2), epochs=20,
-                         batch_size=250, key=getkey(), progress=False)  # fmt: skip
+    model, _ = helpers.train(model, train, loss=loss, optimizer=optax.adam(1e-2), epochs=20,
+                                 batch_size=250, key=getkey(), progress=False)  # fmt: skip
     report = zoo.recsys.evaluate_ranking(model, train, test, k=10)
     assert report["model"]["hr@10"] >= 2 * report["popularity"]["hr@10"]
 
@@ -78,3 +93,23 @@ def test_missing_movielens_folder_is_a_clear_error(tmp_path, capsys):
         main([*args, "--out", str(tmp_path / "run")])
     assert exit_info.value.code == 1
     assert "u.data" in capsys.readouterr().err
+
+
+def test_cli_recommender_on_ctrl_c_keeps_what_trained_and_exits_130(tmp_path, monkeypatch, capsys):
+    after_epoch = zoo.Logger.after_epoch
+
+    def interrupted_at_epoch_3(self, state, info):
+        if info.epoch == 3:
+            raise KeyboardInterrupt
+        return after_epoch(self, state, info)
+
+    monkeypatch.setattr(zoo.Logger, "after_epoch", interrupted_at_epoch_3)
+    args = ["train", "recommender", "--model", "mf", "--data", "synthetic:200x100",
+            "--epochs", "10", "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main(args) == 130
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["epoch"][:2] == [1, 2] and len(history["epoch"]) <= 3  # not the 10 asked
+    assert "hr@10" in history["test"]["model"]
+    model, data = recipes.load_run(tmp_path)  # the run folder serves `zoo recommend`
+    assert isinstance(model, zoo.MatrixFactorization) and model.num_items == data.num_items
+    assert capsys.readouterr().err.strip().startswith("zoo: interrupted")

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        args.out = _run_folder(args)
+        if getattr(args, "run", None) is not _recommend:
+            args.out = _run_folder(args)
     except _UsageError as error:
         return _fail(args, str(error), 2)
     made = [args.out, getattr(args, "data_dir", None)]  # what a failed run must not leave
@@ -123,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     models = train.add_subparsers(title="models", required=True, metavar="MODEL")
     _add_mlp(models)
     _add_recommender(models)
+    _add_recommend(commands)
     return parser
 
 
@@ -138,6 +140,8 @@ _RECOMMENDER_FLAGS = _COMMON_FLAGS | {
     "root": "--data movielens:PATH",
     "dim": "--dim",
     "max_len": "--max-len",
+    "source": "--data csv:PATH",
+    "patience": "--patience",
 }
 
 
@@ -236,21 +240,28 @@ def _train_mlp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
-def _trained(args, line, model, data, *, extra_callbacks=(), **options):
-    """`zoo.train` with the CLI's callbacks: a line per epoch on stdout (and a bar on a
-    terminal), the run folder's logs; `(model, history, interrupted)`, where Ctrl-C gives the
-    last good epoch's model and history and `interrupted=True`."""
+def _trained(args, line, model, data, **options):
+    """`zoo.train` with the CLI's callbacks (`_callbacks`); `(model, history, interrupted)`,
+    where Ctrl-C gives the last good epoch's model and history and `interrupted=True`."""
     import zoo
 
-    callbacks = [zoo.Logger(args.out, tensorboard=_tensorboard(args)), *extra_callbacks]
-    if not args.quiet:
-        # A bar on a terminal, giving way to the epoch's line; one line per epoch in a pipe.
-        callbacks.append(zoo.ProgressBar(file=sys.stdout, line=line))
     try:
-        model, history = zoo.train(model, data, callbacks=callbacks, **options)
+        model, history = zoo.train(model, data, callbacks=_callbacks(args, line), **options)
     except zoo.TrainingInterrupted as stop:
         return stop.model, stop.history, True
     return model, history, False
+
+
+def _callbacks(args, line) -> list:
+    """The CLI's callbacks: the run folder's logs, and a line per epoch on stdout made by
+    `line(history)` (a bar on a terminal), unless `--quiet`."""
+    import zoo
+
+    callbacks = [zoo.Logger(args.out, tensorboard=_tensorboard(args))]
+    if not args.quiet:
+        # A bar on a terminal, giving way to the epoch's line; one line per epoch in a pipe.
+        callbacks.append(zoo.ProgressBar(file=sys.stdout, line=line))
+    return callbacks
 
 
 def _write_run(out: pathlib.Path, history: dict, model) -> None:
@@ -279,9 +290,10 @@ def _add_recommender(models) -> None:
     recommender = models.add_parser(
         "recommender",
         help="a recommender (matrix factorisation, two-tower, DLRM, SASRec) on interaction data",
-        description="Train a recommender on implicit feedback, split leave-last-out, and "
-        "report HR@10 and NDCG@10 over the whole catalogue beside the popularity and random "
-        "baselines.",
+        description="Train a recommender on implicit feedback: split leave-one-out by time "
+        "(train, validation, test), train until validation NDCG@10 stops improving, report "
+        "test HR@10 and NDCG@10 over the whole catalogue beside the popularity and random "
+        "baselines, and save the best model with the id mapping (for `zoo recommend`).",
         formatter_class=_DefaultsHelpFormatter,
     )
     recommender.add_argument("--model", choices=recipes.MODELS, required=True, help="the model")
@@ -289,10 +301,23 @@ def _add_recommender(models) -> None:
         "--data",
         type=_interaction_data,
         default="synthetic",
-        help="synthetic (2000 users x 1000 items, planted structure; planted order for "
-        "sasrec), synthetic:USERSxITEMS, "
-        "or movielens:PATH (a folder with u.data, ratings.dat or ratings.csv; ratings >= 4 "
-        "are the positives)",
+        help="synthetic (a stand-in of MovieLens-100K's shape: 943 users, 1682 items, ~100k "
+        "ratings with planted taste and order), synthetic:USERSxITEMS (a small planted set), "
+        "movielens:PATH (a folder with u.data, ratings.dat or ratings.csv) or csv:PATH (a CSV "
+        "or TSV file with a header; see --columns)",
+    )
+    recommender.add_argument(
+        "--columns",
+        type=_columns,
+        default="user,item,timestamp",  # argparse passes a default given as text through type
+        help="csv: the names of the user, item and time columns, and optionally a rating "
+        "column, comma-separated",
+    )
+    recommender.add_argument(
+        "--min-rating",
+        type=float,
+        default=None,
+        help="ratings at least this are the positives, the others dropped (default: 4)",
     )
     recommender.add_argument(
         "--loss",
@@ -310,7 +335,17 @@ def _add_recommender(models) -> None:
         "per step (zoo.sparse) and Adagrad on the rest",
     )
     recommender.add_argument(
-        "--epochs", type=_positive_int, default=20, help="passes over the data"
+        "--epochs",
+        type=_positive_int,
+        default=recipes.EPOCHS,
+        help="the most passes over the data; training stops earlier once validation NDCG@10 "
+        "has not improved for --patience epochs",
+    )
+    recommender.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=recipes.PATIENCE,
+        help="epochs without a better validation NDCG@10 before stopping",
     )
     recommender.add_argument(
         "--batch-size",
@@ -325,9 +360,17 @@ def _add_recommender(models) -> None:
         help="learning rate (default: 0.01 for adam, 0.003 for adam on sasrec, 0.1 for "
         "sparse-adagrad)",
     )
-    recommender.add_argument("--dim", type=_positive_int, default=32, help="embedding size")
     recommender.add_argument(
-        "--max-len", type=_positive_int, default=50, help="sasrec: the latest items it reads"
+        "--dim",
+        type=_positive_int,
+        default=None,
+        help="embedding size (default: 64 for sasrec, 32 for the others)",
+    )
+    recommender.add_argument(
+        "--max-len",
+        type=_positive_int,
+        default=recipes.DEFAULT_MAX_LEN,
+        help="sasrec: the latest items it reads",
     )
     recommender.add_argument(
         "--seed", type=int, default=0, help="seed of the data, init and training keys"
@@ -339,21 +382,47 @@ def _add_recommender(models) -> None:
     recommender.set_defaults(run=_train_recommender, flags=_RECOMMENDER_FLAGS)
 
 
+def _add_recommend(commands) -> None:
+    recommend = commands.add_parser(
+        "recommend",
+        help="top-k items of a user from a trained recommender",
+        description="Print a user's top-k items (raw ids and scores) from the model a "
+        "`zoo train recommender` run saved, leaving out the items the user already has.",
+        formatter_class=_DefaultsHelpFormatter,
+    )
+    recommend.add_argument("run_folder", type=pathlib.Path, metavar="RUN", help="the run folder")
+    recommend.add_argument(
+        "--user", action="append", required=True, help="a raw user id (repeat for several)"
+    )
+    recommend.add_argument("-k", type=_positive_int, default=10, help="items per user")
+    recommend.set_defaults(run=_recommend, flags={"users": "--user", "k": "-k"}, out=None)
+
+
+def _columns(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(","))
+    if len(names) not in (3, 4) or not all(names):
+        raise argparse.ArgumentTypeError(
+            f"expected USER,ITEM,TIME or USER,ITEM,TIME,RATING column names; got {text!r}"
+        )
+    return names
+
+
 def _interaction_data(text: str):
     from . import _recipes as recipes
 
+    del recipes
     source, _, location = text.partition(":")
     if source == "synthetic":
         if not location:
-            return source, recipes.SYNTHETIC_SIZE
+            return source, None
         users, _, items = location.partition("x")
         if users.isdigit() and items.isdigit() and int(users) > 0 and int(items) >= 20:
             return source, (int(users), int(items))
-    elif source == "movielens" and location:
+    elif source in ("movielens", "csv") and location:
         return source, pathlib.Path(location).expanduser()
     raise argparse.ArgumentTypeError(
-        f"expected synthetic, synthetic:USERSxITEMS (at least 20 items) or movielens:PATH; "
-        f"got {text!r}"
+        f"expected synthetic, synthetic:USERSxITEMS (at least 20 items), movielens:PATH or "
+        f"csv:PATH; got {text!r}"
     )
 
 
@@ -372,44 +441,46 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
         parser.error("--loss sampled-softmax is for sasrec; use bpr, bce or softmax")
     learning_rate = args.lr or recipes.learning_rate(args.model, args.optimizer)
     batch_size = args.batch_size or recipes.DEFAULT_BATCH_SIZE.get(args.model, 512)
+    dim = args.dim or recipes.DEFAULT_DIM.get(args.model, 32)
     out = args.out
     data_key, init_key, train_key = recipes.split_keys(args.seed)
-    train, test = recipes.load(*args.data, data_key, sequential=sequential)
-    training = recipes.training_data(args.model, train, args.max_len)
+    data, notes = recipes.load(
+        *args.data, data_key, sequential=sequential, columns=args.columns,
+        min_rating=args.min_rating,
+    )  # fmt: skip
+    for note in notes:
+        _say(args, f"zoo: {note}")
+    train, valid, test = recipes.splits(data)
+    known = recipes.history_of_test(train, valid)
+    for split, history_of in ((valid, train), (test, known)):
+        recipes.check_evaluable(history_of, split)  # before training, not after it
+    training = recipes.training_data(args.model, train, args.max_len, batch_size)
     examples = len(next(iter(training.values())))
     if batch_size > examples:
-        # The last, partial batch is dropped (see zoo.train below): no step would run.
+        # The last, partial batch is dropped (see recipes.fit): no step would run.
         raise _UsageError(
             f"--batch-size {batch_size}{'' if args.batch_size else ' (the default)'} exceeds "
             f"the {examples} training examples of "
             f"{args.data[0]}; use at most {examples}"
         )
-    model = recipes.build_model(args.model, train, args.dim, init_key, max_len=args.max_len)
+    model = recipes.build_model(args.model, train, dim, init_key, max_len=args.max_len)
     _say(
         args,
-        f"zoo: {args.model} (dim {args.dim}, {loss_name} loss, {args.optimizer} {learning_rate:g}) "
+        f"zoo: {args.model} (dim {dim}, {loss_name} loss, {args.optimizer} {learning_rate:g}) "
         f"on {args.data[0]}: {train.num_users} users, {train.num_items} items, "
-        f"{len(train['user'])} training / {len(test['user'])} held-out interactions",
+        f"{len(train['user'])} training / {len(valid['user'])} validation / "
+        f"{len(test['user'])} test interactions (leave-one-out by time)",
     )
-    baselines = zoo.recsys.evaluate_ranking(model, train, test, key=data_key)
-    del baselines["model"]
-    for name, figures in baselines.items():
-        _say(
-            args,
-            f"{name:>10} baseline  HR@10 {figures['hr@10']:.4f}  NDCG@10 {figures['ndcg@10']:.4f}",
-        )
 
     def line(history):
         evaluation = history["eval"]
         return (
             f"epoch {history['epoch'][-1]:3d}  loss {history['train']['loss'][-1]:.4f}  "
-            f"HR@10 {evaluation['hr@10'][-1]:.4f}  NDCG@10 {evaluation['ndcg@10'][-1]:.4f}  "
-            f"({history['time'][-1]:.2f}s)"
+            f"valid HR@10 {evaluation['hr@10'][-1]:.4f}  NDCG@10 {evaluation['ndcg@10'][-1]:.4f}"
+            f"  ({history['time'][-1]:.2f}s)"
         )
 
-    model, history, interrupted = _trained(
-        args,
-        line,
+    model, history, interrupted = recipes.fit(
         model,
         training,
         loss=recipes.build_loss(loss_name, train, model=args.model),
@@ -417,18 +488,49 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
         epochs=args.epochs,
         batch_size=batch_size,
         key=train_key,
-        # A small last batch would be a weak in-batch softmax, and one more program to compile.
-        loop=zoo.Loop(last_batch="drop"),
-        eval_fn=lambda m: zoo.recsys.evaluate_ranking(m, train, test, baselines=False)["model"],
+        evaluate=recipes.validation(train, valid),
+        patience=args.patience,
+        callbacks=_callbacks(args, line),
+        best_model=out / "model",
     )
-    history["baselines"] = baselines
-    _write_run(out, history, model)
+    config = {"model": args.model, "dim": dim, "max_len": args.max_len, "loss": loss_name}
+    saved = recipes.save_run(out, model, data, config)
+    final = zoo.recsys.evaluate_ranking(model, known, test, key=data_key)
+    history["test"] = dict(final)
+    history["protocol"] = f"leave-one-out test split: {final.describe()}"
+    history["baselines"] = {name: final[name] for name in ("popularity", "random")}
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    if history["epoch"]:
+        zoo.plot_history(history, out / "training_curve.png")
+    best = history.get("best_epoch", len(history["epoch"]))
+    print(f"test split, best validation epoch {best}: {history['protocol']}")
+    print(zoo.recsys.format_report(final).split("\n\n", 1)[-1])
+    print(f"wrote {saved} (the model), {out / 'history.json'}; try: zoo recommend {out} --user "
+          f"{data.user_ids[0]}")  # fmt: skip
     if interrupted:
         return _interrupted(out, history)
-    final = {"model": {name: values[-1] for name, values in history["eval"].items()}}
-    print(zoo.recsys.format_report(final | baselines))
-    print(f"wrote {out / 'history.json'}, {out / 'training_curve.png'} and {out / 'model'}")
     return 0
+
+
+def _recommend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import zoo
+
+    from . import _recipes as recipes
+
+    model, data = recipes.load_run(args.run_folder)
+    top = zoo.recsys.recommend(model, data, _raw_users(args.user, data.user_ids), k=args.k)
+    for user, items, scores in zip(args.user, top.items, top.scores, strict=True):
+        print(f"user {user}:")
+        for rank, (item, score) in enumerate(zip(items, scores, strict=True), start=1):
+            print(f"  {rank:3d}. item {item}  score {score:.4f}")
+    return 0
+
+
+def _raw_users(texts: list[str], user_ids):
+    """The typed ids: integers where the run's raw ids are integers."""
+    if user_ids.dtype.kind in "iu":
+        return [int(text) if text.lstrip("-").isdigit() else text for text in texts]
+    return texts
 
 
 def _run_folder(args) -> pathlib.Path:

@@ -3,7 +3,7 @@
 from collections.abc import Mapping
 
 import numpy as np
-from jaxtyping import Integer
+from jaxtyping import Shaped
 
 from .. import _checks
 
@@ -37,15 +37,15 @@ class Interactions(dict):
         self,
         arrays: Mapping[str, np.ndarray],
         *,
-        user_ids: Integer[np.ndarray, " num_users"],
-        item_ids: Integer[np.ndarray, " num_items"],
+        user_ids: Shaped[np.ndarray, " num_users"],
+        item_ids: Shaped[np.ndarray, " num_items"],
     ):
         """**Arguments:**
 
         - `arrays`: the columns: `"user"` and `"item"` indices, and any other per-event arrays
             of the same length.
-        - `user_ids`: the raw id of each user index.
-        - `item_ids`: the raw id of each item index.
+        - `user_ids`: the raw id of each user index (integers or strings).
+        - `item_ids`: the raw id of each item index (integers or strings).
         """
         if not isinstance(arrays, Mapping):
             raise TypeError(

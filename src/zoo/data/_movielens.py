@@ -15,6 +15,7 @@ import numpy as np
 from .. import _checks
 from ._download import DatasetNotFoundError
 from ._interactions import Interactions
+from ._loading import from_columns
 
 _FIELDS = ("user", "item", "rating", "timestamp")
 # Ids and timestamps are parsed as integers, never through a float: a float64 holds integers
@@ -99,15 +100,12 @@ def movielens(root: str | os.PathLike[str]) -> Interactions:
     folder = _checks.path("root", root, example="zoo.data.movielens('~/data/ml-1m')").expanduser()
     path, fmt = _find_ratings_file(folder)
     columns = _read(path, fmt)
-    user_ids, users = np.unique(columns["user"], return_inverse=True)
-    item_ids, items = np.unique(columns["item"], return_inverse=True)
-    arrays = {
-        "user": users.astype(np.int32),
-        "item": items.astype(np.int32),
-        "rating": columns["rating"].astype(np.float32),
-        "timestamp": columns["timestamp"],
-    }
-    return Interactions(arrays, user_ids=user_ids, item_ids=item_ids)
+    return from_columns(
+        columns["user"],
+        columns["item"],
+        timestamp=columns["timestamp"],
+        rating=columns["rating"],
+    )
 
 
 def _find_ratings_file(folder: pathlib.Path) -> tuple[pathlib.Path, _Format]:

@@ -3,6 +3,8 @@
 import numpy as np
 
 from .._checks import real
+from .._custom_types import RealLike
+from ._cleaning import rating_threshold
 from ._interactions import Interactions
 
 
@@ -29,20 +31,7 @@ def implicit(data: Interactions, threshold: float = 4.0) -> Interactions:
     liked = zoo.data.implicit(zoo.data.movielens("~/data/ml-100k"), threshold=4.0)
     ```
     """
-    if "rating" not in data:
-        raise ValueError(
-            "implicit needs a 'rating' column; data holds "
-            f"{sorted(data)}. Synthetic interactions are implicit already."
-        )
-    example = "zoo.data.implicit(ratings, threshold=4.0)"
-    threshold = real("threshold", threshold, example=example)
-    kept = np.flatnonzero(data["rating"] >= threshold)
-    if kept.size == 0:
-        raise ValueError(
-            f"threshold must keep some events; got {threshold!r}, above every rating (the "
-            f"highest is {np.max(data['rating'], initial=-np.inf)}). For example: {example}"
-        )
-    return data.take(kept)
+    return rating_threshold(data, threshold)[0]
 
 
 def leave_last_out(data: Interactions) -> tuple[Interactions, Interactions]:
@@ -68,19 +57,8 @@ def leave_last_out(data: Interactions) -> tuple[Interactions, Interactions]:
     assert len(test["user"]) == train.num_users  # one held-out event per user
     ```
     """
-    if "timestamp" not in data:
-        raise ValueError(
-            "leave_last_out needs a 'timestamp' column to find each user's last event; data "
-            f"holds {sorted(data)}. Use zoo.data.random_holdout(data, fraction=0.2) instead."
-        )
-    rows = np.arange(len(data["user"]))
-    # Sorted by user, then time, then position: each user's last row is the one to hold out.
-    order = np.lexsort((rows, data["timestamp"], data["user"]))
-    users = data["user"][order]
-    last = np.append(users[1:] != users[:-1], True)
-    first = np.insert(users[1:] != users[:-1], 0, True)
-    held_out = np.zeros(len(rows), bool)
-    held_out[order[last & ~first]] = True  # a user's only event stays in training
+    _need_time(data, "leave_last_out")
+    held_out = _from_the_end(data, 1, at_least=2)
     return data.take(~held_out), data.take(held_out)
 
 
@@ -119,3 +97,143 @@ def random_holdout(
     held_out = np.zeros(count, bool)
     held_out[chosen] = True
     return data.take(~held_out), data.take(held_out)
+
+
+def _need_time(data: Interactions, function: str) -> None:
+    if "timestamp" not in data:
+        raise ValueError(
+            f"{function} needs a 'timestamp' column to order each user's events; data holds "
+            f"{sorted(data)}. Use zoo.data.random_holdout(data, fraction=0.2) instead."
+        )
+
+
+def _from_the_end(data: Interactions, place: int, *, at_least: int) -> np.ndarray:
+    """A mask of each user's `place`-th event from the end (1: the latest; ties of time broken
+    by position) for users with at least `at_least` events."""
+    rows = np.arange(len(data["user"]))
+    order = np.lexsort((rows, data["timestamp"], data["user"]))
+    users = data["user"][order]
+    counts = np.bincount(users, minlength=data.num_users)
+    ends = np.cumsum(counts)  # one past each user's last sorted row
+    position = np.arange(len(order)) - (ends - counts)[users]  # 0 for a user's first
+    chosen = (position == counts[users] - place) & (counts[users] >= at_least)
+    mask = np.zeros(len(rows), bool)
+    mask[order[chosen]] = True
+    return mask
+
+
+def leave_one_out(data: Interactions) -> tuple[Interactions, Interactions, Interactions]:
+    """Train, validation and test by each user's time: the SASRec and RecBole protocol.
+
+    Each user with at least three events puts the latest (the largest `"timestamp"`; of equal
+    times, the last in `data`) in `test`, the one before it in `valid`, and the rest in
+    `train`; users with fewer keep everything in `train`. Model selection (early stopping)
+    reads `valid`; `test` is read once, at the end, with the user's history up to then
+    (`train` and `valid` together) as the events the ranking excludes and SASRec reads.
+
+    Repeat consumption is kept: a held-out item that the user had before is a legal target,
+    and the evaluation keeps it a candidate (see [`zoo.recsys.evaluate_ranking`][]).
+
+    **Arguments:**
+
+    - `data`: interactions with a `"timestamp"` column.
+
+    **Returns:**
+
+    `(train, valid, test)`, each in the original order and in the id space of `data`.
+
+    **Example:**
+
+    ```python
+    data = zoo.data.synthetic_movielens(key=jax.random.key(0))
+    train, valid, test = zoo.data.leave_one_out(data)
+    assert len(valid["user"]) == len(test["user"]) == data.num_users
+    ```
+    """
+    _need_time(data, "leave_one_out")
+    test = _from_the_end(data, 1, at_least=3)
+    valid = _from_the_end(data, 2, at_least=3)
+    return data.take(~(test | valid)), data.take(valid), data.take(test)
+
+
+def temporal_split(
+    data: Interactions, valid: RealLike = 0.1, test: RealLike = 0.1
+) -> tuple[Interactions, Interactions, Interactions]:
+    """Train, validation and test by one global time: the latest events of all are held out.
+
+    All events are put in time order (of equal times, by position); the last `test` share is
+    `test`, the `valid` share before it `valid`, the rest `train`. Unlike
+    [`leave_one_out`][zoo.data.leave_one_out], no model ever trains on an event later than one
+    it is tested on. A held-out user may have several held-out events, or none in `train` at
+    all (a user who arrived late): the evaluation counts such users and drops them, as
+    nothing can rank for them (see [`zoo.recsys.evaluate_ranking`][]).
+
+    **Arguments:**
+
+    - `data`: interactions with a `"timestamp"` column.
+    - `valid`, `test`: the shares of all events held out, each in [0, 1), together below 1.
+
+    **Returns:**
+
+    `(train, valid, test)`, each in the original order and in the id space of `data`.
+
+    **Example:**
+
+    ```python
+    data = zoo.data.synthetic_movielens(key=jax.random.key(0))
+    train, valid, test = zoo.data.temporal_split(data, valid=0.1, test=0.1)
+    assert train["timestamp"].max() <= valid["timestamp"].min()
+    ```
+    """
+    _need_time(data, "temporal_split")
+    example = "zoo.data.temporal_split(data, valid=0.1, test=0.1)"
+    valid = real("valid", valid, low=0.0, high=1.0, high_open=True, example=example)
+    test = real("test", test, low=0.0, high=1.0, high_open=True, example=example)
+    if valid + test >= 1:
+        raise ValueError(
+            f"valid + test must leave events to train on (below 1); got valid={valid}, "
+            f"test={test}. For example: {example}"
+        )
+    count = len(data["user"])
+    order = np.lexsort((np.arange(count), data["timestamp"]))
+    place = np.empty(count, np.int64)
+    place[order] = np.arange(count)
+    first_test = count - round(test * count)
+    first_valid = first_test - round(valid * count)
+    return (
+        data.take(place < first_valid),
+        data.take((place >= first_valid) & (place < first_test)),
+        data.take(place >= first_test),
+    )
+
+
+def concatenate(*parts: Interactions) -> Interactions:
+    """The events of `parts` together, in order: e.g. `concatenate(train, valid)`, the
+    history a user has when their test item comes (what the test ranking excludes, and what
+    SASRec reads). The parts must share one id space (splits of one dataset do).
+
+    **Example:**
+
+    ```python
+    data = zoo.data.synthetic_movielens(key=jax.random.key(0))
+    train, valid, test = zoo.data.leave_one_out(data)
+    assert len(zoo.data.concatenate(train, valid, test)["user"]) == len(data["user"])
+    ```
+    """
+    if not parts or not all(isinstance(part, Interactions) for part in parts):
+        raise TypeError(
+            "parts must be zoo.data.Interactions, e.g. zoo.data.concatenate(train, valid); got "
+            f"{[type(part).__name__ for part in parts]}."
+        )
+    first = parts[0]
+    for part in parts[1:]:
+        same = np.array_equal(part.user_ids, first.user_ids) and np.array_equal(
+            part.item_ids, first.item_ids
+        )
+        if not same or set(part) != set(first):
+            raise ValueError(
+                "parts must share one id space and the same columns (splits of one dataset); "
+                f"got columns {sorted(first)} and {sorted(part)}, or other raw ids."
+            )
+    arrays = {name: np.concatenate([part[name] for part in parts]) for name in first}
+    return Interactions(arrays, user_ids=first.user_ids, item_ids=first.item_ids)

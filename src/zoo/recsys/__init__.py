@@ -7,6 +7,7 @@ the interaction datasets and splits are in `zoo.data`. See `docs/recommenders.md
 from ._baselines import Popularity as Popularity, RandomScores as RandomScores
 from ._dlrm import DLRM as DLRM, DLRMRecommender as DLRMRecommender
 from ._evaluate import (
+    Report as Report,
     evaluate_ranking as evaluate_ranking,
     evaluate_sampled as evaluate_sampled,
     format_report as format_report,
@@ -24,6 +25,7 @@ from ._metrics import (
     sampled_metrics as sampled_metrics,
 )
 from ._mf import MatrixFactorization as MatrixFactorization
+from ._recommend import Recommendations as Recommendations, recommend as recommend
 from ._sampling import NegativeSampler as NegativeSampler, item_counts as item_counts
 from ._sasrec import SASRec as SASRec, SequentialRanker as SequentialRanker
 from ._sequence_losses import sequence_loss as sequence_loss

@@ -17,7 +17,30 @@ from ._losses import pair_scores
 from ._metrics import Cutoffs, checked_cutoffs, ranking_metrics, sampled_metrics
 from ._sampling import NegativeSampler
 
-Report = dict[str, dict[str, float]]
+
+class Report(dict):
+    """`{"model": metrics, "popularity": metrics, "random": metrics}`, with what was measured.
+
+    A dict of each scorer's figures (Python floats), and three attributes: `protocol`, the
+    evaluation protocol in words (every printed report names it: full and sampled rankings
+    give figures that cannot be compared); `users`, how many users (or cases) the figures
+    average over; and `dropped`, how many held-out users were left out and why
+    (`{"not in train": n, "nothing to rank against": m}`).
+    """
+
+    def __init__(self, figures: dict, *, protocol: str, users: int, dropped: dict[str, int]):
+        super().__init__(figures)
+        self.protocol = protocol
+        self.users = users
+        self.dropped = dropped
+
+    def describe(self) -> str:
+        """The protocol, the users counted and those dropped, in one line."""
+        dropped = ", ".join(f"{n} {why}" for why, n in self.dropped.items() if n)
+        return f"{self.protocol}; {self.users} evaluated" + (
+            f" ({dropped}: dropped)" if dropped else ""
+        )
+
 
 _SCORES_PER_BATCH = 2**20  # users per batch times num_items: bounds the memory of a batch
 
@@ -74,51 +97,88 @@ def _checked_splits(train, test, num_items: int, num_users) -> tuple[np.ndarray,
                 f"{name} items must lie in [0, model.num_items) = [0, {num_items}); got "
                 f"{items.min()} to {items.max()}."
             )
-    pairs = test_users * num_items + test_items
-    unique, counts = np.unique(pairs, return_counts=True)
-    if (counts > 1).any():
-        user, item = divmod(int(unique[np.argmax(counts > 1)]), num_items)
-        raise ValueError(
-            f"test must list each held-out (user, item) pair once; {int((counts > 1).sum())} "
-            f"pairs are listed more than once, e.g. user {user}, item {item}, which would count "
-            "twice. Deduplicate first, e.g. with zoo.data.leave_last_out on data without "
-            "repeated pairs."
-        )
-    overlap = np.isin(test_users * num_items + test_items, train_users * num_items + train_items)
-    if overlap.any():
-        raise ValueError(
-            f"{int(overlap.sum())} held-out (user, item) pairs are also in train, where they would "
-            "be excluded from ranking. Split with zoo.data.leave_last_out or random_holdout on "
-            "data without repeated pairs."
-        )
     return train_users, train_items, test_users, test_items
 
 
-def _user_batches(train, test, num_items: int, num_users, size: int) -> _Batches:
-    """The users with held-out items, in batches of `size`, with their targets and exclusions."""
+class _Held(NamedTuple):
+    """Held-out pairs (distinct), the pairs the ranking excludes, and the users dropped."""
+
+    users: np.ndarray  # the users evaluated, sorted
+    test_users: np.ndarray  # their held-out pairs, each once
+    test_items: np.ndarray
+    excluded_users: np.ndarray  # their excluded pairs
+    excluded_items: np.ndarray
+    dropped: dict[str, int]
+
+
+def _held_out(train, test, num_items: int, num_users, exclude: str, least_others: int) -> _Held:
+    """The protocol: each held-out (user, item) pair counts once; a user's training items are
+    excluded from the candidates except the held-out ones (repeat consumption is a legal
+    target); users without training events, or left with fewer than `least_others`
+    candidates besides their held-out items (any ranking would hit), are dropped and counted."""
     train_users, train_items, test_users, test_items = _checked_splits(
         train, test, num_items, num_users
     )
-    users = np.unique(test_users)
+    held = np.unique(test_users * num_items + test_items)
+    seen = np.unique(train_users * num_items + train_items)
+    excluded = seen[~np.isin(seen, held)] if exclude == "train" else seen[:0]
+    users = np.unique(held // num_items)
+    known = np.isin(users, train_users)
+    size = max(int(users.max(initial=0)) + 1, 1)
+    others = (
+        num_items
+        - np.bincount(excluded // num_items, minlength=size)[users]
+        - np.bincount(held // num_items, minlength=size)[users]
+    )
+    enough = others >= least_others
+    kept = users[known & enough]
+    if len(kept) == 0:
+        raise ValueError(
+            f"test leaves no user to evaluate: {int((~known).sum())} held-out users have no "
+            f"training events and {int((known & ~enough).sum())} have fewer than "
+            f"{least_others} candidate items besides their held-out ones. Split so that each "
+            "held-out user has a history, e.g. zoo.data.leave_one_out(data)."
+        )
+    held, excluded = (
+        held[np.isin(held // num_items, kept)],
+        excluded[np.isin(excluded // num_items, kept)],
+    )
+    return _Held(
+        users=kept,
+        test_users=held // num_items,
+        test_items=held % num_items,
+        excluded_users=excluded // num_items,
+        excluded_items=excluded % num_items,
+        dropped={
+            "not in train": int((~known).sum()),
+            "nothing to rank against": int((known & ~enough).sum()),
+        },
+    )
+
+
+def _user_batches(held: _Held, size: int) -> _Batches:
+    """The users with held-out items, in batches of `size`, with their targets and exclusions."""
+    users = held.users
     num_batches = -(-len(users) // size)
     padded = np.zeros(num_batches * size, np.int32)
     padded[: len(users)] = users
-    targets = _padded_groups(np.searchsorted(users, test_users), test_items, len(padded), -1)
-    known = np.isin(train_users, users)
-    position = np.searchsorted(users, train_users[known])
+    targets = _padded_groups(
+        np.searchsorted(users, held.test_users), held.test_items, len(padded), -1
+    )
+    position = np.searchsorted(users, held.excluded_users)
     batch_of = position // size
     return _Batches(
         users=padded.reshape(num_batches, size),
         valid=(np.arange(len(padded)) < len(users)).reshape(num_batches, size),
         targets=targets.reshape(num_batches, size, -1),
         excluded_rows=_padded_groups(batch_of, position % size, num_batches, size),
-        excluded_items=_padded_groups(batch_of, train_items[known], num_batches, 0),
+        excluded_items=_padded_groups(batch_of, held.excluded_items, num_batches, 0),
     )
 
 
-def _case_batches(test, size: int) -> _Batches:
+def _case_batches(held: _Held, size: int) -> _Batches:
     """Every held-out (user, item) pair as a case, in batches of `size`."""
-    users, items = (_column(test, c, "test") for c in ("user", "item"))
+    users, items = held.test_users, held.test_items
     num_batches = -(-len(users) // size)
     padded = np.zeros((2, num_batches * size), np.int32)
     padded[:, : len(users)] = users, items
@@ -179,13 +239,22 @@ def _sampled_sums(model, sampler, batches: _Batches, num_negatives, cutoffs, key
 _KEY_EXAMPLE = "zoo.recsys.evaluate_ranking(model, train, test, key=jax.random.key(0))"
 
 
-def _num_items(model) -> int:
+def _num_items(model, train=None) -> int:
+    """The model's catalogue size, which must be that of the data's id space: a model with
+    more items (a padding row counted as an item, say) would rank items that do not exist."""
     num_items = getattr(model, "num_items", None)
     if not _checks.is_int(num_items):
         raise TypeError(
             "model must be a recommender scoring model(user, item) with a num_items attribute "
             f"(zoo.MatrixFactorization, zoo.TwoTower, zoo.recsys.DLRMRecommender, ...); got "
             f"{type(model).__name__}."
+        )
+    data_items = getattr(train, "num_items", None)
+    if data_items is not None and data_items != num_items:
+        raise ValueError(
+            f"model.num_items must be the data's catalogue size, train.num_items={data_items}; "
+            f"got {num_items}. Build the model from the data, e.g. "
+            "zoo.SASRec(num_items=train.num_items, ...) (its padding id is added by the model)."
         )
     return int(num_items)
 
@@ -245,15 +314,31 @@ def evaluate_ranking(
     k: Cutoffs = 10,
     batch_size: IntLike | None = None,
     baselines: bool = True,
+    exclude: str = "train",
     key: PRNGKeyArray | None = None,
 ) -> Report:
     """Full-catalogue ranking metrics of `model` on held-out interactions, with baselines.
 
     For each user with held-out items, every item of the catalogue is scored, the user's
-    training positives are removed from the candidates, and the held-out items are located in
+    training items are removed from the candidates, and the held-out items are located in
     the ranking: HR@K, recall@K, NDCG@K and MRR (see `zoo.recsys.ranking_metrics`; ties count
-    against the held-out item), averaged over users. The popularity and random baselines are
-    evaluated the same way in the same call, so that every report shows the lift.
+    against the held-out item), averaged over users.
+
+    **The protocol, exactly.** Each distinct held-out `(user, item)` pair counts once (a
+    repeated event is not a second target). A held-out item that the user also has in `train`
+    (repeat consumption) stays a candidate: only the user's *other* training items are
+    excluded (`exclude="none"` excludes nothing). A held-out user without training events (no
+    history to rank from), or left with fewer than `max(k)` candidates besides their held-out
+    items (any ranking would hit), is dropped and counted in `report.dropped`; if no user is
+    left, a `ValueError`. So no report shows a random baseline at HR@10 = 1.
+
+    **Memory.** Users are ranked in chunks of `batch_size` (about a million scores each), so
+    the peak is the events plus one chunk's scores, whatever the number of users: 138,000
+    users by 27,000 items (MovieLens-20M's size) peak at the figure given in the
+    [recommenders guide](../recommenders.md#full-ranking-memory).
+
+    The popularity and random baselines are evaluated the same way in the same call, so that
+    every report shows the lift.
 
     Users are scored in batches inside one compiled program. A factorised model (one with
     `embed_users` and `embed_items`, such as `zoo.MatrixFactorization` and `zoo.TwoTower`)
@@ -272,13 +357,16 @@ def evaluate_ranking(
     - `batch_size`: users per batch; by default about a million scores per batch.
     - `baselines`: also evaluate `zoo.recsys.Popularity` (from `train`) and
         `zoo.recsys.RandomScores`.
+    - `exclude`: `"train"` (each user's training items other than the held-out ones are not
+        candidates) or `"none"`.
     - `key`: the random baseline's key; default `jax.random.key(0)`.
 
     **Returns:**
 
-    `{"model": metrics, "popularity": metrics, "random": metrics}` (only `"model"` with
-    `baselines=False`), each a dict such as `{"hr@10": 0.31, "recall@10": 0.31,
-    "ndcg@10": 0.17, "mrr": 0.14}` of Python floats.
+    A [`Report`][zoo.recsys.Report]: `{"model": metrics, "popularity": metrics, "random":
+    metrics}` (only `"model"` with `baselines=False`), each a dict such as `{"hr@10": 0.31,
+    "recall@10": 0.31, "ndcg@10": 0.17, "mrr": 0.14}` of Python floats, with the `protocol`,
+    the `users` counted and those `dropped`.
 
     **Example:**
 
@@ -290,17 +378,24 @@ def evaluate_ranking(
     print(zoo.recsys.format_report(report))
     ```
     """
-    num_items = _num_items(model)
+    num_items = _num_items(model, train)
     cutoffs = checked_cutoffs(k)
     key = jax.random.key(0) if key is None else _checks.key("key", key, example=_KEY_EXAMPLE)
+    exclude = _checks.one_of("exclude", exclude, ("train", "none"))
     size = _batch_size(batch_size, num_items)
-    batches = _user_batches(train, test, num_items, _num_users(model), size)
-    count = int(batches.valid.sum())
-    batches = jax.tree.map(jnp.asarray, batches)
-    return {
+    held = _held_out(train, test, num_items, _num_users(model), exclude, cutoffs[-1])
+    batches = jax.tree.map(jnp.asarray, _user_batches(held, size))
+    count = len(held.users)
+    excluded = "training items excluded" if exclude == "train" else "nothing excluded"
+    protocol = (
+        f"full ranking of all {num_items} items ({excluded}, held-out items kept as "
+        "candidates), averaged over users"
+    )
+    figures = {
         name: _averages(_full_sums(scorer, batches, num_items, cutoffs), count, name, "users")
         for name, scorer in _models(model, train, num_items, baselines, key).items()
     }
+    return Report(figures, protocol=protocol, users=count, dropped=held.dropped)
 
 
 def evaluate_sampled(
@@ -312,13 +407,16 @@ def evaluate_sampled(
     k: Cutoffs = 10,
     batch_size: IntLike = 1024,
     baselines: bool = True,
+    negatives: str = "uniform",
     key: PRNGKeyArray | None = None,
 ) -> Report:
     """The sampled protocol of the NCF paper (He et al., 2017), with baselines.
 
-    Each held-out `(user, item)` pair is a case: `num_negatives` items the user has not
-    interacted with (in `train` or `test`) are drawn uniformly, and the held-out item is
-    ranked among them. Reports HR@K, NDCG@K, MRR and AUC (see `zoo.recsys.sampled_metrics`),
+    Each distinct held-out `(user, item)` pair is a case: `num_negatives` items the user has
+    not interacted with (in `train` or `test`) are drawn, uniformly or in proportion to their
+    popularity (RecBole's "pop" sampling), and the held-out item is ranked among them. Users
+    without training events are dropped and counted, as in `evaluate_ranking`.
+    Reports HR@K, NDCG@K, MRR and AUC (see `zoo.recsys.sampled_metrics`),
     averaged over cases. The numbers are far higher than under full ranking, and not
     comparable with them: prefer `evaluate_ranking`, and use this to compare with papers.
 
@@ -331,13 +429,18 @@ def evaluate_sampled(
     - `k`: one cutoff or several.
     - `batch_size`: cases per batch.
     - `baselines`: also evaluate the popularity and random baselines.
+    - `negatives`: `"uniform"`, or `"popularity"`: each item drawn in proportion to its
+        count in `train` and `test` (a draw that hits one of the user's items is drawn again,
+        up to 8 times; see `zoo.recsys.NegativeSampler`). Popularity negatives are harder:
+        the popularity baseline scores far lower against them.
     - `key`: draws the negatives (the same for every model of the report) and the random
         baseline; default `jax.random.key(0)`.
 
     **Returns:**
 
-    `{"model": metrics, "popularity": metrics, "random": metrics}`, each a dict such as
-    `{"hr@10": 0.65, "ndcg@10": 0.39, "mrr": 0.33, "auc": 0.91}`.
+    A [`Report`][zoo.recsys.Report], `{"model": metrics, "popularity": metrics, "random":
+    metrics}`, each a dict such as `{"hr@10": 0.65, "ndcg@10": 0.39, "mrr": 0.33, "auc":
+    0.91}`, whose `protocol` names the sampling.
 
     **Example:**
 
@@ -349,23 +452,25 @@ def evaluate_sampled(
     zoo.recsys.evaluate_sampled(model, train, test, num_negatives=50, key=jax.random.key(0))
     ```
     """
-    num_items = _num_items(model)
+    num_items = _num_items(model, train)
     cutoffs = checked_cutoffs(k)
     key = jax.random.key(0) if key is None else _checks.key("key", key, example=_KEY_EXAMPLE)
     num_negatives = _checks.positive_int("num_negatives", num_negatives, example=_SAMPLED_EXAMPLE)
-    train_users, train_items, test_users, test_items = _checked_splits(
-        train, test, num_items, _num_users(model)
-    )
+    negatives = _checks.one_of("negatives", negatives, ("uniform", "popularity"))
+    held = _held_out(train, test, num_items, _num_users(model), "train", 1)
+    train_users, train_items = (_column(train, c, "train") for c in ("user", "item"))
     everything = {
-        "user": np.concatenate([train_users, test_users]),
-        "item": np.concatenate([train_items, test_items]),
+        "user": np.concatenate([train_users, held.test_users]),
+        "item": np.concatenate([train_items, held.test_items]),
     }
-    sampler = NegativeSampler(num_items, interactions=everything, exclude_positives=True)
-    _check_enough_negatives(sampler, test_users, num_negatives)
-    batches = _case_batches(test, _batch_size(batch_size, num_items))
-    count = int(batches.valid.sum())
+    sampler = NegativeSampler(
+        num_items, distribution=negatives, interactions=everything, exclude_positives=True
+    )
+    _check_enough_negatives(sampler, held.test_users, num_negatives)
+    batches = _case_batches(held, _batch_size(batch_size, num_items))
+    count = len(held.test_users)
     batches = jax.tree.map(jnp.asarray, batches)
-    return {
+    figures = {
         name: _averages(
             _sampled_sums(scorer, sampler, batches, num_negatives, cutoffs, key),
             count,
@@ -374,6 +479,11 @@ def evaluate_sampled(
         )
         for name, scorer in _models(model, train, num_items, baselines, key).items()
     }
+    protocol = (
+        f"sampled ranking: each held-out item against {num_negatives} {negatives} negatives "
+        "the user never had, averaged over held-out pairs"
+    )
+    return Report(figures, protocol=protocol, users=count, dropped=held.dropped)
 
 
 _SAMPLED_EXAMPLE = "zoo.recsys.evaluate_sampled(model, train, test, num_negatives=100)"
@@ -396,7 +506,8 @@ def _check_enough_negatives(sampler: NegativeSampler, users: np.ndarray, num_neg
 
 def format_report(report: Report) -> str:
     """A report of `evaluate_ranking` or `evaluate_sampled` as a Markdown table, each figure of
-    a model followed by its lift over the popularity baseline.
+    a model followed by its lift over the popularity baseline, under a line that names the
+    protocol and the users counted (and dropped).
 
     **Example:**
 
@@ -421,7 +532,8 @@ def format_report(report: Report) -> str:
             ]
         rows.append([model, *cells])
     widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
-    return "\n".join(
+    table = "\n".join(
         "| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) + " |"
         for row in rows
     )
+    return f"{report.describe()}\n\n{table}" if isinstance(report, Report) else table
