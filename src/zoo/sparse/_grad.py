@@ -27,6 +27,7 @@ from jaxtyping import Array, Float, Int
 
 from .. import _checks
 from .._nn._embedding import Embedding, TableView
+from . import _native
 from ._in_place import check_no_refs
 from ._lookups import looked_up_ids, swap_tables, tables
 from ._rows import SparseRows
@@ -73,6 +74,8 @@ RowGather = Callable[[Embedding, Int[Array, " n"]], Float[Array, "n dim"]]
 
 def local_rows(embedding: Embedding, ids: Int[Array, " n"]) -> Float[Array, "n dim"]:
     """The rows of `ids` from the table in this process's memory."""
+    if _native.native():
+        return _native.gather_rows(embedding.weight, ids)
     return embedding.weight.at[ids].get(mode="fill", fill_value=0)
 
 

@@ -17,6 +17,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from .. import _checks
 from .._custom_types import PyTree, RealLike
+from . import _native
 from ._rows import SparseRows, is_sparse_rows
 
 ScalarOrSchedule = RealLike | Callable[[Int[Array, ""]], Float[Array, ""]]
@@ -127,10 +128,14 @@ def _scaled(scale, values: Array) -> Array:
 
 def _gather(state: Array, ids: Int[Array, " n"]) -> Array:
     # Padding ids are out of range: read zeros there (their values are zero and get dropped).
+    if _native.native():
+        return _native.gather_rows(state, ids)
     return state.at[ids].get(mode="fill", fill_value=0)
 
 
 def _scatter(state: Array, ids: Int[Array, " n"], rows: Array) -> Array:
+    if _native.native():
+        return _native.scatter_rows(state, ids, rows)
     return state.at[ids].set(rows.astype(state.dtype), mode="drop", unique_indices=True)
 
 

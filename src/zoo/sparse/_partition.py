@@ -8,6 +8,7 @@ import optax
 
 from .. import _checks
 from .._custom_types import PyTree
+from . import _native
 from ._lookups import split_params
 from ._optimizers import SparseGradientTransformation, checked_state
 from ._rows import SparseRows, is_sparse_rows
@@ -122,6 +123,8 @@ def _apply(update, param):
         return param
     if isinstance(update, SparseRows):
         # Padding ids are out of range and dropped; with `param` donated this is in place.
+        if _native.native_for(param.dtype):
+            return _native.scatter_add_rows(param, update.ids, update.values)
         return param.at[update.ids].add(
             update.values.astype(param.dtype), mode="drop", unique_indices=True
         )
