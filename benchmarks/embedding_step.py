@@ -14,6 +14,12 @@ goes on without PyTorch.
 zoo's steps come two ways: `sgd`, `rowwise_adagrad`, `lazy_adam` through
 `zoo.sparse.value_and_update` (SGD in place: the table's own `jax.Ref` receives `-lr * grad` in
 the backward pass), and `*_coalesced` through `value_and_grad` + `update` + `apply_updates`.
+They run on zoo's native CPU kernels where those are built (`zoo.sparse.kernels()`); `*_jax`
+runs the same steps with `ZOO_SPARSE_KERNELS=jax`, XLA's own gather and scatter.
+
+`limit_*` is the machine's limit for the table part of each optimizer's step: `_machine_limit.c`,
+compiled here with the system C compiler, moves the rows and per-row state that optimizer must
+read and write (4096 random rows of the same table), on one thread.
 
 Beside them runs `jax_floor`: the least work any JAX step of this model can do, one gather of
 the looked-up rows and one scatter-add of `-lr * grad` into the table, duplicates uncoalesced
@@ -49,6 +55,9 @@ SORTED_FLOOR = "jax_floor_sorted"  # the floor, with the ids sorted: see `floor_
 LAZY_ADAM_BY_HAND = "jax_lazy_adam_by_hand"  # the least an exact lazy Adam step does
 # zoo SGD in place with a loss that looks the whole id array up at once, outside `vmap`.
 UNBATCHED = "sgd_unbatched_loss"
+# The same steps with XLA's own gather and scatter (ZOO_SPARSE_KERNELS=jax).
+PURE_JAX = tuple(f"{name}_jax" for name in ZOO)
+LIMITS = tuple(f"limit_{name}" for name in ZOO)  # the machine's limit, _machine_limit.c
 TORCH = {"sgd": "sgd", "rowwise_adagrad": "adagrad", "lazy_adam": "sparse_adam"}
 DENSE_LIMIT = 1_000_000  # dense Adam at 1e7 needs three 2.5 GB tables and minutes per run
 
@@ -195,9 +204,13 @@ def optimizer_step(optimizer: str):
 
 def zoo_worker(optimizer: str, size: int, steps: int) -> dict:
     """One configuration, in this process: returns timings and memory."""
+    # Read when a step is traced: "_jax" names force XLA's gather and scatter.
+    os.environ["ZOO_SPARSE_KERNELS"] = "jax" if optimizer in PURE_JAX else "auto"
+    optimizer = optimizer.removesuffix("_jax")
     import equinox as eqx
     import jax
 
+    import zoo
     from _table_model import TableRegressor
 
     baseline = peak_rss_bytes()
@@ -223,7 +236,25 @@ def zoo_worker(optimizer: str, size: int, steps: int) -> dict:
         "peak_rss": peak_rss_bytes(),
         "baseline_rss": baseline,
         "table_and_state": model.table.weight.nbytes + state_bytes,
+        "kernels": zoo.sparse.kernels().path,
     }
+
+
+def machine_limit() -> tuple[str | None, str]:
+    """`(binary, how)`: `_machine_limit.c` compiled, or `None` and why not."""
+    import shutil
+    import tempfile
+
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None, "machine limit skipped: no C compiler"
+    binary = str(pathlib.Path(tempfile.mkdtemp()) / "machine_limit")
+    flags = ["-O3", "-march=native", "-fno-math-errno"]
+    command = [compiler, *flags, str(HERE / "_machine_limit.c"), "-o", binary, "-lm"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return None, f"machine limit skipped: {done.stderr.strip()[-200:]}"
+    return binary, f"machine limit: {' '.join(command)}"
 
 
 # glibc's allocator asks the kernel for 2 MiB pages (where transparent huge pages are in
@@ -241,10 +272,14 @@ def run(args: list[str], python: str = sys.executable, env: dict | None = None) 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def commands(size: int, steps: int, torch_python) -> dict[str, list[str] | str]:
+def commands(size: int, steps: int, torch_python, limit=None) -> dict[str, list[str] | str]:
     """Every configuration at one size: its command line, or why it is skipped."""
     configs = {}
-    for name in ("dense_adam", FLOOR, SORTED_FLOOR, LAZY_ADAM_BY_HAND, *ZOO, UNBATCHED, *COALESCED):
+    if limit is not None:
+        for name in ZOO:
+            configs[f"limit_{name}"] = [limit, name, str(size), str(steps)]
+    zoo_steps = (*ZOO, *PURE_JAX, UNBATCHED, *COALESCED)
+    for name in ("dense_adam", FLOOR, SORTED_FLOOR, LAZY_ADAM_BY_HAND, *zoo_steps):
         if name == "dense_adam" and size > DENSE_LIMIT:
             configs[name] = f"skipped (V > {DENSE_LIMIT:.0e}: too big and slow)"
         else:
@@ -267,6 +302,7 @@ def combine(rounds: list[dict | str]) -> dict | str:
         "peak_rss": max(r["peak_rss"] for r in done),
         "baseline_rss": min(r["baseline_rss"] for r in done),
         "table_and_state": done[0]["table_and_state"],
+        "kernels": done[0].get("kernels"),
     }
 
 
@@ -274,10 +310,12 @@ def measure(sizes: list[int], steps: int, rounds: int, env: dict, only=None) -> 
     """`{(name, size): result}`, each size's configurations run in interleaved rounds;
     `only` names the configurations to run (default: all)."""
     torch, how = torch_python()
+    limit, limit_how = machine_limit()
     print(how)
+    print(limit_how)
     results = {}
     for size in sizes:
-        configs = commands(size, steps, torch)
+        configs = commands(size, steps, torch, limit)
         if only:
             configs = {name: command for name, command in configs.items() if name in only}
         runs = {name: [] for name in configs}
@@ -287,6 +325,8 @@ def measure(sizes: list[int], steps: int, rounds: int, env: dict, only=None) -> 
                     runs[name].append(command)
                 else:
                     python = str(torch) if name.startswith("torch_") else sys.executable
+                    if name.startswith("limit_"):  # a compiled program, not a script
+                        python, command = command[0], command[1:]
                     runs[name].append(run(command, python, env))
         results |= {(name, size): combine(r) for name, r in runs.items()}
     return results
@@ -295,10 +335,12 @@ def measure(sizes: list[int], steps: int, rounds: int, env: dict, only=None) -> 
 TORCH_NAMES = [f"torch_{t}" for t in TORCH.values()]
 NAMES = [
     "dense_adam",
+    *LIMITS,
     FLOOR,
     SORTED_FLOOR,
     LAZY_ADAM_BY_HAND,
     *ZOO,
+    *PURE_JAX,
     UNBATCHED,
     *COALESCED,
     *TORCH_NAMES,
@@ -309,6 +351,7 @@ def report(results: dict, sizes: list[int]) -> None:
     ms = {k: r["ms"] for k, r in results.items() if isinstance(r, dict)}
     print_times(results, sizes)
     print_targets(ms, sizes)
+    print_native_targets(results, ms, sizes)
     print_floor(ms, sizes)
     print_memory(results)
 
@@ -367,6 +410,28 @@ def print_targets(ms: dict, sizes: list[int]) -> None:
             if (name, size) in ms and ("dense_adam", size) in ms:
                 speedup = ms["dense_adam", size] / ms[name, size]
                 print(f"  dense Adam / zoo {name} at V={size:.0e}: {speedup:.0f}x (>= 200 at 1e6)")
+
+
+def print_native_targets(results: dict, ms: dict, sizes: list[int]) -> None:
+    """zoo's steps against the machine's limit, their pure-JAX selves and FBGEMM (where run)."""
+    print("\nNative kernels, same run (targets: <= 2x the machine limit, >= 2x FBGEMM speed):")
+    for size in sizes:
+        for name in ZOO:
+            if (name, size) not in ms:
+                continue
+            path = results[name, size].get("kernels")
+            cells = [f"zoo {name} ({path}) at V={size:.0e}: {ms[name, size]:.2f} ms"]
+            if (limit := ms.get((f"limit_{name}", size))) is not None:
+                ratio = ms[name, size] / limit
+                verdict = "met" if ratio <= 2 else "missed"
+                cells.append(f"{ratio:.2f}x its limit {limit:.2f} ms (<= 2: {verdict})")
+            if (pure := ms.get((f"{name}_jax", size))) is not None:
+                cells.append(f"{pure / ms[name, size]:.2f}x faster than {name}_jax")
+            if (fbgemm := ms.get((f"fbgemm_{name}", size))) is not None:
+                speedup = fbgemm / ms[name, size]
+                verdict = "met" if speedup >= 2 else "missed"
+                cells.append(f"{speedup:.2f}x faster than FBGEMM (>= 2: {verdict})")
+            print("  " + "; ".join(cells))
 
 
 def print_floor(ms: dict, sizes: list[int]) -> None:

@@ -1,8 +1,13 @@
 """zoo.sparse's native CPU kernels: the same results as the pure-JAX path, in place.
 
 Each test runs a step on both paths (`ZOO_SPARSE_KERNELS=jax` and `=native`, read when a step is
-traced) and compares them bit for bit: every kernel adds in the order of the ids, as XLA's
-scatter does, and is compiled without fused multiply-adds.
+traced) and compares them. The gathers and scatter-adds equal XLA's bit for bit: they add in the
+order of the ids, as XLA's scatter does, and are compiled without fused multiply-adds; so the
+in-place SGD step, and every step of a loss that looks each table up once, agree bit for bit.
+Two things round differently, by a few float32 ulps: a table looked up at several places has
+the gradients of its rows summed in another order (XLA reorders the sums of the lookups' scatters),
+and the fused optimizer kernels (row-wise Adagrad, lazy Adam) round each element's update once
+more or less than XLA, which fuses some multiply-adds of its own.
 """
 
 import re
@@ -17,13 +22,22 @@ import pytest
 import zoo
 from zoo.sparse import _native
 
-from .helpers import tree_equal
+from .helpers import tree_allclose, tree_equal
 
 requires_native = pytest.mark.skipif(
     _native._load()[0] is None or jax.default_backend() != "cpu",
     reason="zoo's native kernels are not built here, or the backend is not CPU",
 )
 pytestmark = requires_native
+
+FUSED = ("rowwise_adagrad", "lazy_adam")  # one kernel updates the table and the state
+
+
+def _agree(native, expected, name, *, one_lookup=False) -> bool:
+    if name in FUSED or (name != "sgd" and not one_lookup):
+        return tree_allclose(native, expected, rtol=1e-6, atol=1e-7)
+    return tree_equal(native, expected)
+
 
 OPTIMIZERS = {
     "sgd": lambda: zoo.sparse.sgd(0.1),
@@ -90,20 +104,20 @@ def _steps_on(path, monkeypatch, model, optimizer, loss, batches):
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_native_and_jax_steps_agree_bit_for_bit(name, monkeypatch, getkey):
+def test_native_and_jax_steps_agree(name, monkeypatch, getkey):
     model = _Scorer(getkey())
     optimizer = zoo.sparse.partition(dense=optax.sgd(1e-2), embeddings=OPTIMIZERS[name]())
     batches = [_batch(getkey()) for _ in range(2)]
     expected = _steps_on("jax", monkeypatch, model, optimizer, _every_form, batches)
     native = _steps_on("native", monkeypatch, model, optimizer, _every_form, batches)
-    assert tree_equal(native, expected)
+    assert _agree(native, expected, name)
     # The padding row never moves; the looked-up rows do.
     trained = native[0]
     assert jnp.array_equal(trained.users.weight[0], model.users.weight[0])
     assert not jnp.array_equal(trained.items.weight, model.items.weight)
 
 
-@pytest.mark.parametrize("name", ["sgd", "lazy_adam"])
+@pytest.mark.parametrize("name", ["adagrad", "lazy_adam"])
 def test_native_and_jax_agree_for_float64_tables(name, monkeypatch, getkey):
     with jax.enable_x64(True):
         model = _Scorer(getkey(), dtype=jnp.float64)
@@ -111,7 +125,7 @@ def test_native_and_jax_agree_for_float64_tables(name, monkeypatch, getkey):
         batches = [_batch(getkey()) for _ in range(2)]
         expected = _steps_on("jax", monkeypatch, model, optimizer, _vmapped, batches)
         native = _steps_on("native", monkeypatch, model, optimizer, _vmapped, batches)
-    assert tree_equal(native, expected)
+    assert _agree(native, expected, name, one_lookup=True)
 
 
 @pytest.mark.parametrize("name", ["sgd", "rowwise_adagrad"])
@@ -135,7 +149,7 @@ def test_native_steps_under_a_scan_of_steps_agree(name, monkeypatch, getkey):
 
         return chunk(model, optimizer.init(model), stacked)
 
-    assert tree_equal(run("native"), run("jax"))
+    assert _agree(run("native"), run("jax"), name, one_lookup=True)
 
 
 def test_native_lookups_under_vmap_of_the_whole_loss(monkeypatch, getkey):
@@ -207,7 +221,9 @@ def test_zoo_train_resumed_on_the_native_path_equals_the_jax_path(tmp_path, monk
     expected = train("jax", tmp_path / "jax", 2, False)
     train("native", tmp_path / "native", 1, False)  # a run stopped after its first epoch ...
     resumed = train("native", tmp_path / "native", 2, True)  # ... and resumed to the end
-    assert tree_equal(resumed, expected)
+    assert _agree(resumed, expected, "rowwise_adagrad")
+    # Resuming on the native path equals running through on it, bit for bit.
+    assert tree_equal(resumed, train("native", tmp_path / "whole", 2, False))
 
 
 def test_the_switch_is_checked_and_forces_a_path(monkeypatch):

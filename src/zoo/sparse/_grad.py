@@ -30,6 +30,7 @@ from .._nn._embedding import Embedding, TableView
 from . import _native
 from ._in_place import check_no_refs
 from ._lookups import looked_up_ids, swap_tables, tables
+from ._native._lookup import in_place_rows
 from ._rows import SparseRows
 
 
@@ -44,7 +45,11 @@ class _Compact(TableView):
         # first of its copies is the slot that holds its row. Padding ids land on some slot and
         # are zeroed by the Embedding, so they add no gradient.
         slot = jnp.searchsorted(self.sorted_ids, ids.astype(self.sorted_ids.dtype))
-        return self.rows[jnp.minimum(slot, self.rows.shape[0] - 1)]
+        slot = jnp.minimum(slot, self.rows.shape[0] - 1)
+        if _native.native_for(self.rows.dtype):
+            # The native gather, and its transpose the native scatter-add (scale one: exact).
+            return in_place_rows(self.rows, slot, jnp.ones((), jnp.float32))
+        return self.rows[slot]
 
 
 def _is_compact(x) -> bool:

@@ -90,7 +90,21 @@ def partition(
             checked_state("partition", state, PartitionState).embeddings
         )
 
-    return SparseGradientTransformation(init, update, in_place_scale)
+    apply_in_place = None
+    if embeddings.apply_in_place is not None:
+
+        def apply_in_place(grads: PyTree, state: PartitionState, model: PyTree):
+            checked_state("partition", state, PartitionState)
+            table_grads, rest_grads = _split_grads(grads)
+            tables, rest = split_params(model)
+            rest_updates, dense_state = dense.update(rest_grads, state.dense, rest)
+            tables, table_state = embeddings.apply_in_place(table_grads, state.embeddings, tables)
+            model = apply_updates(model, rest_updates)
+            static = eqx.filter(model, eqx.is_inexact_array, inverse=True)
+            model = eqx.combine(tables, split_params(model)[1], static)
+            return model, PartitionState(dense_state, table_state)
+
+    return SparseGradientTransformation(init, update, in_place_scale, apply_in_place)
 
 
 _PARTITION_EXAMPLE = (

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .._lookups import tables
+
 VARIABLE = "ZOO_SPARSE_KERNELS"
 _CHOICES = ("auto", "native", "jax")
 LIBRARY = pathlib.Path(__file__).with_name("_zoo_kernels.so")
@@ -125,6 +127,11 @@ def native_for(dtype) -> bool:
     return native() and jnp.dtype(dtype) in ARITHMETIC_DTYPES
 
 
+def fused_in_place(model) -> bool:
+    """Whether an optimizer's fused kernel updates every table of `model` in this step."""
+    return all(native_for(e.weight.dtype) for e in tables(model))
+
+
 def _flat_ids(ids: Int[Array, "*ids"]) -> Int[Array, " n"]:
     return jnp.ravel(ids).astype(jnp.int32)
 
@@ -176,6 +183,7 @@ def rowwise_adagrad(
     sums: Float[Array, " rows"],
     ids: Int[Array, " n"],
     grads: Float[Array, "n dim"],
+    mean_squares: Float[Array, " n"],
     learning_rate,
     eps: float,
 ) -> tuple[Array, Array]:
@@ -188,6 +196,7 @@ def rowwise_adagrad(
         sums.astype(dtype),
         _flat_ids(ids),
         grads.astype(dtype),
+        mean_squares.astype(dtype),
         neg_lr,
         jnp.asarray(eps, dtype),
     )
