@@ -309,7 +309,8 @@ def combine(rounds: list[dict | str]) -> dict | str:
 def measure(sizes: list[int], steps: int, rounds: int, env: dict, only=None) -> dict:
     """`{(name, size): result}`, each size's configurations run in interleaved rounds;
     `only` names the configurations to run (default: all)."""
-    torch, how = torch_python()
+    wants_torch = only is None or any(name.startswith("torch_") for name in only)
+    torch, how = torch_python() if wants_torch else (None, "PyTorch not asked for (--only)")
     limit, limit_how = machine_limit()
     print(how)
     print(limit_how)

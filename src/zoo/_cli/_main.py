@@ -353,6 +353,8 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
         f"on {args.data[0]}: {train.num_users} users, {train.num_items} items, "
         f"{len(train['user'])} training / {len(test['user'])} held-out interactions",
     )
+    if args.optimizer.startswith("sparse"):
+        _say(args, f"zoo: sparse steps on {zoo.sparse.kernels().reason}")
     baselines = zoo.recsys.evaluate_ranking(model, train, test, key=data_key)
     del baselines["model"]
     for name, figures in baselines.items():

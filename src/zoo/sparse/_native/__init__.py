@@ -41,7 +41,7 @@ class Kernels(NamedTuple):
     **Fields:**
 
     - `path`: `"native"` (zoo's CPU kernels, `kernels.cc`) or `"jax"` (XLA's gather and scatter).
-    - `reason`: a sentence saying why.
+    - `reason`: what runs and why, e.g. `"XLA's gather and scatter (ZOO_SPARSE_KERNELS=jax)"`.
     """
 
     path: Literal["native", "jax"]
@@ -64,6 +64,9 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         capsule = jax.ffi.pycapsule(getattr(library, symbol))
         jax.ffi.register_ffi_target(target, capsule, platform="cpu")
     return library, f"zoo's native CPU kernels ({LIBRARY})"
+
+
+_XLA = "XLA's gather and scatter"
 
 
 def _choice() -> str:
@@ -105,7 +108,7 @@ def kernels() -> Kernels:
     """
     choice = _choice()
     if choice == "jax":
-        return Kernels("jax", f"{VARIABLE}=jax")
+        return Kernels("jax", f"{_XLA} ({VARIABLE}=jax)")
     library, why = _load()
     backend = jax.default_backend()
     if library is not None and backend == "cpu":
@@ -114,7 +117,7 @@ def kernels() -> Kernels:
         why = f"the default backend is {backend}; the native kernels are for CPU"
     if choice == "native":
         raise RuntimeError(f"{VARIABLE}=native, but {why}. Unset it or set it to auto or jax.")
-    return Kernels("jax", why)
+    return Kernels("jax", f"{_XLA}: {why}")
 
 
 def native() -> bool:
