@@ -83,12 +83,12 @@ def _choice() -> str:
 def kernels() -> Kernels:
     """Which path `zoo.sparse`'s steps take now for their row gathers and updates, and why.
 
-    On CPU, with the kernels built at install (they are, wherever a C++ compiler was found),
-    the sparse steps gather the looked-up rows and update the table and the optimizer's per-row
-    state in place with zoo's native kernels; on GPU and TPU, or where they are not built, with
-    XLA's gather and scatter. Both give the same results (see `docs/sparse.md`). The
-    environment variable `ZOO_SPARSE_KERNELS` forces a path: `native`, `jax`, or `auto` (the
-    default). It is read when a step is traced.
+    On one CPU device, with the kernels built at install (they are, wherever a C++ compiler
+    was found), the sparse steps gather the looked-up rows and update the table and the
+    optimizer's per-row state in place with zoo's native kernels; on GPU and TPU, on several
+    devices, or where they are not built, with XLA's gather and scatter. Both give the same
+    results (see `docs/sparse.md`). The environment variable `ZOO_SPARSE_KERNELS` forces a
+    path: `native`, `jax`, or `auto` (the default). It is read when a step is traced.
 
     **Returns:**
 
@@ -110,11 +110,14 @@ def kernels() -> Kernels:
     if choice == "jax":
         return Kernels("jax", f"{_XLA} ({VARIABLE}=jax)")
     library, why = _load()
-    backend = jax.default_backend()
-    if library is not None and backend == "cpu":
+    backend, devices = jax.default_backend(), jax.device_count()
+    if library is not None and backend == "cpu" and devices == 1:
         return Kernels("native", why)
-    if library is not None:
+    if library is not None and backend != "cpu":
         why = f"the default backend is {backend}; the native kernels are for CPU"
+    elif library is not None:
+        # XLA would have to gather a sharded table whole to pass it to a kernel.
+        why = f"{devices} devices; the native kernels are for one CPU device"
     if choice == "native":
         raise RuntimeError(f"{VARIABLE}=native, but {why}. Unset it or set it to auto or jax.")
     return Kernels("jax", f"{_XLA}: {why}")
