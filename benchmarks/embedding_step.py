@@ -9,7 +9,10 @@ donated). Every configuration runs in its own subprocess, so that its peak RSS i
 
 PyTorch (`nn.Embedding(sparse=True)`) runs from `.bench-venv/`, a Python 3.11 venv with the CPU
 build of torch that `_torch_env.py` makes on first use; where it cannot, the run says why and
-goes on without PyTorch.
+goes on without PyTorch. `fbgemm_*` is the step torchrec users run, FBGEMM's table-batched
+embedding (`fbgemm-gpu-cpu`, built for that torch, installed into the same venv on first use)
+with its optimizer fused into the backward pass: `_fbgemm_embedding_step.py`. FBGEMM has no Adam
+on CPU, and `fbgemm_lazy_adam` says so.
 
 zoo's steps come two ways: `sgd`, `rowwise_adagrad`, `lazy_adam` through
 `zoo.sparse.value_and_update` (SGD in place: the table's own `jax.Ref` receives `-lr * grad` in
@@ -41,7 +44,7 @@ import subprocess
 import sys
 import time
 
-from _torch_env import torch_python
+from _torch_env import fbgemm_python, torch_python
 
 HERE = pathlib.Path(__file__).resolve().parent
 DIM, BATCH = 64, 4096
@@ -59,6 +62,7 @@ UNBATCHED = "sgd_unbatched_loss"
 PURE_JAX = tuple(f"{name}_jax" for name in ZOO)
 LIMITS = tuple(f"limit_{name}" for name in ZOO)  # the machine's limit, _machine_limit.c
 TORCH = {"sgd": "sgd", "rowwise_adagrad": "adagrad", "lazy_adam": "sparse_adam"}
+FBGEMM = tuple(f"fbgemm_{name}" for name in ZOO)  # FBGEMM's optimizer of the same name
 DENSE_LIMIT = 1_000_000  # dense Adam at 1e7 needs three 2.5 GB tables and minutes per run
 
 
@@ -274,7 +278,9 @@ def run(args: list[str], python: str = sys.executable, env: dict | None = None) 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def commands(size: int, steps: int, torch_python, limit=None) -> dict[str, list[str] | str]:
+def commands(
+    size: int, steps: int, torch_python, limit=None, fbgemm=None
+) -> dict[str, list[str] | str]:
     """Every configuration at one size: its command line, or why it is skipped."""
     configs = {}
     if limit is not None:
@@ -290,6 +296,10 @@ def commands(size: int, steps: int, torch_python, limit=None) -> dict[str, list[
         for torch_name in TORCH.values():
             script = str(HERE / "_torch_embedding_step.py")
             configs[f"torch_{torch_name}"] = [script, torch_name, str(size), str(steps)]
+    if fbgemm is not None:
+        for name in ZOO:
+            script = str(HERE / "_fbgemm_embedding_step.py")
+            configs[f"fbgemm_{name}"] = [script, name, str(size), str(steps)]
     return configs
 
 
@@ -313,12 +323,15 @@ def measure(sizes: list[int], steps: int, rounds: int, env: dict, only=None) -> 
     `only` names the configurations to run (default: all)."""
     wants_torch = only is None or any(name.startswith("torch_") for name in only)
     torch, how = torch_python() if wants_torch else (None, "PyTorch not asked for (--only)")
+    wants_fbgemm = only is None or any(name.startswith("fbgemm_") for name in only)
+    fbgemm, fbgemm_how = fbgemm_python() if wants_fbgemm else (None, "FBGEMM not asked for")
     limit, limit_how = machine_limit()
     print(how)
+    print(fbgemm_how)
     print(limit_how)
     results = {}
     for size in sizes:
-        configs = commands(size, steps, torch, limit)
+        configs = commands(size, steps, torch, limit, fbgemm)
         if only:
             configs = {name: command for name, command in configs.items() if name in only}
         runs = {name: [] for name in configs}
@@ -327,7 +340,9 @@ def measure(sizes: list[int], steps: int, rounds: int, env: dict, only=None) -> 
                 if isinstance(command, str):
                     runs[name].append(command)
                 else:
-                    python = str(torch) if name.startswith("torch_") else sys.executable
+                    python = sys.executable
+                    if name.startswith(("torch_", "fbgemm_")):
+                        python = str(fbgemm if name.startswith("fbgemm_") else torch)
                     if name.startswith("limit_"):  # a compiled program, not a script
                         python, command = command[0], command[1:]
                     runs[name].append(run(command, python, env))
@@ -352,6 +367,7 @@ NAMES = [
     UNBATCHED,
     *COALESCED,
     *TORCH_NAMES,
+    *FBGEMM,
 ]
 
 
@@ -438,7 +454,9 @@ def print_native_targets(results: dict, ms: dict, sizes: list[int]) -> None:
             if (fbgemm := ms.get((f"fbgemm_{name}", size))) is not None:
                 speedup = fbgemm / ms[name, size]
                 verdict = "met" if speedup >= 2 else "missed"
-                cells.append(f"{speedup:.2f}x faster than FBGEMM (>= 2: {verdict})")
+                cells.append(f"{speedup:.2f}x faster than FBGEMM {fbgemm:.2f} ms (>= 2: {verdict})")
+            elif isinstance(why := results.get((f"fbgemm_{name}", size)), str):
+                cells.append(f"no FBGEMM figure: {why}")
             print("  " + "; ".join(cells))
 
 
@@ -515,9 +533,10 @@ def plot(results: dict, sizes: list[int], path: pathlib.Path) -> None:
             (v, results[name, v]["ms"]) for v in sizes if isinstance(results.get((name, v)), dict)
         ]
         if points:
-            style = "--" if name.startswith("torch") else "-"
-            style = ":" if name.startswith("jax") else style
-            label = name if name.startswith(("torch", "dense", "jax")) else f"zoo_{name}"
+            style = "--" if name.startswith(("torch", "fbgemm")) else "-"
+            style = ":" if name.startswith(("jax", "limit")) else style
+            peer = name.startswith(("torch", "fbgemm", "dense", "jax", "limit"))
+            label = name if peer else f"zoo_{name}"
             axis.plot(*zip(*points, strict=True), style, marker="o", label=label)
     axis.set(
         xscale="log",

@@ -68,7 +68,8 @@ def _coalesce(embedding: Embedding, ids: Int[Array, " n"]) -> tuple[Array, Array
         return ids, ids
     if embedding.padding_idx is not None:
         ids = jnp.where(ids == embedding.padding_idx, sentinel, ids)
-    sorted_ids = jnp.sort(ids)
+    native = _native.native() and ids.dtype == jnp.int32
+    sorted_ids = _native.sort_ids(ids) if native else jnp.sort(ids)
     repeat = jnp.concatenate([jnp.zeros((1,), bool), sorted_ids[1:] == sorted_ids[:-1]])
     return jnp.where(repeat, sentinel, sorted_ids), sorted_ids
 

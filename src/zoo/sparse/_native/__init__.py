@@ -30,6 +30,8 @@ _TARGETS = {
     "zoo_scatter_add_rows_scaled": "ZooScatterAddRowsScaled",
     "zoo_rowwise_adagrad": "ZooRowwiseAdagrad",
     "zoo_lazy_adam": "ZooLazyAdam",
+    "zoo_scatter_add_into_zeros": "ZooScatterAddIntoZeros",
+    "zoo_sort_ids": "ZooSortIds",
 }
 # The kernels that add or compute do float32 and float64; gathers and stores move any dtype.
 ARITHMETIC_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
@@ -174,6 +176,22 @@ def scatter_add_rows(table: Array, ids: Int[Array, "*ids"], rows: Array, scale=N
         return _aliased("zoo_scatter_add_rows", table, flat, rows, jnp.zeros((), table.dtype))
     scale = jnp.asarray(scale).astype(table.dtype)
     return _aliased("zoo_scatter_add_rows_scaled", table, flat, rows, scale)
+
+
+def scatter_add_into_zeros(shape, ids: Int[Array, "*ids"], rows: Array, scale) -> Array:
+    """`zeros(shape).at[ids].add(scale * rows, mode="drop")`, in the order of the ids."""
+    flat = _flat_ids(ids)
+    rows = rows.reshape(flat.shape[0], *shape[1:])
+    scale = jnp.asarray(scale).astype(rows.dtype)
+    out = jax.ShapeDtypeStruct(tuple(shape), rows.dtype)
+    call = jax.ffi.ffi_call("zoo_scatter_add_into_zeros", out, vmap_method="sequential")
+    return call(flat, rows, scale)
+
+
+def sort_ids(ids: Int[Array, " n"]) -> Int[Array, " n"]:
+    """`jnp.sort(ids)` of int32 ids (a radix sort: equal to XLA's, several times faster)."""
+    out = jax.ShapeDtypeStruct(ids.shape, jnp.int32)
+    return jax.ffi.ffi_call("zoo_sort_ids", out, vmap_method="sequential")(ids.astype(jnp.int32))
 
 
 def _fused(target: str, table: Array, state: Array, *operands: Array) -> tuple[Array, Array]:

@@ -22,7 +22,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 from jaxtyping import Array, Float, Int
 
-from . import gather_rows, scatter_add_rows
+from . import gather_rows, scatter_add_into_zeros, scatter_add_rows
 
 in_place_rows_p = Primitive("zoo_in_place_rows")
 
@@ -56,8 +56,7 @@ def _transpose(cotangent, table, ids, scale):
         ref = table.inst().ref
         ref[...] = scatter_add_rows(ref[...], ids, cotangent, scale)
     else:
-        zeros = jnp.zeros(table.aval.shape, cotangent.dtype)
-        table.accum(scatter_add_rows(zeros, ids, cotangent, scale))
+        table.accum(scatter_add_into_zeros(table.aval.shape, ids, cotangent, scale))
 
 
 def _batch(args, dims):
@@ -79,6 +78,7 @@ def _moved(args, dims):
     )
 
 
+in_place_rows_p.def_impl(lambda table, ids, scale: gather_rows(table, ids))  # outside jit
 in_place_rows_p.def_abstract_eval(_abstract_eval)
 ad.primitive_jvps[in_place_rows_p] = _jvp
 ad_internal.fancy_transposes[in_place_rows_p] = _transpose
