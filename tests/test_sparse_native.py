@@ -7,7 +7,8 @@ in-place SGD step, and every step of a loss that looks each table up once, agree
 Two things round differently, by a few float32 ulps: a table looked up at several places has
 the gradients of its rows summed in another order (XLA reorders the sums of the lookups' scatters),
 and the fused optimizer kernels (row-wise Adagrad, lazy Adam) round each element's update once
-more or less than XLA, which fuses some multiply-adds of its own.
+more or less than XLA, which fuses some multiply-adds of its own (and row-wise Adagrad sums
+a row's squares in eight partial sums, vectorised).
 """
 
 import re

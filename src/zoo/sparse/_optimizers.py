@@ -259,8 +259,7 @@ def _adagrad(
         lr = _learning_rate(learning_rate, state.count)
 
         def rows(g: SparseRows, sums: Array, table: Array):
-            mean_squares = jnp.mean(jnp.square(g.values), axis=-1)
-            return _native.rowwise_adagrad(table, sums, g.ids, g.values, mean_squares, lr, eps)
+            return _native.rowwise_adagrad(table, sums, g.ids, g.values, lr, eps)
 
         tables, sums = _map_tables(name, 2, rows, grads, state.sum_of_squares, params)
         return tables, AdagradState(optax.safe_int32_increment(state.count), sums)

@@ -207,11 +207,11 @@ def rowwise_adagrad(
     sums: Float[Array, " rows"],
     ids: Int[Array, " n"],
     grads: Float[Array, "n dim"],
-    mean_squares: Float[Array, " n"],
     learning_rate,
     eps: float,
 ) -> tuple[Array, Array]:
-    """Row-wise Adagrad on coalesced rows, table and accumulators updated in place."""
+    """Row-wise Adagrad on coalesced rows, table and accumulators updated in place; each
+    row's mean square is summed in the kernel."""
     dtype = table.dtype
     neg_lr = -jnp.asarray(learning_rate).astype(dtype)
     return _fused(
@@ -220,7 +220,6 @@ def rowwise_adagrad(
         sums.astype(dtype),
         _flat_ids(ids),
         grads.astype(dtype),
-        mean_squares.astype(dtype),
         neg_lr,
         jnp.asarray(eps, dtype),
     )
