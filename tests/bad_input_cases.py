@@ -68,6 +68,21 @@ def _tied_loss(table, ids):
     return jnp.sum(table(ids)) + jnp.sum(table.weight.T)
 
 
+def _sum_loss(table, ids):
+    return jnp.sum(jax.vmap(table)(ids))
+
+
+def _partition_update(gradient, optax_apply=False):
+    """`zoo.sparse.partition`'s update of the gradient `gradient(table, ids)` (or, with
+    `optax_apply`, `optax.apply_updates` of it), for a small table."""
+    table, ids = zoo.Embedding(5, 2, key=jax.random.key(0)), jnp.array([1, 2])
+    grads = gradient(table, ids)
+    if optax_apply:
+        return optax.apply_updates(table.weight, grads.weight)
+    opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=zoo.sparse.sgd(0.1))
+    return opt.update(grads, opt.init(table), table)
+
+
 def _while_loss(table, ids):
     def body(carry):
         i, total = carry
@@ -270,7 +285,8 @@ CASES: list[Case] = [
         "an id >= num_embeddings",
         lambda tmp: _embedding()(jnp.array([3, 10])),
         ValueError,
-        r"ids must lie in \[0, num_embeddings\) = \[0, 10\); got ids from 3 to 10",
+        r"zoo\.Embedding\(10, 4\): ids must lie in \[0, num_embeddings\) = \[0, 10\); got ids "
+        r"out of range, from 10 to 10",
         "Remap ids to 0..num_embeddings-1 (`zoo.data.movielens` does this).",
     ),
     Case(
@@ -279,7 +295,7 @@ CASES: list[Case] = [
         "a negative id",
         lambda tmp: _embedding()(jnp.array([-1])),
         ValueError,
-        r"ids must lie in \[0, num_embeddings\) = \[0, 10\); got ids from -1",
+        r"ids must lie in \[0, num_embeddings\) = \[0, 10\); got ids out of range, from -1",
         "Ids index rows from 0; reserve a row as `padding_idx` for missing values.",
     ),
     Case(
@@ -296,9 +312,11 @@ CASES: list[Case] = [
         "zoo.Embedding",
         "an out-of-range id under `jax.jit`",
         lambda tmp: jax.block_until_ready(eqx.filter_jit(_embedding())(jnp.array([12]))),
-        eqx.EquinoxRuntimeError,
-        r"ids must lie in \[0, num_embeddings\) = \[0, 10\)",
-        "Under jit the check runs on device (`eqx.error_if`) and raises when the step runs.",
+        jax.errors.JaxRuntimeError,
+        r"zoo\.Embedding\(10, 4\): ids must lie in \[0, num_embeddings\) = \[0, 10\); got ids "
+        r"out of range, from 12 to 12",
+        "Under jit the check raises when the step runs, whatever `EQX_ON_ERROR`, before any row "
+        "is read; the last line of the message names the table and the ids.",
     ),
     Case(
         "embedding-padding-idx",
@@ -562,8 +580,8 @@ CASES: list[Case] = [
         "a loss that reads a table as an array (weight tying)",
         lambda tmp: _sparse_step(_tied_loss, zoo.sparse.sgd(0.1)),
         AttributeError,
-        r"embedding table model is read directly inside the loss",
-        "Call the Embedding (`model.items(ids)`), or train with an optax optimizer (dense path).",
+        r"embedding table model is read whole inside the loss",
+        "Read rows (`model.items(ids)`, `weight[ids]`), or train what is read whole densely.",
     ),
     Case(
         "sparse-lookup-in-while-loop",
@@ -573,6 +591,80 @@ CASES: list[Case] = [
         ValueError,
         r"inside jax\.lax\.while_loop.*jax\.lax\.scan",
         "Give the loop static bounds: `jax.lax.scan` or `fori_loop(0, n, ...)` with a Python int.",
+    ),
+    Case(
+        "sparse-per-example-loss",
+        "zoo.sparse.value_and_update",
+        "a loss that is not a scalar (in-place SGD)",
+        lambda tmp: _sparse_step(lambda t, ids: jax.vmap(t)(ids).sum(-1), zoo.sparse.sgd(0.1)),
+        TypeError,
+        r"fn must return a scalar floating loss",
+        "Reduce the per-example losses: `jnp.mean(losses)`.",
+    ),
+    Case(
+        "sparse-negative-schedule",
+        "zoo.sparse",
+        "a schedule that goes negative",
+        lambda tmp: jax.block_until_ready(
+            _sparse_step(_sum_loss, zoo.sparse.sgd(optax.constant_schedule(-0.5)))
+        ),
+        jax.errors.JaxRuntimeError,
+        r"learning_rate of zoo\.sparse\.sgd: the schedule returned -0\.5 at a step",
+        "A schedule must stay finite and >= 0, e.g. `optax.linear_schedule(0.1, 1e-4, 1000)`.",
+    ),
+    Case(
+        "sparse-rows-negative-id",
+        "zoo.sparse.SparseRows",
+        "a negative row id",
+        lambda tmp: zoo.sparse.SparseRows(jnp.array([2, -1]), jnp.ones((2, 3)), 5),
+        ValueError,
+        r"SparseRows: ids must lie in \[0, num_rows \+ 1\) = \[0, 6\); got ids out of range, "
+        r"from -1 to -1",
+        "Ids index rows from 0; `num_rows` itself marks an unused slot.",
+    ),
+    Case(
+        "sparse-dense-table-gradient",
+        "zoo.sparse.partition",
+        "a table's gradient from eqx.filter_grad",
+        lambda tmp: _partition_update(eqx.filter_grad(_sum_loss)),
+        TypeError,
+        r"dense gradient of the embedding table at grads\.weight",
+        "Take gradients with `zoo.sparse.value_and_grad`.",
+    ),
+    Case(
+        "sparse-multi-steps",
+        "zoo.sparse.partition",
+        "optax.MultiSteps inside the dense optimizer",
+        lambda tmp: zoo.sparse.partition(
+            dense=optax.chain(optax.MultiSteps(optax.adam(1e-3), 4).gradient_transformation()),
+            embeddings=zoo.sparse.sgd(0.1),
+        ).init(_embedding()),
+        TypeError,
+        r"dense must not be optax\.MultiSteps",
+        "Take larger batches: a sparse step costs O(batch) whatever the table's size.",
+    ),
+    Case(
+        "sparse-optax-apply-updates",
+        "zoo.sparse.SparseRows",
+        "sparse updates passed to optax.apply_updates",
+        lambda tmp: _partition_update(
+            lambda table, ids: zoo.sparse.value_and_grad(_sum_loss)(table, ids)[1], optax_apply=True
+        ),
+        TypeError,
+        r"apply sparse updates with zoo\.sparse\.apply_updates",
+        "Use `zoo.sparse.apply_updates(model, updates)`.",
+    ),
+    Case(
+        "save-ref",
+        "zoo.save",
+        "a model holding a jax.Ref",
+        lambda tmp: zoo.save(
+            tmp / "model",
+            eqx.tree_at(lambda t: t.weight, _embedding(), jax.new_ref(_embedding().weight)),
+        ),
+        TypeError,
+        r"zoo\.save got a model holding a jax\.Ref at \.weight",
+        "Save arrays: `jax.freeze(ref)` first.",
     ),
     Case(
         "evaluate-no-targets",
@@ -1112,8 +1204,33 @@ CASES: list[Case] = [
         "negative item counts",
         lambda tmp: zoo.recsys.in_batch_softmax_loss(item_counts=np.array([3, -1, 2])),
         ValueError,
-        r"item_counts must be finite counts >= 0, one per item.*from -1 to 3",
+        r"item_counts must be finite counts >= 0, not all zero, one per item.*from -1 to 3",
         "Use `zoo.recsys.item_counts(train, train.num_items)`.",
+    ),
+    Case(
+        "in-batch-item-counts-short",
+        "zoo.recsys.in_batch_softmax_loss",
+        "item counts for fewer items than the model has",
+        lambda tmp: zoo.recsys.in_batch_softmax_loss(item_counts=np.ones(3))(
+            zoo.TwoTower(5, 5, key=jax.random.key(0)),
+            {"user": jnp.array([0, 1]), "item": jnp.array([1, 4])},
+        ),
+        ValueError,
+        r"item_counts must hold one count per item of the model, 5; got 3",
+        "Count over the whole catalogue: `zoo.recsys.item_counts(train, train.num_items)`.",
+    ),
+    Case(
+        "sampler-popularity-no-items",
+        "zoo.recsys.NegativeSampler",
+        "popularity sampling from interactions with no item",
+        lambda tmp: zoo.recsys.NegativeSampler(
+            5,
+            distribution="popularity",
+            interactions={"user": np.zeros(0, np.int32), "item": np.zeros(0, np.int32)},
+        ),
+        ValueError,
+        r"distribution='popularity' needs item counts that are not all zero",
+        "Pass the training split, or use `distribution='uniform'`.",
     ),
     Case(
         "implicit-keeps-nothing",

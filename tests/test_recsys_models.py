@@ -190,3 +190,32 @@ def test_in_batch_softmax_has_the_same_gradients_on_the_sparse_path(getkey):
     dense = eqx.filter_jit(eqx.filter_value_and_grad(loss))(model, batch, None)
     assert float(sparse[0]) == pytest.approx(float(dense[0]), rel=1e-6)
     assert tree_allclose(_dense(sparse[1]), dense[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_popularity_sampler_refuses_all_zero_counts():
+    # Before: every draw landed on the last item.
+    empty = {"user": np.zeros(0, np.int64), "item": np.zeros(0, np.int64)}
+    with pytest.raises(ValueError, match=r"popularity.*not all zero"):
+        zoo.recsys.NegativeSampler(10, distribution="popularity", interactions=empty)
+
+
+def test_log_q_counts_must_not_be_all_zero():
+    with pytest.raises(ValueError, match=r"item_counts.*not all zero"):
+        zoo.recsys.in_batch_softmax_loss(item_counts=np.zeros(10))
+
+
+def test_log_q_counts_must_cover_the_catalogue(getkey):
+    # Before: items 6..9 read the count of item 5 (a clamped gather).
+    model = zoo.TwoTower(8, 10, dim=4, key=getkey())
+    batch = {"user": jnp.array([0, 1, 2]), "item": jnp.array([1, 9, 3])}
+    short = zoo.recsys.in_batch_softmax_loss(item_counts=np.ones(6))  # 6 of the 10 items
+    with pytest.raises(ValueError, match=r"item_counts must hold one count per item.* 10; got 6"):
+        short(model, batch)
+
+
+def test_a_sampler_must_draw_from_the_models_catalogue(getkey):
+    model = zoo.TwoTower(8, 10, dim=4, key=getkey())
+    batch = {"user": jnp.array([0, 1, 2]), "item": jnp.array([1, 9, 3])}
+    small = zoo.recsys.bpr_loss(zoo.recsys.NegativeSampler(6))
+    with pytest.raises(ValueError, match=r"sampler draws from 6 items .* num_items=10"):
+        small(model, batch, getkey())

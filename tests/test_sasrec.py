@@ -247,3 +247,18 @@ def test_both_evaluations_rank_sasrec_by_each_users_history(getkey):
     sampled = zoo.recsys.evaluate_sampled(model, train, test, num_negatives=10, key=getkey())
     assert set(sampled) == {"model", "popularity", "random"}
     assert 0 <= sampled["model"]["auc"] <= 1
+
+
+def test_a_sequence_loss_refuses_a_sampler_of_another_catalogue(getkey):
+    # A sampler of 2 items for a model of 3: item 2 never drawn, its log q read clamped.
+    model = _model(getkey(), num_items=3, max_len=4)
+    train = _interactions([0, 0], [0, 1], [0, 1], 1, 2)
+    sampler = zoo.recsys.NegativeSampler(2, distribution="popularity", interactions=train)
+    batch = {
+        "user": jnp.array([0]),
+        "input": jnp.array([[3, 0, 1, 2]]),
+        "target": jnp.array([[3, 1, 2, 0]]),
+    }
+    loss = zoo.recsys.sequence_loss("sampled_softmax", num_negatives=5, sampler=sampler)
+    with pytest.raises(ValueError, match=r"sequence_loss: the sampler draws from 2 items"):
+        loss(model, batch, getkey())

@@ -399,3 +399,11 @@ def test_recommenders_load_without_a_template(tmp_path, getkey, build):
     loaded = zoo.load(tmp_path / "model")
     assert type(loaded) is type(model)
     assert tree_equal(loaded, model)
+
+
+def test_save_refuses_a_model_holding_a_ref_and_writes_nothing(tmp_path):
+    model = zoo.Embedding(5, 2, key=jax.random.key(0))
+    with_ref = eqx.tree_at(lambda e: e.weight, model, jax.new_ref(model.weight))
+    with pytest.raises(TypeError, match=r"zoo.save .*jax.Ref at \.weight.*jax.freeze"):
+        zoo.save(tmp_path / "model", with_ref)
+    assert not (tmp_path / "model").exists()

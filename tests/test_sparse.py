@@ -1,6 +1,10 @@
 """`zoo.sparse`: row gradients, sparse optimizers and O(batch) steps, checked against dense JAX."""
 
+import os
 import re
+import subprocess
+import sys
+import warnings
 
 import equinox as eqx
 import jax
@@ -211,7 +215,7 @@ def test_reading_a_table_directly_names_the_table_and_the_fix(getkey, embeddings
         return jnp.sum(h @ model.items.weight.T)  # weight tying: a dense read of the table
 
     step = jax.jit(zoo.sparse.value_and_update(tied_loss, opt))
-    with pytest.raises((TypeError, AttributeError), match=r"model\.items.* read directly.*dense"):
+    with pytest.raises((TypeError, AttributeError), match=r"model\.items is read whole.*densely"):
         step(model, opt.init(model), make_batch(getkey()))
 
 
@@ -479,7 +483,8 @@ def test_state_is_a_pytree_of_arrays(getkey):
     batch = make_batch(getkey())
     _, grads = zoo.sparse.value_and_grad(vmapped_loss)(model, batch)
     updates, new = opt.update(grads, restored, model)
-    assert tree_allclose((updates, new), opt.update(grads, state, model))
+    expected_updates, expected = opt.update(grads, state, model)
+    assert tree_allclose((densified(updates), new), (densified(expected_updates), expected))
     assert jax.tree.structure(new) == treedef
 
 
@@ -620,3 +625,342 @@ def test_the_check_flags_the_dense_path():
     assert any(f.startswith("jaxpr: broadcast_in_dim") for f in found)  # zeros((V, D))
     assert any(f.startswith("hlo:") for f in found)
     assert any(f.startswith("temporary memory") for f in found)
+
+
+# Every way of reading rows, on every path -------------------------------------------------
+
+READS = {
+    "index": lambda w, ids: w[ids],
+    "index_and_slice": lambda w, ids: w[ids, :],
+    "at_get": lambda w, ids: w.at[ids].get(),
+    "at_get_fill": lambda w, ids: w.at[ids].get(mode="fill", fill_value=0.0),
+    "take": lambda w, ids: w.take(ids, axis=0),
+}
+
+
+def reading_loss(read):
+    """Rows read from the weight directly (ids with repeats and the padding id 0), besides an
+    Embedding call of the same table, under vmap and outside it."""
+
+    def loss_fn(model, batch):
+        ids = batch["negative"]
+        direct = read(model.items.weight, ids)  # (size, bag, dim)
+        per_example = jax.vmap(lambda w_ids: read(model.items.weight, w_ids))(ids)
+        u = jax.vmap(model.head)(model.users(batch["user"]))
+        return jnp.mean(jnp.sin(jnp.einsum("bd,bkd->bk", u, direct + 2 * per_example))) + jnp.mean(
+            jax.vmap(model)(batch["user"], batch["positive"], batch["negative"])
+        )
+
+    return loss_fn
+
+
+@pytest.mark.parametrize("read", READS)
+def test_every_way_of_reading_rows_gives_the_dense_gradient(getkey, read):
+    model, batch = Recommender(getkey()), make_batch(getkey())
+    loss_fn = reading_loss(READS[read])
+    loss, grads = jax.jit(zoo.sparse.value_and_grad(loss_fn))(model, batch)
+    expected_loss, expected = eqx.filter_value_and_grad(loss_fn)(model, batch)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+    assert tree_allclose(densified(grads), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("read", READS)
+def test_every_way_of_reading_rows_steps_in_place_as_dense_sgd(getkey, read):
+    loss_fn = reading_loss(READS[read])
+    opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=zoo.sparse.sgd(0.3))
+    step = jax.jit(zoo.sparse.value_and_update(loss_fn, opt))
+    reference = Recommender(getkey())
+    model, batch = copied(reference), make_batch(getkey())
+    _, model, _ = step(model, opt.init(model), batch)
+    init, update = dense_reference("sgd", 0.3, 0.0)
+    accs = (init(reference.users.weight), init(reference.items.weight))
+    reference, _ = dense_reference_step(loss_fn, update, reference, accs, batch)
+    assert tree_allclose(model, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_a_fill_read_of_out_of_range_ids_reads_the_fill_value_and_moves_no_row(getkey):
+    emb = zoo.Embedding(6, 2, key=getkey())
+    ids = jnp.array([1, 9, -8, 1])
+
+    def loss_fn(emb, ids):
+        return jnp.sum(emb.weight.at[ids].get(mode="fill", fill_value=0.5) ** 2)
+
+    for opt in (zoo.sparse.sgd(0.1), zoo.sparse.lazy_adam(0.1)):
+        loss, new, _ = jax.jit(zoo.sparse.value_and_update(loss_fn, opt))(emb, opt.init(emb), ids)
+        np.testing.assert_allclose(loss, 2 * jnp.sum(emb.weight[1] ** 2) + 4 * 0.25, rtol=1e-6)
+        moved = np.flatnonzero(np.any(np.asarray(new.weight != emb.weight), axis=1))
+        np.testing.assert_array_equal(moved, [1])
+
+
+WHOLE_READS = {
+    "matmul": lambda w, h: jnp.sum(h @ w.T),
+    "square": lambda w, h: jnp.sum(h) + jnp.sum(jnp.square(w)),
+    "jnp_take": lambda w, h: jnp.sum(h) + jnp.sum(jnp.take(w, jnp.array([1]), axis=0)),
+    "times": lambda w, h: jnp.sum(h) + jnp.sum(w * 2.0),
+    "slice": lambda w, h: jnp.sum(h) + jnp.sum(w[:3]),
+    "column": lambda w, h: jnp.sum(h) + jnp.sum(w[jnp.array([1]), 0]),
+    "shape": lambda w, h: jnp.sum(h) * w.shape[0],
+}
+
+
+@pytest.mark.parametrize("embeddings", ["sgd", "rowwise_adagrad"])
+@pytest.mark.parametrize("read", WHOLE_READS)
+def test_a_whole_table_read_names_the_table_and_both_ways_out(getkey, embeddings, read):
+    model = Recommender(getkey())
+    opt = zoo.sparse.partition(
+        dense=optax.sgd(0.1), embeddings=getattr(zoo.sparse, embeddings)(0.1)
+    )
+
+    def loss_fn(model, batch):
+        return WHOLE_READS[read](model.items.weight, model.head(model.users(batch["user"][0])))
+
+    step = jax.jit(zoo.sparse.value_and_update(loss_fn, opt))
+    pattern = r"model\.items is read whole.*weight\[ids\].*densely"
+    with pytest.raises((TypeError, AttributeError), match=pattern):
+        step(model, opt.init(model), make_batch(getkey()))
+
+
+# optax interop -----------------------------------------------------------------------------
+
+
+def test_global_norm_and_clipping_see_only_the_values(getkey):
+    model, batch = Recommender(getkey()), make_batch(getkey())
+    _, sparse_grads = zoo.sparse.value_and_grad(vmapped_loss)(model, batch)
+    _, dense_grads = eqx.filter_value_and_grad(vmapped_loss)(model, batch)
+    norm = optax.tree.norm(dense_grads)
+    np.testing.assert_allclose(zoo.sparse.global_norm(sparse_grads), norm, rtol=1e-6)
+    clip = zoo.sparse.clip_by_global_norm(0.5 * float(norm))
+    clipped, _ = clip.update(sparse_grads, clip.init(model))
+    expected = jax.tree.map(lambda g: 0.5 * g, dense_grads)
+    assert tree_allclose(densified(clipped), expected, rtol=1e-5, atol=1e-7)
+    # Chained in front of a partition: the whole model's gradient is clipped, then SGD.
+    opt = zoo.sparse.chain(
+        zoo.sparse.clip_by_global_norm(0.5 * float(norm)),
+        zoo.sparse.partition(dense=optax.sgd(1.0), embeddings=zoo.sparse.sgd(1.0)),
+    )
+    step = jax.jit(zoo.sparse.value_and_update(vmapped_loss, opt))
+    _, stepped, _ = step(copied(model), opt.init(model), batch)
+    reference = jax.tree.map(lambda p, g: p - g, eqx.filter(model, eqx.is_inexact_array), expected)
+    assert tree_allclose(eqx.filter(stepped, eqx.is_inexact_array), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_clipping_as_the_embeddings_side_of_a_partition(getkey):
+    model, batch = Recommender(getkey()), make_batch(getkey())
+    opt = zoo.sparse.partition(
+        dense=optax.sgd(0.0),
+        embeddings=zoo.sparse.chain(zoo.sparse.clip_by_global_norm(1e-3), zoo.sparse.sgd(1.0)),
+    )
+    _, grads = zoo.sparse.value_and_grad(vmapped_loss)(model, batch)
+    updates, _ = opt.update(grads, opt.init(model), model)
+    tables = (updates.users.weight, updates.items.weight)
+    np.testing.assert_allclose(zoo.sparse.global_norm(tables), 1e-3, rtol=1e-5)
+
+
+def test_dense_table_gradients_and_multi_steps_are_refused_with_the_reason(getkey):
+    model, batch = Recommender(getkey()), make_batch(getkey())
+    opt = zoo.sparse.partition(dense=optax.adam(1e-3), embeddings=zoo.sparse.rowwise_adagrad(0.1))
+    dense_grads = eqx.filter_grad(vmapped_loss)(model, batch)
+    with pytest.raises(TypeError, match=r"grads\.users\.weight.*zoo\.sparse\.value_and_grad"):
+        opt.update(dense_grads, opt.init(model), model)
+    multi = optax.MultiSteps(optax.adam(1e-3), every_k_schedule=4)
+    with pytest.raises(TypeError, match=r"dense"):  # (its annotation, or the check)
+        zoo.sparse.partition(dense=multi, embeddings=zoo.sparse.sgd(0.1))
+    hidden = zoo.sparse.partition(
+        dense=optax.chain(optax.clip(1.0), multi.gradient_transformation()),
+        embeddings=zoo.sparse.sgd(0.1),
+    )
+    with pytest.raises(TypeError, match=r"dense must not be optax\.MultiSteps.*every step"):
+        hidden.init(model)
+
+
+# Invariants where the objects are made ------------------------------------------------------
+
+
+def test_sparse_rows_check_their_ids():
+    values = jnp.ones((2, 3))
+    with pytest.raises(ValueError, match=r"SparseRows.* from -1 to -1"):
+        SparseRows(jnp.array([1, -1]), values, 5)
+    with pytest.raises(ValueError, match=r"SparseRows.* from 7 to 7"):
+        SparseRows(jnp.array([7, 5]), values, 5)
+    with pytest.raises(TypeError, match="ids"):
+        SparseRows(jnp.array([1.0, 2.0]), values, 5)
+    apply = jax.jit(
+        lambda ids: zoo.sparse.apply_updates(jnp.zeros((5, 3)), SparseRows(ids, values, 5))
+    )
+    np.testing.assert_array_equal(
+        apply(jnp.array([1, 5])).sum(axis=1), [0, 3, 0, 0, 0]
+    )  # 5: sentinel
+    with pytest.raises(Exception, match=r"SparseRows.* from -1 to -1"):
+        jax.block_until_ready(apply(jnp.array([1, -1])))
+
+
+@pytest.mark.parametrize("name", ["sgd", "rowwise_adagrad", "adagrad", "lazy_adam"])
+def test_a_schedule_going_negative_is_refused_before_the_step(getkey, name):
+    emb = zoo.Embedding(6, 2, key=getkey())
+    opt = getattr(zoo.sparse, name)(optax.linear_schedule(0.1, -0.1, transition_steps=2))
+    step = jax.jit(zoo.sparse.value_and_update(lambda e, i: jnp.sum(jax.vmap(e)(i)), opt))
+    state, ids = opt.init(emb), jnp.array([1, 2])
+    for _ in range(2):  # rates 0.1 and 0.0
+        _, emb, state = step(emb, state, ids)
+    with pytest.raises(Exception, match=rf"learning_rate of zoo.sparse.{name}.* -0.1 .*>= 0"):
+        jax.block_until_ready(step(emb, state, ids))
+
+
+@pytest.mark.parametrize("has_aux", [False, True])
+@pytest.mark.parametrize("name", ["sgd", "rowwise_adagrad", "lazy_adam"])
+def test_every_path_refuses_a_loss_that_is_not_a_scalar(getkey, name, has_aux):
+    """A per-example loss would be stepped on by its sum: the in-place SGD step, the coalesced
+    step and the gradients alone refuse it, as `jax.grad` does."""
+    emb = zoo.Embedding(6, 2, key=getkey())
+    opt, ids = getattr(zoo.sparse, name)(0.1), jnp.array([1, 2])
+
+    def per_example(e, i):
+        losses = jax.vmap(e)(i).sum(-1)
+        return (losses, {"ids": i}) if has_aux else losses
+
+    step = jax.jit(zoo.sparse.value_and_update(per_example, opt, has_aux=has_aux))
+    with pytest.raises(TypeError, match="scalar"):
+        step(emb, opt.init(emb), ids)
+    with pytest.raises(TypeError, match="scalar"):
+        zoo.sparse.value_and_grad(per_example, has_aux=has_aux)(emb, ids)
+
+
+@pytest.mark.parametrize("name", ["sgd", "rowwise_adagrad", "adagrad", "lazy_adam"])
+def test_an_empty_batch_changes_nothing(getkey, name):
+    emb = zoo.Embedding(6, 2, key=getkey())
+    opt = getattr(zoo.sparse, name)(0.1)
+    step = jax.jit(zoo.sparse.value_and_update(lambda e, i: jnp.sum(jax.vmap(e)(i)), opt))
+    loss, new, _ = step(emb, opt.init(emb), jnp.zeros((0,), jnp.int32))
+    assert loss == 0
+    np.testing.assert_array_equal(new.weight, emb.weight)
+
+
+def vmap_of_cond_loss(emb, ids):
+    looked_up = lambda i: jax.lax.cond(i % 2 == 0, lambda: jnp.sum(emb(i) ** 2), lambda: 0.0)  # noqa: E731
+    return jnp.sum(jax.vmap(looked_up)(ids))
+
+
+def test_a_lookup_under_vmap_of_cond(getkey):
+    """In place, it is the dense step; with per-row state, it is refused by name."""
+    emb, ids = zoo.Embedding(6, 2, key=getkey()), jnp.array([1, 2, 4, 4])
+    opt = zoo.sparse.sgd(0.1)
+    _, new, _ = jax.jit(zoo.sparse.value_and_update(vmap_of_cond_loss, opt))(
+        emb, opt.init(emb), ids
+    )
+    expected = emb.weight - 0.1 * eqx.filter_grad(vmap_of_cond_loss)(emb, ids).weight
+    np.testing.assert_allclose(new.weight, expected, rtol=1e-6)
+    for name in ["rowwise_adagrad", "lazy_adam"]:
+        opt = getattr(zoo.sparse, name)(0.1)
+        step = jax.jit(zoo.sparse.value_and_update(vmap_of_cond_loss, opt))
+        with pytest.raises(ValueError, match=r"jax.lax.cond under jax.vmap.*jnp.where.*sgd"):
+            step(emb, opt.init(emb), ids)
+
+
+@pytest.mark.parametrize("path", ["sgd", "rowwise_adagrad", "dense"])
+def test_an_out_of_range_id_under_jit_names_the_table_and_the_ids(getkey, path):
+    model, batch = Recommender(getkey()), make_batch(getkey())
+    batch["negative"] = batch["negative"].at[2, 1].set(NUM_ITEMS + 4).at[3, 0].set(NUM_ITEMS + 1)
+    if path == "dense":
+        step = eqx.filter_jit(eqx.filter_value_and_grad(vmapped_loss))
+        args, table = (model, batch), rf"zoo.Embedding\({NUM_ITEMS}, {DIM}\)"
+    else:
+        opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=getattr(zoo.sparse, path)(0.1))
+        step = jax.jit(zoo.sparse.value_and_update(vmapped_loss, opt))
+        args, table = (model, opt.init(model), batch), r"model\.items"
+    expected = (
+        rf"{table}: ids must lie in \[0, num_embeddings\) = \[0, {NUM_ITEMS}\)"
+        rf".* from {NUM_ITEMS + 1} to {NUM_ITEMS + 4}"
+    )
+    with pytest.raises(Exception, match=expected) as error:
+        jax.block_until_ready(step(*args))
+    lines = str(error.value).splitlines()
+    assert re.search(expected, lines[-1])
+    # Beside the Python stack of the call (indented lines, as deep as the caller's), the
+    # message is two lines: JAX's header and the error itself.
+    prose = [line for line in lines if not line.startswith(" ")]
+    assert len(prose) <= 2, prose
+
+
+EQX_NAN_SCRIPT = """
+import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax, zoo
+emb = zoo.Embedding(5, 2, key=jax.random.key(0))
+before = np.asarray(emb.weight)
+loss = lambda e, i: jnp.sum(jax.vmap(e)(i))
+steps = {"dense": lambda ids: eqx.filter_jit(eqx.filter_grad(loss))(emb, ids).weight}
+for name in ("sgd", "rowwise_adagrad", "lazy_adam"):
+    opt = getattr(zoo.sparse, name)(0.1)
+    step = jax.jit(zoo.sparse.value_and_update(loss, opt))
+    steps[name] = lambda ids, step=step, opt=opt: step(emb, opt.init(emb), ids)[1].weight
+rows = lambda ids: zoo.sparse.SparseRows(ids, jnp.ones((2, 2)), 5)
+steps["SparseRows"] = jax.jit(lambda ids: zoo.sparse.apply_updates(emb.weight, rows(ids)))
+for name, step in steps.items():
+    for ids, bad in ((jnp.array([1, 7]), "from 7 to 7"), (jnp.array([1, -2]), "from -2 to -2")):
+        try:
+            out = np.asarray(jax.block_until_ready(step(ids)))
+        except Exception as error:
+            assert bad in str(error).splitlines()[-1], (name, error)
+        else:
+            raise AssertionError(f"{name} not refused; got {out}, the table was {before}")
+print("refused")
+"""
+
+
+@pytest.mark.slow
+def test_ids_are_checked_whatever_equinoxs_error_mode():
+    env = os.environ | {"EQX_ON_ERROR": "nan"}
+    done = subprocess.run(
+        [sys.executable, "-c", EQX_NAN_SCRIPT], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "refused" in done.stdout, done.stderr[-2000:]
+
+
+def test_optax_and_equinox_tree_functions_refuse_sparse_gradients(getkey):
+    """Never silently wrong: each would count or scale the integer ids of a SparseRows (before,
+    `optax.global_norm` gave 7.3 for a dense norm of 1)."""
+    model, batch = Recommender(getkey()), make_batch(getkey())
+    _, grads = zoo.sparse.value_and_grad(vmapped_loss)(model, batch)
+    params = eqx.filter(model, eqx.is_inexact_array)
+    # As users run them: JAX's standard dtype promotion (the tests' strict one would refuse
+    # integer ids here on its own).
+    with warnings.catch_warnings(), jax.numpy_dtype_promotion("standard"):
+        warnings.simplefilter("ignore", DeprecationWarning)  # optax.global_norm: an old name
+        with pytest.raises((TypeError, NotImplementedError)):
+            optax.global_norm(grads)
+    numeric = {
+        "optax.tree.norm": lambda: optax.tree.norm(grads),
+        "optax.clip_by_global_norm": lambda: optax.clip_by_global_norm(1.0).update(
+            grads, optax.EmptyState()
+        ),
+        "optax.tree.scale": lambda: optax.tree.scale(0.5, grads),
+        "optax.tree.add": lambda: optax.tree.add(grads, grads),
+        "optax.adam": lambda: optax.adam(1e-3).update(grads, optax.adam(1e-3).init(grads)),
+    }
+    for name, call in numeric.items():
+        with jax.numpy_dtype_promotion("standard"), pytest.raises((TypeError, NotImplementedError)):
+            call()
+            pytest.fail(f"{name} accepted sparse gradients")
+    # Applying updates: the error names the function to use, or the SparseRows in the way.
+    with pytest.raises(TypeError, match=r"zoo\.sparse\.apply_updates"):
+        optax.apply_updates(params, grads)
+    with pytest.raises(ValueError, match="SparseRows"):
+        eqx.apply_updates(model, grads)
+    assert grads.items.weight.ids.dtype == jnp.int32  # the ids themselves read as integers
+    # What zoo's functions give instead: the dense gradient's norm and update.
+    dense = eqx.filter_grad(vmapped_loss)(model, batch)
+    np.testing.assert_allclose(zoo.sparse.global_norm(grads), optax.tree.norm(dense), rtol=1e-6)
+    stepped = zoo.sparse.apply_updates(model, grads)
+    assert tree_allclose(stepped, eqx.apply_updates(model, dense), rtol=1e-6, atol=1e-7)
+
+
+def test_row_reads_refuse_host_ids_that_jax_would_wrap(getkey):
+    emb = zoo.Embedding(6, 2, key=getkey())
+    ids = np.array([1, 2**32 + 3])  # int64: stored by JAX as int32, it would be row 3
+
+    def loss_fn(emb, _):
+        return jnp.sum(emb.weight[ids])
+
+    opt = zoo.sparse.sgd(0.1)
+    with pytest.raises(ValueError, match=r"ids must hold integers that fit int32.* 4294967299"):
+        zoo.sparse.value_and_grad(loss_fn)(emb, None)
+    with pytest.raises(ValueError, match=r"ids must hold integers that fit int32"):
+        zoo.sparse.value_and_update(loss_fn, opt)(emb, opt.init(emb), None)

@@ -232,3 +232,33 @@ def numeric_array(name: str, array: Any, *, example: str = "") -> Any:
     if kind not in "biufc":
         _refuse(TypeError, name, "a numeric array (bool, int or float)", array, example)
     return array
+
+
+def no_refs(tree: Any, where: str, fix: str) -> None:
+    """Refuses a pytree holding a `jax.Ref`: zoo's models hold plain arrays. A ref is treated
+    as static by `eqx.filter_jit`, dropped by `eqx.filter_grad` and left out by a filter on
+    arrays, so a model holding one would be trained or saved without it, silently."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if isinstance(leaf, jax.Ref):
+            raise TypeError(
+                f"{where} got a model holding a jax.Ref at {jax.tree_util.keystr(path)}. Models "
+                f"hold plain arrays: {fix} Pass the array instead, e.g. "
+                "`eqx.tree_at(lambda m: m.table.weight, model, jax.freeze(ref))`."
+            )
+
+
+def raise_if(x: Any, bad: Any, report) -> Any:
+    """`x`, through a runtime check: where `bad` holds anywhere (over a whole `jax.vmap`
+    batch too), `report(x)` runs on the host and raises, before anything reads `x`.
+
+    Unlike `eqx.error_if` this raises whatever Equinox's error mode (`EQX_ON_ERROR=nan` would
+    turn an integer into the largest int, which a gather clamps to the last row), and the
+    message may show values: `report` gets `x` (under `jax.vmap`, the whole batch's).
+    """
+    import equinox.internal as eqxi  # only here: importing zoo stays light
+
+    def fail(x):
+        struct = jax.ShapeDtypeStruct(x.shape, x.dtype)
+        return jax.pure_callback(report, struct, x, vmap_method="expand_dims")
+
+    return jax.lax.cond(eqxi.unvmap_any(jax.numpy.any(bad)), fail, lambda x: x, x)

@@ -160,7 +160,9 @@ def _checked_path(path, example: str) -> pathlib.Path:
 
 
 def _check_model(model: PyTree) -> None:
-    """A model with no array to store is a mistake (`None`, a path passed as the model)."""
+    """A model with no array to store is a mistake (`None`, a path passed as the model), and a
+    `jax.Ref` in it would be left out of the checkpoint."""
+    _checks.no_refs(model, "zoo.save", "a ref would be left out of the checkpoint.")
     if not store.leaves(model):
         raise TypeError(
             f"model must be an equinox.Module or pytree holding arrays; got "

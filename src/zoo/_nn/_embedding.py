@@ -19,40 +19,212 @@ _RIGHT_CALL = "zoo.Embedding(num_embeddings=10_000, embedding_dim=64, key=jax.ra
 
 
 class TableView(eqx.Module):
-    """What an `Embedding` reads its rows from instead of its weight, inside `zoo.sparse` passes.
+    """What an `Embedding`'s `weight` is inside `zoo.sparse` passes: a stand-in that records or
+    redirects lookups.
 
-    `zoo.sparse.value_and_grad` swaps each table for a view that records or redirects lookups;
-    every other use of the module is unchanged. Reading the view as an array (`weight.T`,
-    `h @ weight`, `weight.shape`) raises an error that names the table (`where`).
+    Rows are read by calling the `Embedding`, or from the weight itself as from an array:
+    `weight[ids]`, `weight[ids, :]`, `weight.at[ids].get(mode=..., fill_value=...)` and
+    `weight.take(ids, axis=0)`. Reading the whole table (`h @ weight.T`, `jnp.square(weight)`,
+    `weight.shape`, `jnp.take(weight, ...)`, which converts it to an array first) raises a
+    `TypeError` that names the table (`where`) and the two ways out.
     """
 
     where: str = eqx.field(static=True, default="", kw_only=True)
 
+    @property
     @abc.abstractmethod
-    def lookup(self, ids: Int[Array, "*ids"]) -> Float[Array, "*ids dim"]:
-        """The rows of `ids`, shape `(*ids.shape, embedding_dim)`."""
+    def num_rows(self) -> int:
+        """The number of rows of the table."""
 
-    def _read_directly(self) -> str:
+    @abc.abstractmethod
+    def lookup(
+        self, ids: Int[Array, "*ids"], padding_idx: int | None = None
+    ) -> Float[Array, "*ids dim"]:
+        """The rows of `ids` (checked: in range), shape `(*ids.shape, embedding_dim)`. Rows of
+        `padding_idx` may be anything: the `Embedding` zeroes them, and they get no gradient."""
+
+    def unused_id(self) -> int:
+        """An id a masked-out read may look up: its row gets a zero gradient."""
+        return self.num_rows
+
+    def read(
+        self,
+        ids: Int[ArrayLike, "*ids"],
+        *,
+        mode: str | None = None,
+        fill_value=None,
+        wrap_negative_indices: bool = True,
+    ) -> Float[Array, "*ids dim"]:
+        """The rows of `ids`, as `weight.at[ids].get(mode=..., fill_value=...)` reads them.
+
+        Without a mode (or `"promise_in_bounds"`), every id must be a row: out-of-range ids
+        (negative ones included) raise, as in an `Embedding` call. `"fill"` (or `"drop"`)
+        reads `fill_value` (NaN by default) for them, `"clip"` the nearest row.
+        """
+        if not isinstance(ids, jax.Array):
+            # Host ids are checked before JAX stores them: int64 would wrap into valid rows.
+            ids = _checks.fits_int32("ids", ids)
+        ids = jnp.asarray(ids)
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(
+                f"ids must be integers to read rows of {self._name()}; got dtype {ids.dtype}: "
+                "weight[ids.astype(jnp.int32)]."
+            )
+        if mode in (None, "promise_in_bounds"):
+            return self.lookup(checked_ids(ids, self.num_rows, self._name()))
+        if mode not in ("fill", "drop", "clip"):
+            raise ValueError(
+                f'mode must be None, "fill", "drop", "clip" or "promise_in_bounds"; got {mode!r}.'
+            )
+        if wrap_negative_indices:
+            ids = jnp.where(ids < 0, ids + self.num_rows, ids)
+        if mode == "clip":
+            return self.lookup(jnp.clip(ids, 0, self.num_rows - 1))
+        valid = (ids >= 0) & (ids < self.num_rows)
+        rows = self.lookup(jnp.where(valid, ids, self.unused_id()))
+        fill = jnp.asarray(jnp.nan if fill_value is None else fill_value, rows.dtype)
+        return jnp.where(valid[..., None], rows, fill)
+
+    def __getitem__(self, index) -> Array:
+        rest = index[1:] if isinstance(index, tuple) else ()
+        ids = index[0] if isinstance(index, tuple) else index
+        if (
+            isinstance(ids, slice)
+            or ids is Ellipsis
+            or ids is None
+            or any(not _whole_axis(r) for r in rest)
+        ):
+            raise TypeError(self._read_directly(f"weight[{index!r}]"))
+        return self.read(ids)
+
+    def take(self, ids, axis=None, *, mode=None, fill_value=None) -> Array:
+        """`weight.take(ids, axis=0)`: as `jnp.take(table, ids, axis=0)`."""
+        if axis != 0:
+            raise TypeError(self._read_directly(f"weight.take(ids, axis={axis!r})"))
+        return self.read(ids, mode=mode, fill_value=fill_value)
+
+    @property
+    def at(self) -> "_TableAt":
+        """`weight.at[ids].get(...)` reads rows; the table is not written inside a loss."""
+        return _TableAt(self)
+
+    def _name(self) -> str:
+        return f"the embedding table {self.where}" if self.where else "an embedding table"
+
+    def _read_directly(self, how: str = "as an array") -> str:
         return (
-            f"zoo.sparse: the embedding table {self.where or ''} is read directly inside the "
-            "loss (as an array: weight tying such as `h @ embedding.weight.T`, weight decay, "
-            "`.shape`, ...). A sparse step sees only the rows the loss looks up, so a table is "
-            "readable only by calling its Embedding, e.g. `model.items(ids)`. Read the shape "
-            "from `embedding.num_embeddings` / `embedding.embedding_dim`, or train this model "
-            "with an optax optimizer (the dense path: eqx.filter_value_and_grad)."
+            f"zoo.sparse: {self._name()} is read whole inside the loss ({how}: weight tying "
+            "such as `h @ weight.T`, weight decay such as `jnp.square(weight)`, `.shape`, "
+            "`jnp.take(weight, ...)`). A sparse step sees only the rows the loss looks up. Two "
+            "ways out: read rows, by calling the Embedding (`model.items(ids)`) or with "
+            "`weight[ids]`, `weight.at[ids].get()` or `weight.take(ids, axis=0)` (a penalty "
+            "on the rows looked up stays sparse; shapes are `embedding.num_embeddings` and "
+            "`embedding.embedding_dim`); or train the table densely: hold a table the loss "
+            "reads whole (a tied output matrix, say) as a plain array, not a zoo.Embedding, "
+            "so that the dense optimizer of zoo.sparse.partition trains it, or train the whole "
+            "model with optax (eqx.filter_value_and_grad). See docs/sparse.md, "
+            '"Reading a table inside the loss".'
         )
 
-    def __matmul__(self, other):
+    def _refuse(self, *args, **kwargs):
         raise TypeError(self._read_directly())
 
-    def __rmatmul__(self, other):
-        raise TypeError(self._read_directly())
+    def __bool__(self) -> bool:  # a view is a value, even though len() refuses
+        return True
+
+    # Every way of using the table as one array: arithmetic, NumPy and JAX conversion.
+    __jax_array__ = __array__ = __len__ = __iter__ = _refuse
+    __matmul__ = __rmatmul__ = __add__ = __radd__ = __sub__ = __rsub__ = _refuse
+    __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __pow__ = __neg__ = _refuse
 
     def __getattr__(self, name: str):
         # Only reached for attributes the view lacks; dunder probes stay plain AttributeErrors.
         if name.startswith("__"):
             raise AttributeError(name)
-        raise AttributeError(self._read_directly())
+        raise AttributeError(self._read_directly(f"weight.{name}"))
+
+
+def _whole_axis(index) -> bool:
+    return index is Ellipsis or (isinstance(index, slice) and index == slice(None))
+
+
+class _TableAt:
+    """`weight.at`, on a `TableView`."""
+
+    def __init__(self, view: TableView):
+        self.view = view
+
+    def __getitem__(self, index) -> "_TableAtIndex":
+        ids = index[0] if isinstance(index, tuple) else index
+        if isinstance(index, tuple) and any(not _whole_axis(r) for r in index[1:]):
+            raise TypeError(self.view._read_directly(f"weight.at[{index!r}]"))
+        return _TableAtIndex(self.view, ids)
+
+
+class _TableAtIndex:
+    def __init__(self, view: TableView, ids):
+        self.view, self.ids = view, ids
+
+    def get(self, *, mode=None, fill_value=None, wrap_negative_indices=True, **kwargs) -> Array:
+        del kwargs  # indices_are_sorted, unique_indices, out_sharding: hints only
+        return self.view.read(
+            self.ids, mode=mode, fill_value=fill_value, wrap_negative_indices=wrap_negative_indices
+        )
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise TypeError(
+            f"zoo.sparse: {self.view._name()} is written inside the loss (`weight.at[ids]."
+            f"{name}(...)`); a loss only reads its tables: read the rows with "
+            "`weight.at[ids].get()` and compute with them."
+        )
+
+
+class OutOfRangeIdError(ValueError):
+    """An id outside `[0, num_rows)`: raised eagerly, or by the program that looked it up."""
+
+
+def _out_of_range(table: str, num_rows: int, low, high, bound: str) -> str:
+    return (
+        f"{table}: ids must lie in [0, {bound}) = [0, {num_rows}); got ids out of range, "
+        f"from {low} to {high}."
+    )
+
+
+def _raise_out_of_range(table: str, num_rows: int, bound: str):
+    def report(ids):
+        # Under jax.vmap, `ids` holds the whole batch's (expanded dims).
+        ids = np.asarray(ids)
+        bad = ids[(ids < 0) | (ids >= num_rows)]
+        raise OutOfRangeIdError(_out_of_range(table, num_rows, bad.min(), bad.max(), bound))
+
+    return report
+
+
+def checked_ids(
+    ids: Int[Array, "*ids"], num_rows: int, table: str, bound: str = "num_embeddings"
+) -> Int[Array, "*ids"]:
+    """`ids`, refused unless every one lies in `[0, num_rows)`; `table` names the table.
+
+    Concrete ids raise an `OutOfRangeIdError` now. Traced ones raise it when the program runs,
+    whatever Equinox's error mode (`EQX_ON_ERROR=nan` would turn an id into the largest int,
+    which a gather clamps to the last row), and before anything reads them: the ids pass
+    through the check (`zoo._checks.raise_if`). The message names the table and the
+    offending ids' range.
+    """
+    if not isinstance(ids, jax.core.Tracer):
+        # With NumPy: jnp ops here could be staged into a trace (a closed-over constant
+        # inside jax.lax.cond, say) and no longer give a bool.
+        concrete = np.asarray(ids)
+        bad = concrete[(concrete < 0) | (concrete >= num_rows)]
+        if bad.size:
+            raise OutOfRangeIdError(_out_of_range(table, num_rows, bad.min(), bad.max(), bound))
+        return ids
+    if ids.size == 0:
+        return ids
+    bad = (ids < 0) | (ids >= num_rows)
+    return _checks.raise_if(ids, bad, _raise_out_of_range(table, num_rows, bound))
 
 
 _INIT_BLOCK_ELEMENTS = 2**20  # rows drawn per block: about 4 MB of float32
@@ -183,8 +355,10 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
 
         **Raises:**
 
-        Out-of-range ids raise a `ValueError` when `ids` is concrete; under `jax.jit` or
-        `jax.vmap` the same check is an `eqx.error_if`, which raises when the computation runs.
+        Out-of-range ids raise an `OutOfRangeIdError` (a `ValueError`) when `ids` is concrete;
+        under `jax.jit` or `jax.vmap` the same check raises when the computation runs, before
+        any row is read, whatever Equinox's error mode (`EQX_ON_ERROR`). The message names the
+        table (its path in the model inside `zoo.sparse` steps) and the offending ids' range.
         Ids are never clamped.
         """
         del key
@@ -207,7 +381,7 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
 
     def _lookup(self, ids: Int[Array, "*ids"]) -> Float[Array, "*ids dim"]:
         if isinstance(self.weight, TableView):
-            return self.weight.lookup(ids)
+            return self.weight.lookup(ids, self.padding_idx)
         # "fill" and no wrapping of negative ids: an id that escaped the check reads NaN, never
         # a neighbouring row.
         return self.weight.at[ids].get(mode="fill", wrap_negative_indices=False)
@@ -226,13 +400,9 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
                 f"with combiner={self.combiner!r} the last axis of ids is a bag; got a scalar id. "
                 "Pass a bag such as embedding(jnp.array([id])), or use combiner=None."
             )
-        message = f"ids must lie in [0, num_embeddings) = [0, {self.num_embeddings})"
-        if isinstance(ids, jax.core.Tracer):
-            bad = jnp.any((ids < 0) | (ids >= self.num_embeddings))
-            return eqx.error_if(ids, bad, message)
-        # Concrete ids are checked with NumPy: jnp ops here could be staged into a trace
-        # (a closed-over constant inside jax.lax.cond, say) and no longer give a bool.
-        concrete = np.asarray(ids)
-        if concrete.size and (concrete.min() < 0 or concrete.max() >= self.num_embeddings):
-            raise ValueError(f"{message}; got ids from {concrete.min()} to {concrete.max()}.")
-        return ids
+        return checked_ids(ids, self.num_embeddings, self._name())
+
+    def _name(self) -> str:
+        if isinstance(self.weight, TableView):
+            return self.weight._name()
+        return f"zoo.Embedding({self.num_embeddings}, {self.embedding_dim})"

@@ -65,6 +65,7 @@ def _checked_key(key: PRNGKeyArray | None, loss: str) -> PRNGKeyArray:
 def _sampled_scores(model, batch, key, sampler, num_negatives, loss) -> Float[Array, "b m"]:
     """Scores of each positive (column 0) and of its `num_negatives` sampled negatives."""
     users, items = _positives(batch, loss)
+    sampler.check_covers(model, loss)
     negatives = sampler(_checked_key(key, loss), users, num_negatives)
     return pair_scores(model, users, jnp.concatenate([items[:, None], negatives], axis=1))
 
@@ -163,9 +164,11 @@ def _log_q(item_counts: ArrayLike) -> Float[Array, " num_items"]:
         or not (np.issubdtype(counts.dtype, np.integer) or np.issubdtype(counts.dtype, np.floating))
         or not np.isfinite(counts).all()
         or (counts.size and counts.min() < 0)
+        or not counts.sum() > 0
     ):
         raise ValueError(
-            "item_counts must be finite counts >= 0, one per item, shape (num_items,); got "
+            "item_counts must be finite counts >= 0, not all zero, one per item, shape "
+            "(num_items,); got "
             f"{counts.dtype} of shape {counts.shape}"
             + (f" with values from {counts.min()} to {counts.max()}" if counts.size else "")
             + ". For example item_counts=zoo.recsys.item_counts(train, train.num_items)."
@@ -227,6 +230,13 @@ def in_batch_softmax_loss(*, item_counts: ArrayLike | None = None) -> LossFn:
                 "an epoch would hold a single row."
             )
         logits = model.embed_users(users) @ model.embed_items(items).T
+        if log_q is not None and log_q.shape[0] != model.num_items:
+            # A shorter log_q would be read at clamped positions: another item's count.
+            raise ValueError(
+                f"item_counts must hold one count per item of the model, {model.num_items}; "
+                f"got {log_q.shape[0]}. For example item_counts=zoo.recsys.item_counts(train, "
+                "train.num_items)."
+            )
         if log_q is not None:
             logits = logits - log_q[items][None, :]
         repeated = (items[:, None] == items[None, :]) & ~jnp.eye(len(items), dtype=bool)

@@ -177,6 +177,12 @@ class NegativeSampler(eqx.Module):
         self.cumulative = None
         if distribution == "popularity":
             weights = item_counts(interactions, num_items).astype(np.float64) ** alpha
+            if not weights.sum() > 0:  # every draw would land on the last item
+                raise ValueError(
+                    "distribution='popularity' needs item counts that are not all zero; "
+                    f"interactions hold no item (of {len(interactions['item'])} rows). Pass the "
+                    f"training split, or use distribution='uniform'. Example: {_EXAMPLE}"
+                )
             self.cumulative = jnp.asarray(np.cumsum(weights), jnp.float32)
         self.indptr = self.positives = None
         longest = 0
@@ -190,6 +196,18 @@ class NegativeSampler(eqx.Module):
         self.num_items = num_items
         self.max_redraws = max_redraws
         self.search_steps = int(np.ceil(np.log2(longest + 1))) + 1
+
+    def check_covers(self, model, loss: str) -> None:
+        """Refuses a model whose catalogue is not the sampler's: a larger one would never see
+        its last items drawn, and a smaller one would be looked up out of range (or, in a
+        log-q correction, at clamped entries)."""
+        num_items = getattr(model, "num_items", None)
+        if isinstance(num_items, int) and num_items != self.num_items:
+            raise ValueError(
+                f"{loss}: the sampler draws from {self.num_items} items but the model has "
+                f"num_items={num_items}; make the sampler for the model's catalogue: "
+                "zoo.recsys.NegativeSampler(model.num_items, ...)."
+            )
 
     def __call__(
         self, key: PRNGKeyArray, users: Int[ArrayLike, " batch"], num: IntLike

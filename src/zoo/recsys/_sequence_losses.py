@@ -85,6 +85,8 @@ def sequence_loss(
             per_position = _full_softmax(model, hidden, targets)
         else:
             users = batch.get("user", jnp.zeros(len(inputs), jnp.int32))
+            if sampler is not None:
+                sampler.check_covers(model, "sequence_loss")
             draw = _drawer(model.num_items, sampler, negative_key, users)
             if kind == "bce":
                 per_position = _bce(model, hidden, targets, draw, num_negatives)

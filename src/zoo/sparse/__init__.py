@@ -8,6 +8,12 @@ On CPU the row gathers and in-place updates run zoo's native kernels, built at i
 `kernels()` says which path runs. See `docs/sparse.md`.
 """
 
+from ._clipping import (
+    ClipByGlobalNormState as ClipByGlobalNormState,
+    chain as chain,
+    clip_by_global_norm as clip_by_global_norm,
+    global_norm as global_norm,
+)
 from ._grad import value_and_grad as value_and_grad
 from ._native import Kernels as Kernels, kernels as kernels
 from ._optimizers import (

@@ -38,12 +38,20 @@ class _Compact(TableView):
     rows: Float[Array, "n dim"]
     ids: Int[Array, " n"]  # the ids of `rows`, as in `SparseRows`: repeats are sentinels
     sorted_ids: Int[Array, " n"]  # every id looked up, sorted, repeats kept
-    num_rows: int = eqx.field(static=True)
+    table_rows: int = eqx.field(static=True)
 
-    def lookup(self, ids: Int[Array, "*ids"]) -> Float[Array, "*ids dim"]:
-        # Every non-padding id looked up is in `sorted_ids` (recorded by the first pass), and the
-        # first of its copies is the slot that holds its row. Padding ids land on some slot and
-        # are zeroed by the Embedding, so they add no gradient.
+    @property
+    def num_rows(self) -> int:
+        return self.table_rows
+
+    def lookup(self, ids: Int[Array, "*ids"], padding_idx: int | None = None) -> Array:
+        # Every id looked up is in `sorted_ids` (recorded by the first pass), and the first of
+        # its copies is the slot that holds its row. Padding ids looked up by the Embedding
+        # (recorded as the sentinel) land on some slot and are zeroed by the Embedding, so they
+        # add no gradient; so do the masked-out ids of a `mode="fill"` read.
+        del padding_idx
+        if self.rows.shape[0] == 0:  # nothing looked up: an empty batch
+            return jnp.zeros((*ids.shape, self.rows.shape[1]), self.rows.dtype)
         slot = jnp.searchsorted(self.sorted_ids, ids.astype(self.sorted_ids.dtype))
         slot = jnp.minimum(slot, self.rows.shape[0] - 1)
         if _native.native_for(self.rows.dtype):
@@ -57,8 +65,9 @@ def _is_compact(x) -> bool:
 
 
 def _coalesce(embedding: Embedding, ids: Int[Array, " n"]) -> tuple[Array, Array]:
-    """`(ids, sorted_ids)`: the non-padding ids of all lookups, sorted, with padding ids as the
-    sentinel `num_embeddings`; in `ids`, every repeat of an id is the sentinel too.
+    """`(ids, sorted_ids)`: the ids of all lookups, sorted (the Embedding's lookups of its
+    padding id were recorded as the sentinel `num_embeddings`); in `ids`, every repeat of an id
+    is the sentinel too.
 
     A sort and a comparison, instead of `jnp.unique(..., size=n)`, which costs 3x as much (a
     lexicographic sort and a compaction) for nothing the optimizers need: they drop sentinels.
@@ -66,8 +75,6 @@ def _coalesce(embedding: Embedding, ids: Int[Array, " n"]) -> tuple[Array, Array
     sentinel = embedding.num_embeddings
     if ids.shape[0] == 0:  # a table the loss never looks up
         return ids, ids
-    if embedding.padding_idx is not None:
-        ids = jnp.where(ids == embedding.padding_idx, sentinel, ids)
     native = _native.native() and ids.dtype == jnp.int32
     sorted_ids = _native.sort_ids(ids) if native else jnp.sort(ids)
     repeat = jnp.concatenate([jnp.zeros((1,), bool), sorted_ids[1:] == sorted_ids[:-1]])
@@ -105,7 +112,7 @@ def _compact_model(gather: "RowGather", fn: Callable[..., Any], model, *args, **
 
 def _as_sparse_rows(grad, compact):
     if _is_compact(grad):
-        return SparseRows(compact.ids, grad.rows, compact.num_rows)
+        return SparseRows(compact.ids, grad.rows, compact.table_rows)
     return grad
 
 
@@ -146,9 +153,12 @@ def value_and_grad(fn: Callable[..., Any], *, has_aux: bool = False) -> Callable
 
     !!! warning
 
-        Inside `fn` a table is only readable by calling its `Embedding`: its `weight` is a
-        stand-in there, so weight tying (`h @ embedding.weight.T`) or weight decay on the table
-        needs the dense path.
+        Inside `fn` a table is read by rows: by calling its `Embedding`, or as
+        `weight[ids]`, `weight.at[ids].get(...)` or `weight.take(ids, axis=0)`. Its `weight`
+        is a stand-in there, and a read of the whole table (weight tying such as
+        `h @ embedding.weight.T`, weight decay on the whole table, `jnp.take(weight, ...)`)
+        raises a `TypeError` naming the table and the ways out (docs/sparse.md, "Reading a
+        table inside the loss").
     """
 
     return value_and_grad_with(fn, local_rows, has_aux=has_aux)

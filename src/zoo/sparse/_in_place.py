@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from .. import _checks
 from .._custom_types import PyTree
 from .._nn._embedding import TableView
 from . import _native
@@ -52,7 +53,15 @@ class _InPlace(TableView):
     table: Float[Array, "rows dim"]
     scale: Float[Array, ""]
 
-    def lookup(self, ids: Int[Array, "*ids"]) -> Float[Array, "*ids dim"]:
+    @property
+    def num_rows(self) -> int:
+        return self.table.shape[0]
+
+    def unused_id(self) -> int:
+        return 0  # read in bounds (the gather promises it); its row gets a zero update
+
+    def lookup(self, ids: Int[Array, "*ids"], padding_idx: int | None = None) -> Array:
+        del padding_idx  # zeroed by the Embedding: a zero cotangent adds nothing
         # One row per id under `vmap`: a batched gather, whose transpose XLA:CPU runs as one
         # scatter-add in place. `table[ids]` on a whole id array would transpose to JAX's
         # NumPy-style `addupdate` instead, about 2x slower there (docs/sparse.md).
@@ -69,15 +78,24 @@ class _InPlace(TableView):
 
 def check_no_refs(model: PyTree, where: str) -> None:
     """Refuses a model holding a `jax.Ref`: models stay pure, refs are made inside the step."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(model):
-        if isinstance(leaf, jax.Ref):
-            raise TypeError(
-                f"{where} got a model holding a jax.Ref at {jax.tree_util.keystr(path)}. Models "
-                "hold plain arrays: zoo makes the refs inside the step and freezes them again, "
-                "and a ref in a model is treated as static by eqx.filter_jit and dropped by "
-                "eqx.filter_grad. Pass the array instead, e.g. "
-                "`eqx.tree_at(lambda m: m.table.weight, model, jax.freeze(ref))`."
-            )
+    _checks.no_refs(
+        model,
+        where,
+        "zoo makes the refs inside the step and freezes them again, and a ref in a model is "
+        "treated as static by eqx.filter_jit and dropped by eqx.filter_grad.",
+    )
+
+
+def _check_scalar_loss(value) -> None:
+    """A loss of another shape would be stepped on by its sum (the pullback is seeded with
+    ones): `jax.grad`, the path of every other optimizer, refuses it too."""
+    shape, dtype = jnp.shape(value), getattr(value, "dtype", None)
+    if shape != () or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            "fn must return a scalar floating loss (with has_aux=True, as the first element of "
+            f"(loss, aux)); got {_checks.describe(value)}. Reduce it, e.g. "
+            "jnp.mean((scores - targets) ** 2)."
+        )
 
 
 def value_and_grad_in_place(fn: Callable[..., Any], *, has_aux: bool = False):
@@ -99,8 +117,10 @@ def value_and_grad_in_place(fn: Callable[..., Any], *, has_aux: bool = False):
             value = (value, aux)
         else:
             value, pullback = jax.vjp(loss, tables, rest)
+        loss_value = value[0] if has_aux else value
+        _check_scalar_loss(loss_value)
         refs = jax.tree.map(jax.new_ref, tables)
-        ones = jnp.ones_like(value[0] if has_aux else value)
+        ones = jnp.ones_like(loss_value)
         want = jax.tree.map(lambda _: jax.ad.GradValue(), rest)
         _, grads = pullback.with_refs(refs, want)(ones)
         updated = eqx.combine(jax.tree.map(jax.freeze, refs), rest, static)

@@ -87,8 +87,16 @@ class _Marked(TableView):
     table: Float[Array, "rows dim"]
     marker: _Marker = eqx.field(static=True)
 
-    def lookup(self, ids: Int[Array, "*ids"]) -> Float[Array, "*ids dim"]:
-        return self.table.at[self.marker(ids)].get(mode="fill", wrap_negative_indices=False)
+    @property
+    def num_rows(self) -> int:
+        return self.table.shape[0]
+
+    def lookup(self, ids: Int[Array, "*ids"], padding_idx: int | None = None) -> Array:
+        # Padding ids are marked as the sentinel: they get no gradient, so no row.
+        if padding_idx is not None:
+            ids = jnp.where(ids == padding_idx, self.num_rows, ids)
+        marked = self.marker(ids)
+        return self.table.at[marked].get(mode="fill", fill_value=0, wrap_negative_indices=False)
 
 
 def is_embedding(x) -> bool:
@@ -170,6 +178,15 @@ def _count(jaxpr: Jaxpr, index: dict, times: int) -> list[int]:
     return counts
 
 
+_VMAP_OF_COND = (
+    "zoo.sparse looks up an embedding table inside jax.lax.cond under jax.vmap (a cond on a "
+    "batched predicate). An optimizer with per-row state (rowwise_adagrad, adagrad, lazy_adam) "
+    "records the ids each table is looked up with, and JAX runs both branches of such a cond "
+    "as a select, which cannot record. Look the rows up outside the cond and choose with "
+    "jnp.where, or train the tables with zoo.sparse.sgd, whose in-place step records nothing."
+)
+
+
 def looked_up_ids(fn: Callable[..., Any], model, *args, **kwargs) -> list[Int[Array, " n"]]:
     """Per table of `model` (in `tables(model)` order), every id `fn(model, *args, **kwargs)`
     looks it up with, duplicates kept, the sentinel `num_embeddings` in the unused slots."""
@@ -182,5 +199,10 @@ def looked_up_ids(fn: Callable[..., Any], model, *args, **kwargs) -> list[Int[Ar
     logs = [_Log(c, e.num_embeddings) for c, e in zip(capacities, embeddings, strict=True)]
     it = iter(logs)
     recording, _ = _with_markers(model, lambda e: _Marker(next(it)))
-    fn(recording, *args, **kwargs)
+    try:
+        fn(recording, *args, **kwargs)
+    except NotImplementedError as error:
+        if "vmap-of-cond" not in str(error):
+            raise
+        raise ValueError(_VMAP_OF_COND) from error
     return [jax.freeze(log.ids) for log in logs]

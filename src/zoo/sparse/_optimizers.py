@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int
 
@@ -122,8 +123,22 @@ def checked_state(name: str, state, kind: type):
     return state
 
 
-def _learning_rate(learning_rate: ScalarOrSchedule, count: Int[ArrayLike, ""]):
-    return learning_rate(count) if callable(learning_rate) else learning_rate
+def _learning_rate(name: str, learning_rate: ScalarOrSchedule, count: Int[ArrayLike, ""]):
+    """The rate at step `count`; a schedule's is checked (as `zoo.train` checks one), since a
+    negative rate would train away from the minimum and a NaN would fill the looked-up rows."""
+    if not callable(learning_rate):
+        return learning_rate
+    rate = jnp.asarray(learning_rate(count), jnp.float32)
+
+    def report(rate):
+        rate = float(np.ravel(rate)[0])
+        raise ValueError(
+            f"learning_rate of zoo.sparse.{name}: the schedule returned {rate:g} at a step; "
+            "a schedule must return finite values >= 0, e.g. "
+            "optax.linear_schedule(1e-3, 1e-5, transition_steps=1000)."
+        )
+
+    return _checks.raise_if(rate, ~(rate >= 0) | ~jnp.isfinite(rate), report)
 
 
 def _scaled(scale, values: Array) -> Array:
@@ -133,15 +148,17 @@ def _scaled(scale, values: Array) -> Array:
 
 def _gather(state: Array, ids: Int[Array, " n"]) -> Array:
     # Padding ids are out of range: read zeros there (their values are zero and get dropped).
-    if _native.native():
+    if _native.native():  # reads zeros at every id outside [0, rows), negative ones too
         return _native.gather_rows(state, ids)
-    return state.at[ids].get(mode="fill", fill_value=0)
+    return state.at[ids].get(mode="fill", fill_value=0, wrap_negative_indices=False)
 
 
 def _scatter(state: Array, ids: Int[Array, " n"], rows: Array) -> Array:
-    if _native.native():
+    if _native.native():  # drops every id outside [0, rows), negative ones too
         return _native.scatter_rows(state, ids, rows)
-    return state.at[ids].set(rows.astype(state.dtype), mode="drop", unique_indices=True)
+    return state.at[ids].set(
+        rows.astype(state.dtype), mode="drop", unique_indices=True, wrap_negative_indices=False
+    )
 
 
 def _map_tables(name: str, n_out: int, fn: Callable, grads: PyTree, *states: PyTree):
@@ -211,7 +228,7 @@ def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
     def update(grads: PyTree, state: SGDState, params: PyTree = None):
         del params
         checked_state("sgd", state, SGDState)
-        lr = _learning_rate(learning_rate, state.count)
+        lr = _learning_rate("sgd", learning_rate, state.count)
 
         def rows(g: SparseRows):
             return (SparseRows(g.ids, _scaled(-lr, g.values), g.num_rows),)
@@ -221,7 +238,7 @@ def sgd(learning_rate: ScalarOrSchedule) -> SparseGradientTransformation:
 
     def in_place_scale(state: SGDState) -> Float[Array, ""]:
         checked_state("sgd", state, SGDState)
-        return -jnp.asarray(_learning_rate(learning_rate, state.count), jnp.float32)
+        return -jnp.asarray(_learning_rate("sgd", learning_rate, state.count), jnp.float32)
 
     return SparseGradientTransformation(init, update, in_place_scale)
 
@@ -242,7 +259,7 @@ def _adagrad(
     def update(grads: PyTree, state: AdagradState, params: PyTree = None):
         del params
         checked_state(name, state, AdagradState)
-        lr = _learning_rate(learning_rate, state.count)
+        lr = _learning_rate(name, learning_rate, state.count)
 
         def rows(g: SparseRows, sums: Array):
             squares = jnp.square(g.values)
@@ -256,7 +273,7 @@ def _adagrad(
 
     def apply_in_place(grads: PyTree, state: AdagradState, params: PyTree):
         checked_state(name, state, AdagradState)
-        lr = _learning_rate(learning_rate, state.count)
+        lr = _learning_rate(name, learning_rate, state.count)
 
         def rows(g: SparseRows, sums: Array, table: Array):
             return _native.rowwise_adagrad(table, sums, g.ids, g.values, lr, eps)
@@ -370,7 +387,8 @@ def lazy_adam(
         checked_state("lazy_adam", state, LazyAdamState)
         count = optax.safe_int32_increment(state.count)
         t = count.astype(jnp.float32)
-        step_size = _learning_rate(learning_rate, state.count) * jnp.sqrt(1 - b2**t) / (1 - b1**t)
+        lr = _learning_rate("lazy_adam", learning_rate, state.count)
+        step_size = lr * jnp.sqrt(1 - b2**t) / (1 - b1**t)
 
         def rows(g: SparseRows, moments: Array):
             old = _gather(moments, g.ids)
@@ -388,7 +406,8 @@ def lazy_adam(
         checked_state("lazy_adam", state, LazyAdamState)
         count = optax.safe_int32_increment(state.count)
         t = count.astype(jnp.float32)
-        step_size = _learning_rate(learning_rate, state.count) * jnp.sqrt(1 - b2**t) / (1 - b1**t)
+        lr = _learning_rate("lazy_adam", learning_rate, state.count)
+        step_size = lr * jnp.sqrt(1 - b2**t) / (1 - b1**t)
 
         def rows(g: SparseRows, moments: Array, table: Array):
             return _native.lazy_adam(table, moments, g.ids, g.values, step_size, b1, b2, eps)

@@ -9,7 +9,7 @@ import optax
 from .. import _checks
 from .._custom_types import PyTree
 from . import _native
-from ._lookups import split_params
+from ._lookups import is_embedding, split_params
 from ._optimizers import SparseGradientTransformation, checked_state
 from ._rows import SparseRows, is_sparse_rows
 
@@ -73,10 +73,13 @@ def partition(
 
     def init(model: PyTree) -> PartitionState:
         tables, rest = split_params(model)
-        return PartitionState(dense=dense.init(rest), embeddings=embeddings.init(tables))
+        dense_state = dense.init(rest)
+        _check_dense_state(dense_state)
+        return PartitionState(dense=dense_state, embeddings=embeddings.init(tables))
 
     def update(grads: PyTree, state: PartitionState, model: PyTree = None):
         checked_state("partition", state, PartitionState)
+        _check_table_grads(grads)
         table_grads, rest_grads = _split_grads(grads)
         tables, rest = (None, None) if model is None else split_params(model)
         rest_updates, dense_state = dense.update(rest_grads, state.dense, rest)
@@ -95,6 +98,7 @@ def partition(
 
         def apply_in_place(grads: PyTree, state: PartitionState, model: PyTree):
             checked_state("partition", state, PartitionState)
+            _check_table_grads(grads)
             table_grads, rest_grads = _split_grads(grads)
             tables, rest = split_params(model)
             rest_updates, dense_state = dense.update(rest_grads, state.dense, rest)
@@ -112,9 +116,41 @@ _PARTITION_EXAMPLE = (
 )
 
 
+_MULTI_STEPS = (
+    "dense must not be optax.MultiSteps (or hold one): it accumulates the dense gradients over "
+    "k steps and updates once, while the tables are updated at every step, so the two halves "
+    "of the model would train on different batches. Take larger batches instead: a sparse "
+    "step costs O(batch), whatever the table's size."
+)
+
+
+def _check_dense_state(state) -> None:
+    """The state of a dense optimizer that cannot run beside the sparse one, refused at init
+    (MultiSteps may hide inside a chain or `inject_hyperparams`; its state shows it)."""
+    is_multi = lambda x: isinstance(x, optax.MultiStepsState)  # noqa: E731
+    if any(is_multi(x) for x in jax.tree.leaves(state, is_leaf=is_multi)):
+        raise TypeError(_MULTI_STEPS)
+
+
+def _check_table_grads(grads: PyTree) -> None:
+    """Each table's gradient must be `SparseRows` (or `None`): a dense one, from
+    `eqx.filter_grad`, would reach the dense optimizer, whose state has no place for it."""
+    for path, node in jax.tree_util.tree_leaves_with_path(grads, is_leaf=is_embedding):
+        if is_embedding(node) and eqx.is_array(node.weight):
+            raise TypeError(
+                "grads hold a dense gradient of the embedding table at "
+                f"grads{jax.tree_util.keystr(path)}.weight (shape {node.weight.shape}): "
+                "zoo.sparse optimizers take the tables' gradients as rows. Take gradients "
+                "with zoo.sparse.value_and_grad(loss_fn)(model, batch), not eqx.filter_grad "
+                "(or train the whole model with an optax optimizer and eqx.apply_updates)."
+            )
+
+
 def _check_parts(dense, embeddings) -> None:
     """`dense` an optax optimizer and `embeddings` a sparse one: swapped, each would be accepted
     and fail only at the first step."""
+    if isinstance(dense, optax.MultiSteps):
+        raise TypeError(_MULTI_STEPS)
     if isinstance(dense, SparseGradientTransformation):
         raise TypeError(
             "dense must be an optax optimizer such as optax.adam(1e-3); got a zoo.sparse "
@@ -140,7 +176,10 @@ def _apply(update, param):
         if _native.native_for(param.dtype):
             return _native.scatter_add_rows(param, update.ids, update.values)
         return param.at[update.ids].add(
-            update.values.astype(param.dtype), mode="drop", unique_indices=True
+            update.values.astype(param.dtype),
+            mode="drop",
+            unique_indices=True,
+            wrap_negative_indices=False,
         )
     return (param + update).astype(param.dtype)
 
@@ -158,6 +197,9 @@ def apply_updates(model: PyTree, updates: PyTree) -> PyTree:
 
     The updated model. Each table is changed only at its updated rows; jit the step with
     `donate="all"` (or donate the model) so that XLA does this in place.
+
+    This is the one function that applies sparse updates: `eqx.apply_updates` and
+    `optax.apply_updates` do not know `SparseRows`.
     """
     is_leaf = lambda x: x is None or is_sparse_rows(x)  # noqa: E731
     return jax.tree.map(_apply, updates, model, is_leaf=is_leaf)
