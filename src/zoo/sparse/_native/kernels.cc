@@ -54,6 +54,21 @@ inline void PrefetchAhead(const int32_t* ids, int64_t i, int64_t n, const char* 
   }
 }
 
+// Rows of kBytes bytes (kBytes > 0: known when compiling, so each copy is a few vector moves).
+template <int64_t kBytes>
+void Gather(const char* src, char* dst, const int32_t* id, int64_t n, int64_t rows,
+            int64_t bytes_arg) {
+  const int64_t row_bytes = kBytes > 0 ? kBytes : bytes_arg;
+  for (int64_t i = 0; i < n; ++i) {
+    PrefetchAhead(id, i, n, src, rows, row_bytes, 0);
+    if (Valid(id[i], rows)) {
+      std::memcpy(dst + i * row_bytes, src + id[i] * row_bytes, row_bytes);
+    } else {
+      std::memset(dst + i * row_bytes, 0, row_bytes);
+    }
+  }
+}
+
 // out[i] = table[ids[i]], zeros where ids[i] is out of range.
 ffi::Error GatherRowsImpl(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> ids,
                           ffi::Result<ffi::AnyBuffer> out) {
@@ -63,13 +78,14 @@ ffi::Error GatherRowsImpl(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> ids,
   char* dst = static_cast<char*>(out->untyped_data());
   const int32_t* id = ids.typed_data();
   const int64_t n = static_cast<int64_t>(ids.element_count());
-  for (int64_t i = 0; i < n; ++i) {
-    PrefetchAhead(id, i, n, src, rows, row_bytes, 0);
-    if (Valid(id[i], rows)) {
-      std::memcpy(dst + i * row_bytes, src + id[i] * row_bytes, row_bytes);
-    } else {
-      std::memset(dst + i * row_bytes, 0, row_bytes);
-    }
+  if (row_bytes == 256) {
+    Gather<256>(src, dst, id, n, rows, row_bytes);
+  } else if (row_bytes == 128) {
+    Gather<128>(src, dst, id, n, rows, row_bytes);
+  } else if (row_bytes == 512) {
+    Gather<512>(src, dst, id, n, rows, row_bytes);
+  } else {
+    Gather<0>(src, dst, id, n, rows, row_bytes);
   }
   return ffi::Error::Success();
 }
@@ -91,9 +107,11 @@ ffi::Error ScatterRowsImpl(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> ids,
   return ffi::Error::Success();
 }
 
-template <typename T>
-void ScatterAdd(T* table, int64_t rows, int64_t dim, const int32_t* id, int64_t n,
+template <typename T, int64_t kDim>
+void ScatterAddFixed(T* table, int64_t rows, int64_t dim_arg, const int32_t* id, int64_t n,
                 const T* values, T scale, bool scaled) {
+  // kDim > 0: the row length known when compiling, so the row loops unroll and vectorise.
+  const int64_t dim = kDim > 0 ? kDim : dim_arg;
   const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(T));
   const char* base = reinterpret_cast<const char*>(table);
   for (int64_t i = 0; i < n; ++i) {
@@ -107,6 +125,15 @@ void ScatterAdd(T* table, int64_t rows, int64_t dim, const int32_t* id, int64_t 
       for (int64_t d = 0; d < dim; ++d) row[d] += v[d];
     }
   }
+}
+
+template <typename T>
+void ScatterAdd(T* table, int64_t rows, int64_t dim, const int32_t* id, int64_t n,
+                const T* values, T scale, bool scaled) {
+  if (dim == 64) return ScatterAddFixed<T, 64>(table, rows, dim, id, n, values, scale, scaled);
+  if (dim == 128) return ScatterAddFixed<T, 128>(table, rows, dim, id, n, values, scale, scaled);
+  if (dim == 32) return ScatterAddFixed<T, 32>(table, rows, dim, id, n, values, scale, scaled);
+  ScatterAddFixed<T, 0>(table, rows, dim, id, n, values, scale, scaled);
 }
 
 // table[ids[i]] += scale * values[i] in place (or += values[i] when `scaled` is false), in the
@@ -149,9 +176,11 @@ inline T MeanSquare(const T* __restrict__ g, int64_t dim) {
   return sum / static_cast<T>(dim);
 }
 
-template <typename T>
-void RowwiseAdagrad(T* table, T* acc, int64_t rows, int64_t dim, const int32_t* id, int64_t n,
+template <typename T, int64_t kDim>
+void RowwiseAdagradFixed(T* table, T* acc, int64_t rows, int64_t dim_arg, const int32_t* id, int64_t n,
                     const T* grads, T neg_lr, T eps) {
+  // kDim > 0: the row length known when compiling, so the row loops unroll and vectorise.
+  const int64_t dim = kDim > 0 ? kDim : dim_arg;
   const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(T));
   const char* base = reinterpret_cast<const char*>(table);
   for (int64_t i = 0; i < n; ++i) {
@@ -165,6 +194,15 @@ void RowwiseAdagrad(T* table, T* acc, int64_t rows, int64_t dim, const int32_t* 
     T* __restrict__ row = table + id[i] * dim;
     for (int64_t d = 0; d < dim; ++d) row[d] += neg_lr * (g[d] / denom);
   }
+}
+
+template <typename T>
+void RowwiseAdagrad(T* table, T* acc, int64_t rows, int64_t dim, const int32_t* id, int64_t n,
+                    const T* grads, T neg_lr, T eps) {
+  if (dim == 64) return RowwiseAdagradFixed<T, 64>(table, acc, rows, dim, id, n, grads, neg_lr, eps);
+  if (dim == 128) return RowwiseAdagradFixed<T, 128>(table, acc, rows, dim, id, n, grads, neg_lr, eps);
+  if (dim == 32) return RowwiseAdagradFixed<T, 32>(table, acc, rows, dim, id, n, grads, neg_lr, eps);
+  RowwiseAdagradFixed<T, 0>(table, acc, rows, dim, id, n, grads, neg_lr, eps);
 }
 
 ffi::Error RowwiseAdagradImpl(ffi::AnyBuffer table, ffi::AnyBuffer acc,
@@ -195,9 +233,11 @@ ffi::Error RowwiseAdagradImpl(ffi::AnyBuffer table, ffi::AnyBuffer acc,
 
 // Lazy Adam over coalesced rows, table and moments (interleaved m, v: a complex array) in
 // place: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; table += (-step) * (m / (sqrt(v) + eps)).
-template <typename T>
-void LazyAdam(T* table, T* moments, int64_t rows, int64_t dim, const int32_t* id, int64_t n,
+template <typename T, int64_t kDim>
+void LazyAdamFixed(T* table, T* moments, int64_t rows, int64_t dim_arg, const int32_t* id, int64_t n,
               const T* grads, T neg_step, const T* hyper) {
+  // kDim > 0: the row length known when compiling, so the row loops unroll and vectorise.
+  const int64_t dim = kDim > 0 ? kDim : dim_arg;
   // b1, 1 - b1, b2, 1 - b2, eps: the differences rounded from double as JAX rounds them.
   const T b1 = hyper[0], c1 = hyper[1], b2 = hyper[2], c2 = hyper[3], eps = hyper[4];
   const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(T));
@@ -218,6 +258,15 @@ void LazyAdam(T* table, T* moments, int64_t rows, int64_t dim, const int32_t* id
       row[d] += neg_step * (m / (std::sqrt(v) + eps));
     }
   }
+}
+
+template <typename T>
+void LazyAdam(T* table, T* moments, int64_t rows, int64_t dim, const int32_t* id, int64_t n,
+              const T* grads, T neg_step, const T* hyper) {
+  if (dim == 64) return LazyAdamFixed<T, 64>(table, moments, rows, dim, id, n, grads, neg_step, hyper);
+  if (dim == 128) return LazyAdamFixed<T, 128>(table, moments, rows, dim, id, n, grads, neg_step, hyper);
+  if (dim == 32) return LazyAdamFixed<T, 32>(table, moments, rows, dim, id, n, grads, neg_step, hyper);
+  LazyAdamFixed<T, 0>(table, moments, rows, dim, id, n, grads, neg_step, hyper);
 }
 
 ffi::Error LazyAdamImpl(ffi::AnyBuffer table, ffi::AnyBuffer moments, ffi::Buffer<ffi::S32> ids,
