@@ -27,6 +27,10 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
 )
 
 DIM, BATCH = 64, 4096
+# One thread: with torch's default two on the shared 2-core machine, FBGEMM's CPU backward (an
+# OpenMP region) took 65-90 ms a step at V = 1e6 where one thread takes 0.5 ms; zoo's kernels
+# run on one thread too.
+THREADS = 1
 # zoo's optimizer -> FBGEMM's, with zoo's hyperparameters. FBGEMM's ADAM updates only the
 # looked-up rows' moments and weights, with the global step's bias correction: lazy Adam.
 OPTIMIZERS = {
@@ -41,6 +45,7 @@ OPTIMIZERS = {
 
 def main(optimizer: str, size: int, steps: int) -> dict:
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     kind, hyper = OPTIMIZERS[optimizer]
     table = SplitTableBatchedEmbeddingBagsCodegen(
