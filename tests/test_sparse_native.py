@@ -230,6 +230,27 @@ def test_zoo_train_resumed_on_the_native_path_equals_the_jax_path(tmp_path, monk
     assert tree_equal(resumed, train("native", tmp_path / "whole", 2, False))
 
 
+@pytest.mark.parametrize("name", FUSED)
+def test_zoo_train_step_runs_the_fused_kernels(name, monkeypatch, getkey):
+    from zoo._training._programs import make_train_step
+    from zoo._training._rules import rule_for
+    from zoo._training._state import initial_state
+
+    model = _Scorer(getkey())
+    optimizer = zoo.sparse.partition(dense=optax.sgd(1e-2), embeddings=OPTIMIZERS[name]())
+
+    def loss(model, batch, key):
+        del key
+        return _vmapped(model, batch)
+
+    monkeypatch.setenv("ZOO_SPARSE_KERNELS", "native")
+    step = make_train_step(loss, optimizer, rule_for(optimizer))
+    state = initial_state(model, optimizer.init(model), getkey())
+    hlo = jax.jit(step).lower(state, _batch(getkey())).compile().as_text()
+    targets = set(re.findall(r'custom_call_target="(zoo_\w+)"', hlo))
+    assert {"zoo_gather_rows", f"zoo_{name}", "zoo_sort_ids"} <= targets
+
+
 def test_the_switch_is_checked_and_forces_a_path(monkeypatch):
     monkeypatch.setenv("ZOO_SPARSE_KERNELS", "fast")
     with pytest.raises(ValueError, match="ZOO_SPARSE_KERNELS"):
