@@ -14,6 +14,9 @@ import subprocess
 
 VENV = pathlib.Path(__file__).resolve().parent.parent / ".bench-venv"
 REQUIREMENTS = ("torch==2.13.0", "numpy")
+# FBGEMM's CPU build for that torch (each fbgemm-gpu-cpu release is built against one torch
+# release: 1.8.0 against 2.13; 1.9.0 wants a newer one).
+FBGEMM = "fbgemm-gpu-cpu==1.8.0"
 
 
 def _python_3_11() -> str | None:
@@ -54,3 +57,23 @@ def torch_python() -> tuple[pathlib.Path | None, str]:
             "PyTorch skipped: torch does not import in the new .bench-venv",
         )
     )
+
+
+def fbgemm_python() -> tuple[pathlib.Path | None, str]:
+    """`(interpreter, how)`: the venv's Python with torch and FBGEMM (`FBGEMM` installed into
+    `.bench-venv/` on first use), or `None` and why there is none."""
+    python, how = torch_python()
+    if python is None:
+        return None, how.replace("PyTorch skipped", "FBGEMM skipped")
+    check = [str(python), "-c", "import fbgemm_gpu"]
+    if subprocess.run(check, capture_output=True, check=False).returncode == 0:
+        return python, f"FBGEMM ({FBGEMM}) from {VENV}"
+    print(f"Installing {FBGEMM} into {VENV} (once)...", flush=True)
+    step = [str(python), "-m", "pip", "install", "-q", FBGEMM]
+    done = subprocess.run(step, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, f"FBGEMM skipped: `{' '.join(step)}` failed: {reason}"
+    if subprocess.run(check, capture_output=True, check=False).returncode != 0:
+        return None, f"FBGEMM skipped: {FBGEMM} does not import with {' '.join(REQUIREMENTS)}"
+    return python, f"FBGEMM ({FBGEMM}) from {VENV} (installed now)"

@@ -10,11 +10,20 @@ donated). Every configuration runs in its own subprocess, so that its peak RSS i
 
 PyTorch (`nn.Embedding(sparse=True)`) runs from `.bench-venv/`, a Python 3.11 venv with the CPU
 build of torch that `_torch_env.py` makes on first use; where it cannot, the run says why and
-goes on without PyTorch.
+goes on without PyTorch. `fbgemm_*` is the step torchrec users run, FBGEMM's table-batched
+embedding (`fbgemm-gpu-cpu`, built for that torch, installed into the same venv on first use)
+with its optimizer fused into the backward pass: `_fbgemm_embedding_step.py`. FBGEMM has no Adam
+on CPU, and `fbgemm_lazy_adam` says so.
 
 zoo's steps come two ways: `sgd`, `rowwise_adagrad`, `lazy_adam` through
 `zoo.sparse.value_and_update` (SGD in place: the table's own `jax.Ref` receives `-lr * grad` in
 the backward pass), and `*_coalesced` through `value_and_grad` + `update` + `apply_updates`.
+They run on zoo's native CPU kernels where those are built (`zoo.sparse.kernels()`); `*_jax`
+runs the same steps with `ZOO_SPARSE_KERNELS=jax`, XLA's own gather and scatter.
+
+`limit_*` is the machine's limit for the table part of each optimizer's step: `_machine_limit.c`,
+compiled here with the system C compiler, moves the rows and per-row state that optimizer must
+read and write (4096 random rows of the same table), on one thread.
 
 Beside them runs `jax_floor`: the least work any JAX step of this model can do, one gather of
 the looked-up rows and one scatter-add of `-lr * grad` into the table, duplicates uncoalesced
@@ -36,7 +45,7 @@ import subprocess
 import sys
 import time
 
-from _torch_env import torch_python
+from _torch_env import fbgemm_python, torch_python
 
 HERE = pathlib.Path(__file__).resolve().parent
 DIM, BATCH = 64, 4096
@@ -50,7 +59,11 @@ SORTED_FLOOR = "jax_floor_sorted"  # the floor, with the ids sorted: see `floor_
 LAZY_ADAM_BY_HAND = "jax_lazy_adam_by_hand"  # the least an exact lazy Adam step does
 # zoo SGD in place with a loss that looks the whole id array up at once, outside `vmap`.
 UNBATCHED = "sgd_unbatched_loss"
+# The same steps with XLA's own gather and scatter (ZOO_SPARSE_KERNELS=jax).
+PURE_JAX = tuple(f"{name}_jax" for name in ZOO)
+LIMITS = tuple(f"limit_{name}" for name in ZOO)  # the machine's limit, _machine_limit.c
 TORCH = {"sgd": "sgd", "rowwise_adagrad": "adagrad", "lazy_adam": "sparse_adam"}
+FBGEMM = tuple(f"fbgemm_{name}" for name in ZOO)  # FBGEMM's optimizer of the same name
 DENSE_LIMIT = 1_000_000  # dense Adam at 1e7 needs three 2.5 GB tables and minutes per run
 
 
@@ -196,9 +209,13 @@ def optimizer_step(optimizer: str):
 
 def zoo_worker(optimizer: str, size: int, steps: int) -> dict:
     """One configuration, in this process: returns timings and memory."""
+    # Read when a step is traced: "_jax" names force XLA's gather and scatter.
+    os.environ["ZOO_SPARSE_KERNELS"] = "jax" if optimizer in PURE_JAX else "auto"
+    optimizer = optimizer.removesuffix("_jax")
     import equinox as eqx
     import jax
 
+    import zoo
     from _table_model import TableRegressor
 
     baseline = peak_rss_bytes()
@@ -224,7 +241,27 @@ def zoo_worker(optimizer: str, size: int, steps: int) -> dict:
         "peak_rss": peak_rss_bytes(),
         "baseline_rss": baseline,
         "table_and_state": model.table.weight.nbytes + state_bytes,
+        "kernels": zoo.sparse.kernels().path,
     }
+
+
+def machine_limit() -> tuple[str | None, str]:
+    """`(binary, how)`: `_machine_limit.c` compiled, or `None` and why not."""
+    import shutil
+    import tempfile
+
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None, "machine limit skipped: no C compiler"
+    binary = str(pathlib.Path(tempfile.mkdtemp()) / "machine_limit")
+    # -ffast-math: a row's sum of squares may be reassociated and vectorised; a limit, not a
+    # reference for the results.
+    flags = ["-O3", "-march=native", "-ffast-math"]
+    command = [compiler, *flags, str(HERE / "_machine_limit.c"), "-o", binary, "-lm"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return None, f"machine limit skipped: {done.stderr.strip()[-200:]}"
+    return binary, f"machine limit: {' '.join(command)}"
 
 
 # glibc's allocator asks the kernel for 2 MiB pages (where transparent huge pages are in
@@ -242,10 +279,16 @@ def run(args: list[str], python: str = sys.executable, env: dict | None = None) 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def commands(size: int, steps: int, torch_python) -> dict[str, list[str] | str]:
+def commands(
+    size: int, steps: int, torch_python, limit=None, fbgemm=None
+) -> dict[str, list[str] | str]:
     """Every configuration at one size: its command line, or why it is skipped."""
     configs = {}
-    for name in ("dense_adam", FLOOR, SORTED_FLOOR, LAZY_ADAM_BY_HAND, *ZOO, UNBATCHED, *COALESCED):
+    if limit is not None:
+        for name in ZOO:
+            configs[f"limit_{name}"] = [limit, name, str(size), str(steps)]
+    zoo_steps = (*ZOO, *PURE_JAX, UNBATCHED, *COALESCED)
+    for name in ("dense_adam", FLOOR, SORTED_FLOOR, LAZY_ADAM_BY_HAND, *zoo_steps):
         if name == "dense_adam" and size > DENSE_LIMIT:
             configs[name] = f"skipped (V > {DENSE_LIMIT:.0e}: too big and slow)"
         else:
@@ -254,6 +297,10 @@ def commands(size: int, steps: int, torch_python) -> dict[str, list[str] | str]:
         for torch_name in TORCH.values():
             script = str(HERE / "_torch_embedding_step.py")
             configs[f"torch_{torch_name}"] = [script, torch_name, str(size), str(steps)]
+    if fbgemm is not None:
+        for name in ZOO:
+            script = str(HERE / "_fbgemm_embedding_step.py")
+            configs[f"fbgemm_{name}"] = [script, name, str(size), str(steps)]
     return configs
 
 
@@ -268,17 +315,24 @@ def combine(rounds: list[dict | str]) -> dict | str:
         "peak_rss": max(r["peak_rss"] for r in done),
         "baseline_rss": min(r["baseline_rss"] for r in done),
         "table_and_state": done[0]["table_and_state"],
+        "kernels": done[0].get("kernels"),
     }
 
 
 def measure(sizes: list[int], steps: int, rounds: int, env: dict, only=None) -> dict:
     """`{(name, size): result}`, each size's configurations run in interleaved rounds;
     `only` names the configurations to run (default: all)."""
-    torch, how = torch_python()
+    wants_torch = only is None or any(name.startswith("torch_") for name in only)
+    torch, how = torch_python() if wants_torch else (None, "PyTorch not asked for (--only)")
+    wants_fbgemm = only is None or any(name.startswith("fbgemm_") for name in only)
+    fbgemm, fbgemm_how = fbgemm_python() if wants_fbgemm else (None, "FBGEMM not asked for")
+    limit, limit_how = machine_limit()
     print(how)
+    print(fbgemm_how)
+    print(limit_how)
     results = {}
     for size in sizes:
-        configs = commands(size, steps, torch)
+        configs = commands(size, steps, torch, limit, fbgemm)
         if only:
             configs = {name: command for name, command in configs.items() if name in only}
         runs = {name: [] for name in configs}
@@ -287,22 +341,34 @@ def measure(sizes: list[int], steps: int, rounds: int, env: dict, only=None) -> 
                 if isinstance(command, str):
                     runs[name].append(command)
                 else:
-                    python = str(torch) if name.startswith("torch_") else sys.executable
+                    python = sys.executable
+                    if name.startswith(("torch_", "fbgemm_")):
+                        python = str(fbgemm if name.startswith("fbgemm_") else torch)
+                    if name.startswith("limit_"):  # a compiled program, not a script
+                        python, command = command[0], command[1:]
                     runs[name].append(run(command, python, env))
+                print(f"  {name} V={size:.0e}: {_brief(runs[name][-1])}", flush=True)
         results |= {(name, size): combine(r) for name, r in runs.items()}
     return results
+
+
+def _brief(result: dict | str) -> str:
+    return f"{result['ms']:.2f} ms" if isinstance(result, dict) else result
 
 
 TORCH_NAMES = [f"torch_{t}" for t in TORCH.values()]
 NAMES = [
     "dense_adam",
+    *LIMITS,
     FLOOR,
     SORTED_FLOOR,
     LAZY_ADAM_BY_HAND,
     *ZOO,
+    *PURE_JAX,
     UNBATCHED,
     *COALESCED,
     *TORCH_NAMES,
+    *FBGEMM,
 ]
 
 
@@ -310,6 +376,7 @@ def report(results: dict, sizes: list[int]) -> None:
     ms = {k: r["ms"] for k, r in results.items() if isinstance(r, dict)}
     print_times(results, sizes)
     print_targets(ms, sizes)
+    print_native_targets(results, ms, sizes)
     print_floor(ms, sizes)
     print_memory(results)
 
@@ -368,6 +435,30 @@ def print_targets(ms: dict, sizes: list[int]) -> None:
             if (name, size) in ms and ("dense_adam", size) in ms:
                 speedup = ms["dense_adam", size] / ms[name, size]
                 print(f"  dense Adam / zoo {name} at V={size:.0e}: {speedup:.0f}x (>= 200 at 1e6)")
+
+
+def print_native_targets(results: dict, ms: dict, sizes: list[int]) -> None:
+    """zoo's steps against the machine's limit, their pure-JAX selves and FBGEMM (where run)."""
+    print("\nNative kernels, same run (targets: <= 2x the machine limit, >= 2x FBGEMM speed):")
+    for size in sizes:
+        for name in ZOO:
+            if (name, size) not in ms:
+                continue
+            path = results[name, size].get("kernels")
+            cells = [f"zoo {name} ({path}) at V={size:.0e}: {ms[name, size]:.2f} ms"]
+            if (limit := ms.get((f"limit_{name}", size))) is not None:
+                ratio = ms[name, size] / limit
+                verdict = "met" if ratio <= 2 else "missed"
+                cells.append(f"{ratio:.2f}x its limit {limit:.2f} ms (<= 2: {verdict})")
+            if (pure := ms.get((f"{name}_jax", size))) is not None:
+                cells.append(f"{pure / ms[name, size]:.2f}x faster than {name}_jax")
+            if (fbgemm := ms.get((f"fbgemm_{name}", size))) is not None:
+                speedup = fbgemm / ms[name, size]
+                verdict = "met" if speedup >= 2 else "missed"
+                cells.append(f"{speedup:.2f}x faster than FBGEMM {fbgemm:.2f} ms (>= 2: {verdict})")
+            elif isinstance(why := results.get((f"fbgemm_{name}", size)), str):
+                cells.append(f"no FBGEMM figure: {why}")
+            print("  " + "; ".join(cells))
 
 
 def print_floor(ms: dict, sizes: list[int]) -> None:

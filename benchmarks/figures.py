@@ -145,7 +145,16 @@ def save(
 # Every configuration its own colour; zoo's solid, the hand-written JAX floors dotted, PyTorch
 # dashed. Configurations without an entry (new benchmark columns) take the spare colours.
 _SERIES_STYLE = {
-    "sgd": ("zoo SGD (in place)", "#1f77b4", "-"),
+    "sgd": ("zoo SGD (in place, native kernels)", "#1f77b4", "-"),
+    "sgd_jax": ("zoo SGD, pure JAX", "#1f77b4", (0, (5, 1))),
+    "rowwise_adagrad_jax": ("zoo row-wise Adagrad, pure JAX", "#2ca02c", (0, (5, 1))),
+    "lazy_adam_jax": ("zoo lazy Adam, pure JAX", "#9467bd", (0, (5, 1))),
+    "limit_sgd": ("machine limit, SGD (C)", "#1f77b4", ":"),
+    "limit_rowwise_adagrad": ("machine limit, row-wise Adagrad (C)", "#2ca02c", ":"),
+    "limit_lazy_adam": ("machine limit, lazy Adam (C)", "#9467bd", ":"),
+    "fbgemm_sgd": ("FBGEMM SGD", "#ff7f0e", "-."),
+    "fbgemm_rowwise_adagrad": ("FBGEMM row-wise Adagrad", "#d62728", "-."),
+    "fbgemm_lazy_adam": ("FBGEMM Adam", "#e377c2", "-."),
     "sgd_unbatched_loss": ("zoo SGD, unbatched loss", "#17becf", "-"),
     "sgd_coalesced": ("zoo SGD, coalesced", "#aec7e8", "-"),
     "rowwise_adagrad": ("zoo row-wise Adagrad", "#2ca02c", "-"),
@@ -179,7 +188,7 @@ def _speed_consistent(data: dict) -> None:
             )
 
 
-def _series_style(name: str, index: int) -> tuple[str, str, str]:
+def _series_style(name: str, index: int) -> tuple[str, str, str | tuple]:
     spare = _SPARE_COLOURS[index % len(_SPARE_COLOURS)]
     return _SERIES_STYLE.get(name, (name, spare, "-"))
 
@@ -193,7 +202,9 @@ def _draw_speed_by_table_size(data: dict, figure) -> None:
         unknown += name not in _SERIES_STYLE
         points = [(v, ms) for v, ms in zip(data["sizes"], values, strict=True) if ms is not None]
         if points:
-            axis.plot(*zip(*points, strict=True), style, color=colour, marker="o", label=label)
+            axis.plot(
+                *zip(*points, strict=True), linestyle=style, color=colour, marker="o", label=label
+            )
     axis.set(xscale="log", yscale="log", xlabel=data["x_label"], ylabel=data["y_label"])
     axis.set_title(data["title"])
     axis.grid(alpha=0.3, which="both")

@@ -471,6 +471,8 @@ def _train_recommender(args: argparse.Namespace, parser: argparse.ArgumentParser
         f"{len(train['user'])} training / {len(valid['user'])} validation / "
         f"{len(test['user'])} test interactions (leave-one-out by time)",
     )
+    if args.optimizer.startswith("sparse"):
+        _say(args, f"zoo: sparse steps on {zoo.sparse.kernels().reason}")
 
     def line(history):
         evaluation = history["eval"]

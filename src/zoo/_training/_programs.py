@@ -17,7 +17,7 @@ from jaxtyping import Array, Float, Int
 from .._custom_types import Batch, LossFn, Optimizer
 from ._dataset import gather
 from ._precision import loss_scale, scaled_value_and_grad
-from ._rules import UpdateRule
+from ._rules import UpdateRule, fused_update
 from ._state import TrainState
 
 
@@ -74,6 +74,8 @@ def make_train_step(
         # optax mixes Python floats with int32 step counts (e.g. Adam's bias correction), which
         # jax_numpy_dtype_promotion="strict" rejects: let the optimizer promote as optax expects.
         with jax.numpy_dtype_promotion("standard"):
+            if fused_update(optimizer, rule, model):  # zoo's native kernels, in one pass
+                return optimizer.apply_in_place(grads, opt_state, model)
             updates, opt_state = optimizer.update(grads, opt_state, rule.params(model))
         return rule.apply_updates(model, updates), opt_state
 

@@ -7,7 +7,7 @@ import equinox as eqx
 import optax
 
 from .. import sparse
-from ..sparse import _in_place as sparse_in_place
+from ..sparse import _in_place as sparse_in_place, _native as sparse_native
 
 
 class UpdateRule(NamedTuple):
@@ -80,6 +80,13 @@ SPARSE = UpdateRule(
 # their own `jax.Ref` during the backward pass. Their gradients are never materialised, so the
 # recorded gradient norm covers the other parameters.
 IN_PLACE = SPARSE._replace(in_place=True)
+
+
+def fused_update(optimizer, rule: UpdateRule, model) -> bool:
+    """Whether `optimizer` updates the tables and its state in one native pass (row-wise Adagrad
+    and lazy Adam on CPU), instead of `update` followed by `apply_updates`."""
+    fused = getattr(optimizer, "apply_in_place", None)
+    return rule is SPARSE and fused is not None and sparse_native.fused_in_place(model)
 
 
 def rule_for(optimizer, *, in_place: bool = True) -> UpdateRule:

@@ -4,7 +4,8 @@ Take a whole step with `value_and_update` (with `sgd`, the update lands in the t
 `jax.Ref` during the backward pass), or take gradients with `value_and_grad` (tables get
 `SparseRows`, everything else dense arrays), turn them into updates with a
 `SparseGradientTransformation` (usually `partition`), and apply them with `apply_updates`.
-See `docs/sparse.md`.
+On CPU the row gathers and in-place updates run zoo's native kernels, built at install;
+`kernels()` says which path runs. See `docs/sparse.md`.
 """
 
 from ._clipping import (
@@ -14,6 +15,7 @@ from ._clipping import (
     global_norm as global_norm,
 )
 from ._grad import value_and_grad as value_and_grad
+from ._native import Kernels as Kernels, kernels as kernels
 from ._optimizers import (
     AdagradState as AdagradState,
     LazyAdamState as LazyAdamState,

@@ -27,8 +27,10 @@ from jaxtyping import Array, Float, Int
 
 from .. import _checks
 from .._nn._embedding import Embedding, TableView
+from . import _native
 from ._in_place import check_no_refs
 from ._lookups import looked_up_ids, swap_tables, tables
+from ._native._lookup import in_place_rows
 from ._rows import SparseRows
 
 
@@ -51,7 +53,11 @@ class _Compact(TableView):
         if self.rows.shape[0] == 0:  # nothing looked up: an empty batch
             return jnp.zeros((*ids.shape, self.rows.shape[1]), self.rows.dtype)
         slot = jnp.searchsorted(self.sorted_ids, ids.astype(self.sorted_ids.dtype))
-        return self.rows[jnp.minimum(slot, self.rows.shape[0] - 1)]
+        slot = jnp.minimum(slot, self.rows.shape[0] - 1)
+        if _native.native_for(self.rows.dtype):
+            # The native gather, and its transpose the native scatter-add (scale one: exact).
+            return in_place_rows(self.rows, slot, jnp.ones((), jnp.float32))
+        return self.rows[slot]
 
 
 def _is_compact(x) -> bool:
@@ -69,7 +75,8 @@ def _coalesce(embedding: Embedding, ids: Int[Array, " n"]) -> tuple[Array, Array
     sentinel = embedding.num_embeddings
     if ids.shape[0] == 0:  # a table the loss never looks up
         return ids, ids
-    sorted_ids = jnp.sort(ids)
+    native = _native.native() and ids.dtype == jnp.int32
+    sorted_ids = _native.sort_ids(ids) if native else jnp.sort(ids)
     repeat = jnp.concatenate([jnp.zeros((1,), bool), sorted_ids[1:] == sorted_ids[:-1]])
     return jnp.where(repeat, sentinel, sorted_ids), sorted_ids
 
@@ -80,6 +87,8 @@ RowGather = Callable[[Embedding, Int[Array, " n"]], Float[Array, "n dim"]]
 
 def local_rows(embedding: Embedding, ids: Int[Array, " n"]) -> Float[Array, "n dim"]:
     """The rows of `ids` from the table in this process's memory."""
+    if _native.native():
+        return _native.gather_rows(embedding.weight, ids)
     return embedding.weight.at[ids].get(mode="fill", fill_value=0)
 
 

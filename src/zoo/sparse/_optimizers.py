@@ -18,6 +18,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from .. import _checks
 from .._custom_types import PyTree, RealLike
+from . import _native
 from ._rows import SparseRows, is_sparse_rows
 
 ScalarOrSchedule = RealLike | Callable[[Int[Array, ""]], Float[Array, ""]]
@@ -37,11 +38,16 @@ class SparseGradientTransformation(NamedTuple):
         `zoo.sparse.value_and_update` and `zoo.train` add the update into the table during the
         backward pass, and `update` takes `None` for the tables (their update is done) and
         still advances the state.
+    - `apply_in_place`: `None`, or `apply_in_place(grads, state, params) -> (params, state)`:
+        `update` and `zoo.sparse.apply_updates` in one pass over each table's rows, with the
+        table and the state updated in place (zoo's native CPU kernels; see
+        `zoo.sparse.kernels`). `zoo.sparse.value_and_update` and `zoo.train` use it there.
     """
 
     init: Callable[[PyTree], PyTree]
     update: Callable[..., tuple[PyTree, PyTree]]
     in_place_scale: Callable[[PyTree], Float[Array, ""]] | None = None
+    apply_in_place: Callable[..., tuple[PyTree, PyTree]] | None = None
 
 
 class SGDState(NamedTuple):
@@ -142,10 +148,14 @@ def _scaled(scale, values: Array) -> Array:
 
 def _gather(state: Array, ids: Int[Array, " n"]) -> Array:
     # Padding ids are out of range: read zeros there (their values are zero and get dropped).
+    if _native.native():  # reads zeros at every id outside [0, rows), negative ones too
+        return _native.gather_rows(state, ids)
     return state.at[ids].get(mode="fill", fill_value=0, wrap_negative_indices=False)
 
 
 def _scatter(state: Array, ids: Int[Array, " n"], rows: Array) -> Array:
+    if _native.native():  # drops every id outside [0, rows), negative ones too
+        return _native.scatter_rows(state, ids, rows)
     return state.at[ids].set(
         rows.astype(state.dtype), mode="drop", unique_indices=True, wrap_negative_indices=False
     )
@@ -261,7 +271,18 @@ def _adagrad(
         updates, sums = _map_tables(name, 2, rows, grads, state.sum_of_squares)
         return updates, AdagradState(optax.safe_int32_increment(state.count), sums)
 
-    return SparseGradientTransformation(init, update)
+    def apply_in_place(grads: PyTree, state: AdagradState, params: PyTree):
+        checked_state(name, state, AdagradState)
+        lr = _learning_rate(name, learning_rate, state.count)
+
+        def rows(g: SparseRows, sums: Array, table: Array):
+            return _native.rowwise_adagrad(table, sums, g.ids, g.values, lr, eps)
+
+        tables, sums = _map_tables(name, 2, rows, grads, state.sum_of_squares, params)
+        return tables, AdagradState(optax.safe_int32_increment(state.count), sums)
+
+    fused = apply_in_place if rowwise else None
+    return SparseGradientTransformation(init, update, apply_in_place=fused)
 
 
 def rowwise_adagrad(
@@ -381,4 +402,17 @@ def lazy_adam(
         updates, moments = _map_tables("lazy_adam", 2, rows, grads, state.moments)
         return updates, LazyAdamState(count, moments)
 
-    return SparseGradientTransformation(init, update)
+    def apply_in_place(grads: PyTree, state: LazyAdamState, params: PyTree):
+        checked_state("lazy_adam", state, LazyAdamState)
+        count = optax.safe_int32_increment(state.count)
+        t = count.astype(jnp.float32)
+        lr = _learning_rate("lazy_adam", learning_rate, state.count)
+        step_size = lr * jnp.sqrt(1 - b2**t) / (1 - b1**t)
+
+        def rows(g: SparseRows, moments: Array, table: Array):
+            return _native.lazy_adam(table, moments, g.ids, g.values, step_size, b1, b2, eps)
+
+        tables, moments = _map_tables("lazy_adam", 2, rows, grads, state.moments, params)
+        return tables, LazyAdamState(count, moments)
+
+    return SparseGradientTransformation(init, update, apply_in_place=apply_in_place)

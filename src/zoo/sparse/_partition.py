@@ -8,6 +8,7 @@ import optax
 
 from .. import _checks
 from .._custom_types import PyTree
+from . import _native
 from ._lookups import is_embedding, split_params
 from ._optimizers import SparseGradientTransformation, checked_state
 from ._rows import SparseRows, is_sparse_rows
@@ -92,7 +93,22 @@ def partition(
             checked_state("partition", state, PartitionState).embeddings
         )
 
-    return SparseGradientTransformation(init, update, in_place_scale)
+    apply_in_place = None
+    if embeddings.apply_in_place is not None:
+
+        def apply_in_place(grads: PyTree, state: PartitionState, model: PyTree):
+            checked_state("partition", state, PartitionState)
+            _check_table_grads(grads)
+            table_grads, rest_grads = _split_grads(grads)
+            tables, rest = split_params(model)
+            rest_updates, dense_state = dense.update(rest_grads, state.dense, rest)
+            tables, table_state = embeddings.apply_in_place(table_grads, state.embeddings, tables)
+            model = apply_updates(model, rest_updates)
+            static = eqx.filter(model, eqx.is_inexact_array, inverse=True)
+            model = eqx.combine(tables, split_params(model)[1], static)
+            return model, PartitionState(dense_state, table_state)
+
+    return SparseGradientTransformation(init, update, in_place_scale, apply_in_place)
 
 
 _PARTITION_EXAMPLE = (
@@ -157,6 +173,8 @@ def _apply(update, param):
         return param
     if isinstance(update, SparseRows):
         # Padding ids are out of range and dropped; with `param` donated this is in place.
+        if _native.native_for(param.dtype):
+            return _native.scatter_add_rows(param, update.ids, update.values)
         return param.at[update.ids].add(
             update.values.astype(param.dtype),
             mode="drop",

@@ -6,6 +6,7 @@ from typing import Any
 from .._custom_types import PyTree
 from ._grad import check_loss, value_and_grad
 from ._in_place import value_and_grad_in_place
+from ._native import fused_in_place
 from ._optimizers import SparseGradientTransformation
 from ._partition import apply_updates
 
@@ -76,6 +77,9 @@ def value_and_update(
     def step(model, opt_state, *args, **kwargs):
         if optimizer.in_place_scale is None:
             value, grads = value_and_grad(fn, has_aux=has_aux)(model, *args, **kwargs)
+            if optimizer.apply_in_place is not None and fused_in_place(model):
+                model, opt_state = optimizer.apply_in_place(grads, opt_state, model)
+                return value, model, opt_state
         else:
             scale = optimizer.in_place_scale(opt_state)
             in_place = value_and_grad_in_place(fn, has_aux=has_aux)
