@@ -260,12 +260,13 @@ def test_save_load_and_a_checkpointed_run_log_no_warnings(tmp_path, getkey, capl
     # ArrayMetadata store; zoo's says it needs none, so a save and a load are silent.
     model, key = zoo.MLP(4, 2, (8,), key=getkey()), getkey()
     data = {"x": np.zeros((16, 4), np.float32), "y": np.zeros(16, np.int32)}
-    run = dict(batch_size=8, checkpoint_dir=tmp_path / "run", progress=False, key=key)
+    run, directory = dict(batch_size=8, key=key), tmp_path / "run"
     with caplog.at_level("WARNING"):
         zoo.save(tmp_path / "mlp", model)
         zoo.load(tmp_path / "mlp")
-        zoo.train(model, data, epochs=2, **run)
-        zoo.train(model, data, epochs=3, resume=True, **run)
+        zoo.train(model, data, epochs=2, checkpoint=zoo.Checkpointing(directory), **run)
+        resumed = zoo.Checkpointing(directory, resume=True)
+        zoo.train(model, data, epochs=3, checkpoint=resumed, **run)
     assert [record.getMessage() for record in caplog.records] == []
 
 
