@@ -247,15 +247,19 @@ def test_the_cli_on_ctrl_c_writes_the_run_and_exits_130(tmp_path, monkeypatch, c
 
 @pytest.mark.slow
 def test_the_cli_on_sigint_writes_the_run_and_exits_130(tmp_path):
-    command = [sys.executable, "-m", "zoo._cli", "train", "mlp", "--epochs", "1000",
+    # A shell's background job ignores SIGINT, and its children inherit that: the command
+    # first restores Python's Ctrl-C handler, as in a terminal. (Not by `preexec_fn`, which
+    # forks this process, where JAX's threads already run.)
+    run_cli = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from zoo._cli._main import main; sys.exit(main(sys.argv[1:]))"
+    )
+    command = [sys.executable, "-c", run_cli, "train", "mlp", "--epochs", "1000",
                "--hidden", "16", "--out", str(tmp_path)]  # fmt: skip
     environment = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=environment | {"JAX_PLATFORMS": "cpu"},
-        # A shell's background job ignores SIGINT, and its children inherit that: the command
-        # gets Ctrl-C's default, as in a terminal.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         lines = iter(process.stdout.readline, "")
