@@ -142,7 +142,7 @@ def test_evaluation_data_and_stopping_take_numpy_scalars():
         model, data, batch_size=5
     )
     stopping = zoo.EarlyStopping("accuracy", patience=np.int64(2), min_delta=np.float32(0.0))
-    assert stopping.decide([0.5, 0.4, 0.3]).stop
+    assert stopping.decision({"eval": {"accuracy": [0.5, 0.4, 0.3]}}).stop
     key = jax.random.key(0)
     interactions = zoo.data.synthetic_interactions(np.int64(30), np.int64(40), key=key)
     assert interactions.num_users == 30

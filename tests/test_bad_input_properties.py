@@ -193,9 +193,6 @@ def _train(**overrides):
         ("key", KEY_VALUES.filter(lambda v: v is not None)),
         ("validation_split", PROBABILITY.filter(lambda v: v is not None)),
         ("log_dir", PATH.filter(lambda v: v is not None)),
-        ("checkpoint_dir", PATH.filter(lambda v: v is not None)),
-        ("resume", BOOLEAN),
-        ("stratify", BOOLEAN),
     ],
 )
 @_SETTINGS
@@ -203,6 +200,21 @@ def _train(**overrides):
 def test_train_refuses(name, values, data):
     value = data.draw(values)
     assert_refused_by_zoo(lambda: _train(**{name: value}), name)
+
+
+@pytest.mark.parametrize(
+    "name, make, values",
+    [
+        ("directory", lambda v: zoo.Checkpointing(v), PATH.filter(lambda v: v is not None)),
+        ("resume", lambda v: zoo.Checkpointing("run", resume=v), BOOLEAN),
+        ("stratify", lambda v: zoo.ValidationSplit(0.2, stratify=v), BOOLEAN),
+    ],
+)
+@_SETTINGS
+@given(data=st.data())
+def test_training_options_refuse_when_built(name, make, values, data):
+    value = data.draw(values)
+    assert_refused_by_zoo(lambda: make(value), name)
 
 
 def _bad_dataset(draw) -> dict:

@@ -128,7 +128,7 @@ def test_the_same_run_resumes_and_more_epochs_are_not_a_change(tmp_path):
 def test_a_zoo_save_folder_is_refused_untouched(tmp_path, resume):
     zoo.save(tmp_path / "model", _model())
     before = _listing(tmp_path)
-    with pytest.raises(ValueError, match=r"checkpoint_dir .* is not a zoo training run"):
+    with pytest.raises(ValueError, match=r"Checkpointing directory .* is not a zoo training run"):
         _train(checkpoint_dir=tmp_path / "model", resume=resume)
     assert _listing(tmp_path) == before
 
@@ -161,7 +161,9 @@ def test_an_empty_or_missing_folder_starts_a_new_run(tmp_path, exists):
 
 def test_a_checkpoint_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "run").write_text("x")
-    with pytest.raises(ValueError, match=r"checkpoint_dir must be a folder, but .*run is a file"):
+    with pytest.raises(
+        ValueError, match=r"Checkpointing directory must be a folder, but .*run is a file"
+    ):
         _train(checkpoint_dir=tmp_path / "run")
 
 
@@ -170,7 +172,7 @@ def test_a_checkpoint_dir_that_is_a_file_is_refused(tmp_path):
 
 def test_a_second_writer_is_refused_at_once(tmp_path, monkeypatch):
     steps = _count_steps(monkeypatch)
-    in_use = rf"checkpoint_dir: .* in use .*pid {os.getpid()}"
+    in_use = rf"Checkpointing directory: .* in use .*pid {os.getpid()}"
     # Another writer holds the folder.
     with zoo.Checkpoints(tmp_path / "run"), pytest.raises(RuntimeError, match=in_use):
         _train(checkpoint_dir=tmp_path / "run")

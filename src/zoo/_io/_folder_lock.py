@@ -7,7 +7,7 @@ The file itself stays (removing a file another process may be locking races with
 the pid of the last writer, so that a refusal can say which process holds the folder.
 
 An advisory lock binds only processes that take it: every `zoo.Checkpoints` (and so every
-`zoo.train` with `checkpoint_dir`) does. On network file systems without `flock` support the
+`zoo.train` with a `zoo.Checkpointing`) does. On network file systems without `flock` support the
 lock may not be seen by other machines.
 """
 

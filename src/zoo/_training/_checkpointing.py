@@ -64,11 +64,11 @@ class Checkpointing(eqx.Module):
     resume: bool = False
 
     def __check_init__(self):
-        directory = _checks.path("checkpoint_dir", self.directory, example=_EXAMPLE)
+        directory = _checks.path("directory", self.directory, example=_EXAMPLE)
         if directory.exists() and not directory.is_dir():
             raise ValueError(
-                f"checkpoint_dir must be a folder, but {self.directory} is a file. Pass a new "
-                f"or empty folder for the checkpoints: {_EXAMPLE}"
+                f"Checkpointing directory must be a folder, but {self.directory} is a file. "
+                f"Pass a new or empty folder for the checkpoints: {_EXAMPLE}"
             )
         _checks.optional_positive_int("Checkpointing's every", self.every, example=_EXAMPLE)
         _checks.optional_positive_int(
@@ -161,4 +161,4 @@ def _opened(directory: str | os.PathLike, keep: int | None) -> Checkpoints:
     try:
         return Checkpoints(directory, keep=keep)
     except FolderInUseError as error:
-        raise FolderInUseError(f"checkpoint_dir: {error}") from None
+        raise FolderInUseError(f"Checkpointing directory: {error}") from None

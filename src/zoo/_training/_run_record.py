@@ -19,7 +19,7 @@ from .._io._folder_lock import LOCK_NAME
 
 RECORD_NAME = "zoo-run.json"
 _FORMAT = "zoo.run/1"
-_NEW_FOLDER = "Choose a new or empty folder, e.g. checkpoint_dir='runs/x'."
+_NEW_FOLDER = "Choose a new or empty folder, e.g. zoo.Checkpointing('runs/x')."
 
 
 def run_record(arguments: dict, *, model, opt_state) -> dict:
@@ -67,7 +67,8 @@ def check_run_folder(directory: str | os.PathLike, record: dict, resume: bool) -
 
     A missing or empty folder takes a new run. A folder with a run takes it again with
     `resume=True` when the records match, and takes a new run only when it holds no
-    checkpoint yet. Anything else is refused with a `ValueError` naming `checkpoint_dir`.
+    checkpoint yet. Anything else is refused with a `ValueError` naming the
+    `zoo.Checkpointing` directory.
     """
     path = pathlib.Path(directory)
     entries = sorted(entry.name for entry in path.iterdir()) if path.is_dir() else []
@@ -78,7 +79,7 @@ def check_run_folder(directory: str | os.PathLike, record: dict, resume: bool) -
     if recorded is None:
         listed = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
         raise ValueError(
-            f"checkpoint_dir {path} is not a zoo training run: it holds {listed} and no "
+            f"Checkpointing directory {path} is not a zoo training run: it holds {listed} and no "
             f"{RECORD_NAME}, and zoo.train writes its checkpoints only into a new, empty or run "
             f"folder (a zoo.save folder is not one). {_NEW_FOLDER}"
         )
@@ -88,9 +89,9 @@ def check_run_folder(directory: str | os.PathLike, record: dict, resume: bool) -
     steps = [name for name in entries if name.split(".")[0].isdigit()]
     if steps:
         raise ValueError(
-            f"checkpoint_dir {path} already holds a training run (checkpoints {', '.join(steps)})"
-            ": pass resume=True to continue it, or choose another folder for a new run, e.g. "
-            "checkpoint_dir='runs/y'."
+            f"Checkpointing directory {path} already holds a training run "
+            f"(checkpoints {', '.join(steps)}): pass resume=True to continue it, or choose "
+            "another folder for a new run, e.g. zoo.Checkpointing('runs/y')."
         )
     return False
 
@@ -110,18 +111,19 @@ def _read(path: pathlib.Path) -> dict | None:
         return None
     except (OSError, ValueError) as error:
         raise ValueError(
-            f"checkpoint_dir {path}: its run record {RECORD_NAME} cannot be read ({error})."
+            f"Checkpointing directory {path}: its run record {RECORD_NAME} cannot be read "
+            f"({error})."
         ) from None
     if not isinstance(recorded, dict) or recorded.get("format") != _FORMAT:
         raise ValueError(
-            f"checkpoint_dir {path}: {RECORD_NAME} is not a run record this zoo writes "
+            f"Checkpointing directory {path}: {RECORD_NAME} is not a run record this zoo writes "
             f"(format {_FORMAT}). {_NEW_FOLDER}"
         )
     return recorded
 
 
 def _check_same_run(recorded: dict, given: dict, path: pathlib.Path) -> None:
-    where = f"the run in checkpoint_dir {path}"
+    where = f"the run in Checkpointing directory {path}"
     given_arguments, recorded_arguments = given["arguments"], recorded["arguments"]
     for name in [*given_arguments, *(n for n in recorded_arguments if n not in given_arguments)]:
         value, before = given_arguments.get(name), recorded_arguments.get(name)
@@ -130,7 +132,7 @@ def _check_same_run(recorded: dict, given: dict, path: pathlib.Path) -> None:
                 f"resume=True with {name}={value!r}, but {where} was started with "
                 f"{name}={before!r} (recorded {before!r}, given {value!r}): a resumed run must be "
                 f"the run it continues. Resume with {name}={before!r}, or start a new run in "
-                "another checkpoint_dir."
+                "another Checkpointing directory."
             )
     _check_same_arrays(
         "a model that does not match the model", recorded["model"], given["model"], where

@@ -217,7 +217,7 @@ def built_run(
     # a loss that samples negatives needs.
     eval_key = None if isinstance(loss, str) else evaluation_key(key)
     evaluation = Evaluation(
-        model, eval_arrays, loss_fn, terms, metric_fns, eval_fn, loop.eval_batch_size, eval_key
+        model, eval_arrays, loss_fn, terms, metric_fns, eval_fn, int(loop.eval_batch_size), eval_key
     )
     examples = None if runner.arrays is None else num_examples(runner.arrays)
     arguments = {
