@@ -133,8 +133,8 @@ def test_sampled_losses_train_the_same_model_sparse_and_dense(getkey, kind):
     loss = zoo.recsys.sequence_loss(kind, num_negatives=3, sampler=sampler)
     sparse = zoo.sparse.partition(dense=optax.sgd(0.5), embeddings=zoo.sparse.sgd(0.5))
     trained = {
-        name: train(
-            model, rows, loss=loss, optimizer=opt, epochs=2, batch_size=16, key=key, progress=False
+        name: zoo.train(
+            model, rows, loss=loss, optimizer=opt, epochs=2, batch_size=16, key=key, callbacks=[]
         )
         for name, opt in (("sparse", sparse), ("dense", optax.sgd(0.5)))
     }
@@ -177,7 +177,7 @@ def test_sasrec_doubles_matrix_factorization_and_triples_popularity_on_ordered_d
     model = zoo.SASRec(
         150, dim=32, num_blocks=1, num_heads=1, max_len=15, dropout=0.2, key=jax.random.key(1)
     )
-    model, _ = train(
+    model, _ = zoo.train(
         model,
         zoo.data.sequences(train, max_len=15),
         loss=zoo.recsys.sequence_loss("softmax"),
@@ -185,12 +185,12 @@ def test_sasrec_doubles_matrix_factorization_and_triples_popularity_on_ordered_d
         epochs=15,
         batch_size=32,
         key=jax.random.key(2),
-        progress=False,
+        callbacks=[],
     )
     report = zoo.recsys.evaluate_ranking(model, train, test)
     mf = zoo.MatrixFactorization(400, 150, 32, key=jax.random.key(1))
     sampler = zoo.recsys.NegativeSampler(150, interactions=train, exclude_positives=True)
-    mf, _ = train(
+    mf, _ = zoo.train(
         mf,
         train,
         loss=zoo.recsys.bpr_loss(sampler, num_negatives=4),
@@ -198,7 +198,7 @@ def test_sasrec_doubles_matrix_factorization_and_triples_popularity_on_ordered_d
         epochs=20,
         batch_size=256,
         key=jax.random.key(2),
-        progress=False,
+        callbacks=[],
     )
     mf_hr = zoo.recsys.evaluate_ranking(mf, train, test, baselines=False)["model"]["hr@10"]
     hr = report["model"]["hr@10"]
