@@ -217,10 +217,9 @@ def test_zoo_train_resumed_on_the_native_path_equals_the_jax_path(tmp_path, monk
 
     def train(path, directory, epochs, resume):
         monkeypatch.setenv("ZOO_SPARSE_KERNELS", path)
-        options = dict(loss=loss, optimizer=optimizer, batch_size=16, key=key, progress=False)
-        return zoo.train(
-            model, data, epochs=epochs, checkpoint_dir=directory, resume=resume, **options
-        )[0]
+        options = dict(loss=loss, optimizer=optimizer, batch_size=16, key=key, callbacks=[])
+        checkpoint = zoo.Checkpointing(directory, resume=resume)
+        return zoo.train(model, data, epochs=epochs, checkpoint=checkpoint, **options)[0]
 
     expected = train("jax", tmp_path / "jax", 2, False)
     train("native", tmp_path / "native", 1, False)  # a run stopped after its first epoch ...
