@@ -4,6 +4,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 import optax
 
 from .. import sparse
@@ -52,8 +54,16 @@ class UpdateRule(NamedTuple):
 
 
 def global_norm(grads) -> Any:
-    """The norm of all floating arrays of `grads` (a `SparseRows` counts by its values)."""
-    return optax.tree.norm(eqx.filter(grads, eqx.is_inexact_array))
+    """The norm of all floating arrays of `grads` (a `SparseRows` counts by its values).
+
+    Every step computes it (for `history["train"]["grad_norm"]` and to catch a non-finite
+    gradient). On one CPU device zoo's native kernel reads each float32 gradient once; XLA's
+    square-then-reduce took a second pass that made a small model's step about 12% slower.
+    """
+    leaves = jax.tree.leaves(eqx.filter(grads, eqx.is_inexact_array))
+    if leaves and all(leaf.dtype == jnp.float32 for leaf in leaves) and sparse_native.native():
+        return jnp.sqrt(sum(sparse_native.sum_squares(leaf) for leaf in leaves))
+    return optax.tree.norm(leaves)
 
 
 DENSE = UpdateRule(

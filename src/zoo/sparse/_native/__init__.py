@@ -32,6 +32,7 @@ _TARGETS = {
     "zoo_lazy_adam": "ZooLazyAdam",
     "zoo_scatter_add_into_zeros": "ZooScatterAddIntoZeros",
     "zoo_sort_ids": "ZooSortIds",
+    "zoo_sum_squares": "ZooSumSquares",
 }
 # The kernels that add or compute do float32 and float64; gathers and stores move any dtype.
 ARITHMETIC_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
@@ -192,6 +193,12 @@ def sort_ids(ids: Int[Array, " n"]) -> Int[Array, " n"]:
     """`jnp.sort(ids)` of int32 ids (a radix sort: equal to XLA's, several times faster)."""
     out = jax.ShapeDtypeStruct(ids.shape, jnp.int32)
     return jax.ffi.ffi_call("zoo_sort_ids", out, vmap_method="sequential")(ids.astype(jnp.int32))
+
+
+def sum_squares(x: Float[Array, "..."]) -> Float[Array, ""]:
+    """`jnp.sum(jnp.square(x))` of a float32 array, in one pass over it."""
+    out = jax.ShapeDtypeStruct((), jnp.float32)
+    return jax.ffi.ffi_call("zoo_sum_squares", out, vmap_method="sequential")(x)
 
 
 def _fused(target: str, table: Array, state: Array, *operands: Array) -> tuple[Array, Array]:
