@@ -678,6 +678,25 @@ def test_every_way_of_reading_rows_steps_in_place_as_dense_sgd(getkey, read):
     assert tree_allclose(model, reference, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", [None, "fill", "clip"])
+def test_every_way_of_reading_rows_but_jnp_take_which_is_refused_naming_the_method(getkey, mode):
+    # jnp.take converts the table to an array inside its own jit before any hook sees the ids
+    # (docs/sparse.md, "Reading a table inside the loss"): refused on the recorded path and the
+    # in-place path alike, pointing at weight.take(ids, axis=0), which works.
+    model, batch = Recommender(getkey()), make_batch(getkey())
+
+    def loss_fn(model, batch):
+        rows = jnp.take(model.items.weight, batch["negative"], axis=0, mode=mode)
+        return jnp.sum(rows) + jnp.sum(model.users(batch["user"]))
+
+    opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=zoo.sparse.sgd(0.1))
+    pattern = r"model\.items is read whole.*weight\.take\(ids, axis=0\)"
+    with pytest.raises(TypeError, match=pattern):
+        jax.jit(zoo.sparse.value_and_grad(loss_fn))(model, batch)
+    with pytest.raises(TypeError, match=pattern):
+        jax.jit(zoo.sparse.value_and_update(loss_fn, opt))(model, opt.init(model), batch)
+
+
 def test_a_fill_read_of_out_of_range_ids_reads_the_fill_value_and_moves_no_row(getkey):
     emb = zoo.Embedding(6, 2, key=getkey())
     ids = jnp.array([1, 9, -8, 1])
