@@ -216,8 +216,17 @@ def built_run(
     # A built-in loss is evaluated as inference (no dropout); a user's gets a fixed key, which
     # a loss that samples negatives needs.
     eval_key = None if isinstance(loss, str) else evaluation_key(key)
+    # Evaluation computes in float32 on the float32 parameters, as `zoo.evaluate` does later:
+    # the eval loss and the metrics then describe the same model, the one `train` returns.
     evaluation = Evaluation(
-        model, eval_arrays, loss_fn, terms, metric_fns, eval_fn, int(loop.eval_batch_size), eval_key
+        model,
+        eval_arrays,
+        resolve_loss(loss),
+        terms,
+        metric_fns,
+        eval_fn,
+        int(loop.eval_batch_size),
+        eval_key,
     )
     examples = None if runner.arrays is None else num_examples(runner.arrays)
     arguments = {

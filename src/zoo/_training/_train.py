@@ -100,7 +100,8 @@ def train(
       holds its row (docs/scaling.md). `None`: one device.
     - `precision`: `"float32"`, or `"bfloat16"` / `"float16"` for mixed precision: parameters
       and optimizer state stay float32, the forward and backward passes compute in the lower
-      precision; float16 gets dynamic loss scaling (`history["train"]["loss_scale"]`). Not
+      precision; float16 gets dynamic loss scaling (`history["train"]["loss_scale"]`).
+      Evaluation computes in float32, as `zoo.evaluate` does on the returned model. Not
       with `zoo.sparse` optimizers.
     - `loop`: a [`zoo.Loop`][]: the last batch, non-finite steps, fused chunks, the eval
       batch size, and gradient accumulation.
