@@ -18,6 +18,17 @@ Combiner = Literal["sum", "mean"]
 _RIGHT_CALL = "zoo.Embedding(num_embeddings=10_000, embedding_dim=64, key=jax.random.key(0))"
 
 
+def _integer_ids(ids: Int[ArrayLike, "..."], refusal: str, example: str) -> Int[Array, "..."]:
+    """`ids` as a JAX integer array, refused with `refusal` and the right call otherwise."""
+    if not isinstance(ids, jax.Array):
+        # Host ids are checked before JAX stores them: int64 would wrap into valid rows.
+        ids = _checks.fits_int32("ids", ids)
+    ids = jnp.asarray(ids)
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise TypeError(f"{refusal}, got dtype {ids.dtype}: {example}.")
+    return ids
+
+
 class TableView(eqx.Module):
     """What an `Embedding`'s `weight` is inside `zoo.sparse` passes: a stand-in that records or
     redirects lookups.
@@ -61,15 +72,11 @@ class TableView(eqx.Module):
         (negative ones included) raise, as in an `Embedding` call. `"fill"` (or `"drop"`)
         reads `fill_value` (NaN by default) for them, `"clip"` the nearest row.
         """
-        if not isinstance(ids, jax.Array):
-            # Host ids are checked before JAX stores them: int64 would wrap into valid rows.
-            ids = _checks.fits_int32("ids", ids)
-        ids = jnp.asarray(ids)
-        if not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise TypeError(
-                f"ids must be integers to read rows of {self._name()}; got dtype {ids.dtype}: "
-                "weight[ids.astype(jnp.int32)]."
-            )
+        ids = _integer_ids(
+            ids,
+            f"ids must be integers to read rows of {self._name()}",
+            "weight[ids.astype(jnp.int32)]",
+        )
         if mode in (None, "promise_in_bounds"):
             return self.lookup(checked_ids(ids, self.num_rows, self._name()))
         if mode not in ("fill", "drop", "clip"):
@@ -383,14 +390,7 @@ class Embedding(Rebuildable, saved_as="zoo.Embedding"):
         return self.weight.at[ids].get(mode="fill", wrap_negative_indices=False)
 
     def _checked(self, ids: Int[ArrayLike, "..."]) -> Int[Array, "..."]:
-        if not isinstance(ids, jax.Array):
-            # Host ids are checked before JAX stores them: int64 would wrap into valid rows.
-            ids = _checks.fits_int32("ids", ids)
-        ids = jnp.asarray(ids)
-        if not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise TypeError(
-                f"ids must be integers, got dtype {ids.dtype}: embedding(ids.astype(jnp.int32))."
-            )
+        ids = _integer_ids(ids, "ids must be integers", "embedding(ids.astype(jnp.int32))")
         if self.combiner is not None and ids.ndim == 0:
             raise ValueError(
                 f"with combiner={self.combiner!r} the last axis of ids is a bag; got a scalar id. "
