@@ -6,7 +6,7 @@ import optax
 import pytest
 
 import zoo
-from zoo._training._dataset import checked_dataset
+from zoo._training._data import checked_dataset
 
 from .helpers import train, tree_allclose, tree_equal
 

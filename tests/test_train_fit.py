@@ -13,9 +13,9 @@ import pytest
 
 import zoo
 from zoo import EarlyStopping
+from zoo._training._data import split_validation
 from zoo._training._monitoring import decide
 from zoo._training._precision import dynamic_loss_scaling
-from zoo._training._validation import split_validation
 
 from .helpers import train, tree_allclose, tree_equal
 

@@ -24,6 +24,7 @@ from ._training._callbacks import (
     RunInfo as RunInfo,
 )
 from ._training._checkpointing import Checkpointing as Checkpointing
+from ._training._data import ValidationSplit as ValidationSplit
 from ._training._epochs import Loop as Loop
 from ._training._evaluate import evaluate as evaluate
 from ._training._logs import Logger as Logger
@@ -43,7 +44,6 @@ from ._training._stopped import (
     TrainingStopped as TrainingStopped,
 )
 from ._training._train import train as train
-from ._training._validation import ValidationSplit as ValidationSplit
 from ._version import __version__ as __version__
 from .recsys import (
     DLRM as DLRM,

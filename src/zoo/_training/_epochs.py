@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _checks
 from .._custom_types import Batch, Dataset, IntLike
-from ._dataset import checked_dataset, gather, host_rows, nbytes, num_examples
+from ._data import checked_dataset, gather, host_rows, nbytes, num_examples
 from ._fused import fits_on_devices
 from ._programs import Programs, StepTotals
 from ._state import TrainState

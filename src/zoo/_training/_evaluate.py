@@ -15,7 +15,7 @@ from .. import _checks
 from .._custom_types import Dataset, IntLike
 from ..losses._losses import batched_predictions
 from ..metrics._metrics import Metric, resolve_metrics
-from ._dataset import (
+from ._data import (
     check_class_labels,
     checked_dataset,
     gather,

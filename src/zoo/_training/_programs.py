@@ -15,7 +15,7 @@ from jax import lax
 from jaxtyping import Array, Float, Int
 
 from .._custom_types import Batch, LossFn, Optimizer
-from ._dataset import gather
+from ._data import gather
 from ._precision import loss_scale, scaled_value_and_grad
 from ._rules import UpdateRule, fused_update
 from ._state import TrainState

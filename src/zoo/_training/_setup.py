@@ -21,7 +21,15 @@ from ..metrics._metrics import resolve_metrics
 from ._accumulation import accumulating, check_accumulate, count_terms
 from ._callbacks import Callback, ProgressBar
 from ._checkpointing import Checkpointing
-from ._dataset import check_class_labels, checked_dataset, inputs_not_finite, num_examples
+from ._data import (
+    check_class_labels,
+    check_validation_data,
+    checked_dataset,
+    inputs_not_finite,
+    num_examples,
+    split_validation,
+    validation_option,
+)
 from ._epochs import EpochRunner, Loop, epoch_runner
 from ._evaluate import Evaluation
 from ._history import current_learning_rate
@@ -31,7 +39,6 @@ from ._rules import DENSE, UpdateRule, rule_for
 from ._run_record import describe_data, run_record
 from ._state import TrainState, evaluation_key, initial_state, validation_key
 from ._strategy import strategy_for
-from ._validation import check_validation_data, split_validation, validation_option
 
 _EXAMPLE = "zoo.train(model, data, epochs=10, batch_size=128)"
 

@@ -25,7 +25,7 @@ from ..distributed._mesh import (
     replicated,
 )
 from ..distributed._sharding import put, state_shardings
-from ._dataset import to_device
+from ._data import to_device
 from ._routing import routing_for
 from ._rules import UpdateRule
 from ._state import TrainState

@@ -19,6 +19,7 @@ from .._custom_types import Dataset, IntLike, LossFn, Optimizer, RealLike
 from ..metrics._metrics import Metric
 from ._callbacks import Callback, EpochInfo
 from ._checkpointing import Checkpointing, Saver
+from ._data import ValidationSplit
 from ._epochs import Loop
 from ._history import new_history, record_epoch
 from ._parts import Parts
@@ -26,7 +27,6 @@ from ._programs import StepTotals
 from ._setup import built_run
 from ._state import TrainState
 from ._stopped import Good, interrupted, raise_if_not_finite, schedule_checked
-from ._validation import ValidationSplit
 
 
 def train(
