@@ -34,10 +34,8 @@ def worker(steps: int, rounds: int) -> dict:
 
     import zoo
     from _table_model import TableRegressor
-    from zoo._training._programs import Programs, StepTotals, make_train_step
     from zoo._training._routing import routed_step, routing_for
-    from zoo._training._rules import SPARSE
-    from zoo._training._state import initial_state
+    from zoo._training._step import SPARSE, Programs, StepTotals, initial_state, make_train_step
     from zoo._training._strategy import Placement, shard_training, training_mesh
     from zoo.distributed._hlo import bytes_per_device
 

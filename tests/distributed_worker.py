@@ -27,10 +27,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from tests import distributed_cases as cases
-from zoo._training._programs import Programs, StepTotals, make_train_step
 from zoo._training._routing import Routing, routed_step, routing_for
-from zoo._training._rules import SPARSE
-from zoo._training._state import initial_state
+from zoo._training._step import SPARSE, Programs, StepTotals, initial_state, make_train_step
 from zoo._training._strategy import Placement, shard_training, training_mesh
 from zoo.distributed._hlo import bytes_per_device, collectives
 

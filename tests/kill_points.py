@@ -19,7 +19,7 @@ import signal
 
 import zoo._io._array_files as array_files
 import zoo._io._serialization as serialization
-from zoo._training._programs import Programs
+from zoo._training._step import Programs
 
 POINTS = ("array-torn", "array-written", "before-json", "after-json", "finalize", "chunk")
 

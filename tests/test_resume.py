@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import zoo
-from zoo._training._programs import Programs
+from zoo._training._step import Programs
 
 from .helpers import train, tree_equal
 
@@ -169,8 +169,7 @@ def test_a_run_killed_at_each_kind_of_moment_resumes_to_the_same_model(tmp_path)
 def _snapshot_like():
     import equinox as eqx
 
-    from zoo._training._programs import StepTotals
-    from zoo._training._state import initial_state
+    from zoo._training._step import StepTotals, initial_state
 
     model = zoo.MLP(5, 3, (16,), key=jax.random.key(0))
     optimizer = optax.adam(1e-2)

@@ -16,7 +16,7 @@ import pytest
 
 import zoo
 import zoo._io._array_files
-from zoo._training._programs import Programs
+from zoo._training._step import Programs
 
 from .helpers import train, tree_equal
 

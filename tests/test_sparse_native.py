@@ -231,9 +231,7 @@ def test_zoo_train_resumed_on_the_native_path_equals_the_jax_path(tmp_path, monk
 
 @pytest.mark.parametrize("name", FUSED)
 def test_zoo_train_step_runs_the_fused_kernels(name, monkeypatch, getkey):
-    from zoo._training._programs import make_train_step
-    from zoo._training._rules import rule_for
-    from zoo._training._state import initial_state
+    from zoo._training._step import initial_state, make_train_step, rule_for
 
     model = _Scorer(getkey())
     optimizer = zoo.sparse.partition(dense=optax.sgd(1e-2), embeddings=OPTIMIZERS[name]())

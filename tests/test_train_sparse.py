@@ -8,9 +8,7 @@ import optax
 import pytest
 
 import zoo
-from zoo._training._programs import Programs, StepTotals, make_train_step
-from zoo._training._rules import rule_for
-from zoo._training._state import initial_state
+from zoo._training._step import Programs, StepTotals, initial_state, make_train_step, rule_for
 
 from .helpers import train, tree_allclose
 from .test_sparse import BigModel, big_loss, table_sized_ops

@@ -32,12 +32,12 @@ from ._training._monitoring import (
     EarlyStopping as EarlyStopping,
     ModelCheckpoint as ModelCheckpoint,
 )
-from ._training._per_example import (
+from ._training._plots import plot_history as plot_history
+from ._training._step import (
+    TrainState as TrainState,
     per_example_grad_norms as per_example_grad_norms,
     per_example_grads as per_example_grads,
 )
-from ._training._plots import plot_history as plot_history
-from ._training._state import TrainState as TrainState
 from ._training._stopped import (
     NonFiniteLossError as NonFiniteLossError,
     TrainingInterrupted as TrainingInterrupted,

@@ -16,9 +16,8 @@ from .. import _checks
 from .._custom_types import IntLike
 from .._io._checkpoints import Checkpoints
 from .._io._folder_lock import FolderInUseError
-from ._programs import StepTotals
 from ._run_record import check_run_folder, write_record
-from ._state import TrainState
+from ._step import StepTotals, TrainState
 
 _EXAMPLE = "zoo.Checkpointing('runs/x', every=500, resume=True)"
 

@@ -3,8 +3,7 @@
 import warnings
 
 from .._custom_types import PyTree
-from ._precision import loss_scale
-from ._programs import StepTotals, injected_learning_rate
+from ._step import StepTotals, injected_learning_rate, loss_scale
 
 
 def new_history() -> dict:

@@ -9,7 +9,7 @@ import copy
 import equinox as eqx
 
 from ._callbacks import Callback, ChunkInfo, EpochInfo, RunInfo
-from ._programs import StepTotals
+from ._step import StepTotals
 
 
 class Parts:

@@ -39,8 +39,7 @@ from .._nn._embedding import Embedding
 from ..distributed._mesh import FSDP, MODEL, batch_axes
 from ..sparse import _grad
 from ..sparse._rows import SparseRows, is_sparse_rows
-from ._rules import SPARSE, UpdateRule
-from ._state import TrainState
+from ._step import SPARSE, TrainState, UpdateRule
 
 CAPACITY_FACTOR = 2
 """Slots per destination, as a multiple of a device's ids over the shards (the fair share)."""

@@ -18,7 +18,6 @@ import optax
 from .. import _checks
 from ..losses._losses import batched_predictions, resolve_loss
 from ..metrics._metrics import resolve_metrics
-from ._accumulation import accumulating, check_accumulate, count_terms
 from ._callbacks import Callback, ProgressBar
 from ._checkpointing import Checkpointing
 from ._data import (
@@ -33,11 +32,24 @@ from ._data import (
 from ._epochs import EpochRunner, Loop, epoch_runner
 from ._evaluate import Evaluation
 from ._history import current_learning_rate
-from ._precision import check_precision, dynamic_loss_scaling, with_precision
-from ._programs import Programs, make_train_step
-from ._rules import DENSE, UpdateRule, rule_for
 from ._run_record import describe_data, run_record
-from ._state import TrainState, evaluation_key, initial_state, validation_key
+from ._step import (
+    DENSE,
+    Programs,
+    TrainState,
+    UpdateRule,
+    accumulating,
+    check_accumulate,
+    check_precision,
+    count_terms,
+    dynamic_loss_scaling,
+    evaluation_key,
+    initial_state,
+    make_train_step,
+    rule_for,
+    validation_key,
+    with_precision,
+)
 from ._strategy import strategy_for
 
 _EXAMPLE = "zoo.train(model, data, epochs=10, batch_size=128)"

@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import equinox as eqx
 
-from ._programs import SCHEDULE_ERROR, Programs, StepTotals
+from ._step import SCHEDULE_ERROR, Programs, StepTotals
 
 
 class TrainingStopped(BaseException):

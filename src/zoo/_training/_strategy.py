@@ -27,8 +27,7 @@ from ..distributed._mesh import (
 from ..distributed._sharding import put, state_shardings
 from ._data import to_device
 from ._routing import routing_for
-from ._rules import UpdateRule
-from ._state import TrainState
+from ._step import TrainState, UpdateRule
 
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, jax.Array, jax.Array]]
 RoutedStep = Callable[[Mesh, PyTree, TrainState], Callable]

@@ -23,9 +23,8 @@ from ._data import ValidationSplit
 from ._epochs import Loop
 from ._history import new_history, record_epoch
 from ._parts import Parts
-from ._programs import StepTotals
 from ._setup import built_run
-from ._state import TrainState
+from ._step import StepTotals, TrainState
 from ._stopped import Good, interrupted, raise_if_not_finite, schedule_checked
 
 
