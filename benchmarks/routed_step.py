@@ -34,9 +34,14 @@ def worker(steps: int, rounds: int) -> dict:
 
     import zoo
     from _table_model import TableRegressor
-    from zoo._training._routing import routed_step, routing_for
     from zoo._training._step import SPARSE, Programs, StepTotals, initial_state, make_train_step
-    from zoo._training._strategy import Placement, shard_training, training_mesh
+    from zoo._training._strategy import (
+        Placement,
+        routed_step,
+        routing_for,
+        shard_training,
+        training_mesh,
+    )
     from zoo.distributed._hlo import bytes_per_device
 
     def loss_fn(model, batch, key):

@@ -27,9 +27,15 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from tests import distributed_cases as cases
-from zoo._training._routing import Routing, routed_step, routing_for
 from zoo._training._step import SPARSE, Programs, StepTotals, initial_state, make_train_step
-from zoo._training._strategy import Placement, shard_training, training_mesh
+from zoo._training._strategy import (
+    Placement,
+    Routing,
+    routed_step,
+    routing_for,
+    shard_training,
+    training_mesh,
+)
 from zoo.distributed._hlo import bytes_per_device, collectives
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")

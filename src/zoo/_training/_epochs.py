@@ -16,8 +16,8 @@ import numpy as np
 from .. import _checks
 from .._custom_types import Batch, Dataset, IntLike
 from ._data import checked_dataset, gather, host_rows, nbytes, num_examples
-from ._fused import fits_on_devices
 from ._step import Programs, StepTotals, TrainState
+from ._strategy import fits_on_devices
 
 # Each compiled run of steps costs a dispatch and a wait on the host, about the same at any
 # batch size; so a chunk is sized by examples, not by a share of the epoch: 2**16 examples keep
