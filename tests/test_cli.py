@@ -51,7 +51,7 @@ def _lines(axis) -> list[str]:
 
 
 def test_plot_overlays_train_and_eval_loss_and_marks_the_best_epoch():
-    from zoo._training._plots import history_figure
+    from zoo._training._evaluate import history_figure
 
     history = {"epoch": [1, 2, 3], "train": {"loss": [0.9, 0.5, 0.4]},
                "eval": {"cross_entropy": [0.8, 0.6, 0.7], "accuracy": [0.7, 0.8, 0.75]},
@@ -66,7 +66,7 @@ def test_plot_overlays_train_and_eval_loss_and_marks_the_best_epoch():
 
 
 def test_plot_draws_a_panel_per_distinct_metric_in_a_grid(tmp_path):
-    from zoo._training._plots import history_figure
+    from zoo._training._evaluate import history_figure
 
     figure = history_figure(_ranking_history())
     visible = [axis for axis in figure.get_axes() if axis.get_visible()]

@@ -26,13 +26,12 @@ from ._training._callbacks import (
 from ._training._checkpointing import Checkpointing as Checkpointing
 from ._training._data import ValidationSplit as ValidationSplit
 from ._training._epochs import Loop as Loop
-from ._training._evaluate import evaluate as evaluate
+from ._training._evaluate import evaluate as evaluate, plot_history as plot_history
 from ._training._logs import Logger as Logger
 from ._training._monitoring import (
     EarlyStopping as EarlyStopping,
     ModelCheckpoint as ModelCheckpoint,
 )
-from ._training._plots import plot_history as plot_history
 from ._training._step import (
     TrainState as TrainState,
     per_example_grad_norms as per_example_grad_norms,

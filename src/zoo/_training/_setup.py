@@ -30,8 +30,7 @@ from ._data import (
     validation_option,
 )
 from ._epochs import EpochRunner, Loop, epoch_runner
-from ._evaluate import Evaluation
-from ._history import current_learning_rate
+from ._evaluate import Evaluation, current_learning_rate
 from ._run_record import describe_data, run_record
 from ._step import (
     DENSE,

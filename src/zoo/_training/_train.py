@@ -21,7 +21,7 @@ from ._callbacks import Callback, EpochInfo
 from ._checkpointing import Checkpointing, Saver
 from ._data import ValidationSplit
 from ._epochs import Loop
-from ._history import new_history, record_epoch
+from ._evaluate import new_history, record_epoch
 from ._parts import Parts
 from ._setup import built_run
 from ._step import StepTotals, TrainState
