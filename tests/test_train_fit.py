@@ -13,8 +13,8 @@ import pytest
 
 import zoo
 from zoo import EarlyStopping
+from zoo._training._callbacks import decide
 from zoo._training._data import split_validation
-from zoo._training._monitoring import decide
 from zoo._training._step import dynamic_loss_scaling
 
 from .helpers import train, tree_allclose, tree_equal

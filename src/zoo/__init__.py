@@ -19,7 +19,10 @@ from ._nn._mlp import MLP as MLP
 from ._training._callbacks import (
     Callback as Callback,
     ChunkInfo as ChunkInfo,
+    EarlyStopping as EarlyStopping,
     EpochInfo as EpochInfo,
+    Logger as Logger,
+    ModelCheckpoint as ModelCheckpoint,
     ProgressBar as ProgressBar,
     RunInfo as RunInfo,
 )
@@ -27,11 +30,6 @@ from ._training._checkpointing import Checkpointing as Checkpointing
 from ._training._data import ValidationSplit as ValidationSplit
 from ._training._epochs import Loop as Loop
 from ._training._evaluate import evaluate as evaluate, plot_history as plot_history
-from ._training._logs import Logger as Logger
-from ._training._monitoring import (
-    EarlyStopping as EarlyStopping,
-    ModelCheckpoint as ModelCheckpoint,
-)
 from ._training._step import (
     TrainState as TrainState,
     per_example_grad_norms as per_example_grad_norms,
