@@ -26,7 +26,12 @@ from ._training._callbacks import (
     ProgressBar as ProgressBar,
     RunInfo as RunInfo,
 )
-from ._training._checkpointing import Checkpointing as Checkpointing
+from ._training._checkpointing import (
+    Checkpointing as Checkpointing,
+    NonFiniteLossError as NonFiniteLossError,
+    TrainingInterrupted as TrainingInterrupted,
+    TrainingStopped as TrainingStopped,
+)
 from ._training._data import ValidationSplit as ValidationSplit
 from ._training._epochs import Loop as Loop
 from ._training._evaluate import evaluate as evaluate, plot_history as plot_history
@@ -34,11 +39,6 @@ from ._training._step import (
     TrainState as TrainState,
     per_example_grad_norms as per_example_grad_norms,
     per_example_grads as per_example_grads,
-)
-from ._training._stopped import (
-    NonFiniteLossError as NonFiniteLossError,
-    TrainingInterrupted as TrainingInterrupted,
-    TrainingStopped as TrainingStopped,
 )
 from ._training._train import train as train
 from ._version import __version__ as __version__

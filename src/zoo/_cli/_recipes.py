@@ -15,8 +15,8 @@ from .. import data as datasets, sparse
 from .._custom_types import LossFn, Optimizer
 from .._io._serialization import load as load_model, save as save_model
 from .._training._callbacks import Callback, EarlyStopping, ModelCheckpoint
+from .._training._checkpointing import TrainingInterrupted
 from .._training._epochs import Loop
-from .._training._stopped import TrainingInterrupted
 from .._training._train import train as zoo_train
 from ..data._interactions import Interactions
 from ..recsys._baselines import Popularity

@@ -1,4 +1,6 @@
-"""Training checkpoints: the `zoo.Checkpointing` option, and the `Saver` that carries it out.
+"""What is kept of a run: training checkpoints (the `zoo.Checkpointing` option, and the `Saver`
+that carries it out), the run record that only the same run resumes from, and the errors that
+hand back the last good model when training stops early.
 
 A checkpoint holds the training state, the current epoch's running sums, the history of the
 epochs before, what each callback keeps (`Callback.saved`), and whether a callback had
@@ -6,18 +8,22 @@ stopped the run; so a resumed run records, decides and returns exactly what an u
 one would. Only a finite state is ever saved, so `keep` never removes the newest good one.
 """
 
+import contextlib
+import json
 import os
-from typing import Any
+import pathlib
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
+import numpy as np
 
 from .. import _checks
 from .._custom_types import IntLike
+from .._io import _array_store as store
 from .._io._checkpoints import Checkpoints
-from .._io._folder_lock import FolderInUseError
-from ._run_record import check_run_folder, write_record
-from ._step import StepTotals, TrainState
+from .._io._folder_lock import LOCK_NAME, FolderInUseError
+from ._step import SCHEDULE_ERROR, Programs, StepTotals, TrainState
 
 _EXAMPLE = "zoo.Checkpointing('runs/x', every=500, resume=True)"
 
@@ -161,3 +167,248 @@ def _opened(directory: str | os.PathLike, keep: int | None) -> Checkpoints:
         return Checkpoints(directory, keep=keep)
     except FolderInUseError as error:
         raise FolderInUseError(f"Checkpointing directory: {error}") from None
+
+
+# What defines a training run, recorded in its checkpoint folder: only that run resumes there.
+#
+# `zoo-run.json` beside the checkpoints holds the arguments that decide which example each step
+# takes and what state it updates (the data's size, `batch_size`, `last_batch`, `accumulate`,
+# `precision`, `loss`, `key`) and the path, dtype and shape of every array of the model and of
+# the optimizer state. A resumed run must give the same; a folder without the record is not a
+# training run, and `zoo.train` writes nothing into it.
+
+
+RECORD_NAME = "zoo-run.json"
+_FORMAT = "zoo.run/1"
+_NEW_FOLDER = "Choose a new or empty folder, e.g. zoo.Checkpointing('runs/x')."
+
+
+def run_record(arguments: dict, *, model, opt_state) -> dict:
+    """The record of a run: the options that define what it computes (`key` and a callable
+    `loss` by name, the rest as given) and the signatures of its state's arrays."""
+    arguments = dict(arguments)
+    loss = arguments.get("loss")
+    if loss is not None and not isinstance(loss, str):
+        arguments["loss"] = _name_of(loss)
+    arguments["key"] = _key_data(arguments["key"])
+    return {
+        "format": _FORMAT,
+        "arguments": arguments,
+        "model": _signature(model),
+        "optimizer": _signature(opt_state),
+    }
+
+
+def describe_data(examples: int | None, batches: int | None) -> str:
+    if examples is not None:
+        return f"{examples} examples"
+    return "an iterable" if batches is None else f"an iterable of {batches} batches"
+
+
+def _name_of(function) -> str:
+    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', '?')}"
+
+
+def _key_data(key) -> list[int]:
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.asarray(key).ravel().tolist()
+
+
+def _signature(tree) -> list[list[str]]:
+    return [
+        [leaf.path, store.describe(leaf.value.dtype, leaf.value.shape)]
+        for leaf in store.leaves(tree)
+    ]
+
+
+def check_run_folder(directory: str | os.PathLike, record: dict, resume: bool) -> bool:
+    """Checks that `directory` may hold the run of `record`, reading only; whether it already
+    holds this run's record (which then stays as it is).
+
+    A missing or empty folder takes a new run. A folder with a run takes it again with
+    `resume=True` when the records match, and takes a new run only when it holds no
+    checkpoint yet. Anything else is refused with a `ValueError` naming the
+    `zoo.Checkpointing` directory.
+    """
+    path = pathlib.Path(directory)
+    entries = sorted(entry.name for entry in path.iterdir()) if path.is_dir() else []
+    entries = [name for name in entries if name != LOCK_NAME]
+    if not entries:
+        return False
+    recorded = _read(path)
+    if recorded is None:
+        listed = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise ValueError(
+            f"Checkpointing directory {path} is not a zoo training run: it holds {listed} and no "
+            f"{RECORD_NAME}, and zoo.train writes its checkpoints only into a new, empty or run "
+            f"folder (a zoo.save folder is not one). {_NEW_FOLDER}"
+        )
+    if resume:
+        _check_same_run(recorded, record, path)
+        return True
+    steps = [name for name in entries if name.split(".")[0].isdigit()]
+    if steps:
+        raise ValueError(
+            f"Checkpointing directory {path} already holds a training run "
+            f"(checkpoints {', '.join(steps)}): pass resume=True to continue it, or choose "
+            "another folder for a new run, e.g. zoo.Checkpointing('runs/y')."
+        )
+    return False
+
+
+def write_record(directory: str | os.PathLike, record: dict) -> None:
+    """Writes the record whole or not at all (a temporary file renamed into place)."""
+    path = pathlib.Path(directory) / RECORD_NAME
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(record, indent=1))
+    os.replace(temporary, path)
+
+
+def _read(path: pathlib.Path) -> dict | None:
+    try:
+        recorded = json.loads((path / RECORD_NAME).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"Checkpointing directory {path}: its run record {RECORD_NAME} cannot be read "
+            f"({error})."
+        ) from None
+    if not isinstance(recorded, dict) or recorded.get("format") != _FORMAT:
+        raise ValueError(
+            f"Checkpointing directory {path}: {RECORD_NAME} is not a run record this zoo writes "
+            f"(format {_FORMAT}). {_NEW_FOLDER}"
+        )
+    return recorded
+
+
+def _check_same_run(recorded: dict, given: dict, path: pathlib.Path) -> None:
+    where = f"the run in Checkpointing directory {path}"
+    given_arguments, recorded_arguments = given["arguments"], recorded["arguments"]
+    for name in [*given_arguments, *(n for n in recorded_arguments if n not in given_arguments)]:
+        value, before = given_arguments.get(name), recorded_arguments.get(name)
+        if before != value:
+            raise ValueError(
+                f"resume=True with {name}={value!r}, but {where} was started with "
+                f"{name}={before!r} (recorded {before!r}, given {value!r}): a resumed run must be "
+                f"the run it continues. Resume with {name}={before!r}, or start a new run in "
+                "another Checkpointing directory."
+            )
+    _check_same_arrays(
+        "a model that does not match the model", recorded["model"], given["model"], where
+    )
+    _check_same_arrays(
+        "an optimizer whose state does not match the optimizer state",
+        recorded["optimizer"],
+        given["optimizer"],
+        where,
+    )
+
+
+def _check_same_arrays(what: str, recorded: list, given: list, where: str) -> None:
+    before, now = dict(map(tuple, recorded)), dict(map(tuple, given))
+    for leaf_path in [*now, *before]:
+        if before.get(leaf_path) != now.get(leaf_path):
+            raise ValueError(
+                f"resume=True with {what} at {leaf_path} of {where}: recorded "
+                f"{before.get(leaf_path, 'no array')}, given {now.get(leaf_path, 'no array')}. "
+                "Resume with the model and optimizer the run was started with."
+            )
+
+
+# The errors with which `zoo.train` stops early, carrying the model and history that trained.
+
+
+class TrainingStopped(BaseException):
+    """Base of the errors with which [`zoo.train`][] stops before its last epoch: each one
+    carries the last good model and its history, so nothing that trained is lost, with or
+    without checkpoints.
+
+    Catch it as `except zoo.TrainingStopped as stop:`; its subclasses are also the standard
+    errors, so `except FloatingPointError` and `except KeyboardInterrupt` keep working.
+
+    **Attributes:**
+
+    - `model`: the model at the end of the last epoch that completed (the given model, or
+      the resumed one, when none did): bit for bit what `zoo.train(..., epochs=k)` returns
+      for that many epochs `k`, with the same arguments otherwise.
+    - `history`: the history of those epochs, as `zoo.train` would have returned it.
+    - `epochs`: how many epochs `history` holds.
+    """
+
+    def __init__(self, message: str, *, model: eqx.Module, history: dict):
+        super().__init__(message)
+        self.model = model
+        self.history = history
+        self.epochs = len(history["epoch"])
+
+
+class NonFiniteLossError(TrainingStopped, FloatingPointError):
+    """Raised by `zoo.train` with `on_nonfinite="raise"` when a step's loss or gradient is
+    not finite: a `FloatingPointError` and a [`zoo.TrainingStopped`][], whose `model` and
+    `history` are those of the last epoch before the bad step."""
+
+
+class TrainingInterrupted(TrainingStopped, KeyboardInterrupt):
+    """Raised by `zoo.train` in place of the `KeyboardInterrupt` (Ctrl-C) that stopped it,
+    from a callback, the data or the loop itself: a `KeyboardInterrupt` and a
+    [`zoo.TrainingStopped`][], whose `model` and `history` are those of the last completed
+    epoch."""
+
+
+class LearningRateError(TrainingStopped, ValueError):
+    """Raised by `zoo.train` when the optimizer's learning-rate schedule (seen through
+    `optax.inject_hyperparams`) returns a negative or non-finite value at a step: a
+    `ValueError` and a [`zoo.TrainingStopped`][], whose `model` and `history` are those of the
+    last epoch before that step."""
+
+
+class Good(NamedTuple):
+    """The last good model's arrays (a copy) and the history of its epochs."""
+
+    model: eqx.Module
+    history: dict
+
+
+def interrupted(programs: Programs, good: Good) -> "TrainingInterrupted":
+    """The `TrainingInterrupted` to raise in place of a `KeyboardInterrupt`, carrying what
+    trained."""
+    return TrainingInterrupted(
+        f"training was interrupted (KeyboardInterrupt) after {len(good.history['epoch'])} "
+        "completed epochs; the exception's .model and .history are the last completed "
+        "epoch's.",
+        model=programs.model_of(good.model),
+        history=good.history,
+    )
+
+
+@contextlib.contextmanager
+def schedule_checked(programs: Programs, good: Good):
+    """The step's check of a schedule's learning rate (`eqx.error_if`, under `jax.jit`) comes
+    as a runtime error whose message holds JAX's traceback: raised again, plainly, with what
+    trained."""
+    try:
+        yield
+    except Exception as error:  # JAX raises a ValueError or a JaxRuntimeError, by version
+        if SCHEDULE_ERROR not in str(error) or isinstance(error, LearningRateError):
+            raise
+        raise LearningRateError(
+            f"{SCHEDULE_ERROR} The exception's .model and .history are those of the last "
+            f"epoch before it (epoch {len(good.history['epoch'])}).",
+            model=programs.model_of(good.model),
+            history=good.history,
+        ) from None
+
+
+def raise_if_not_finite(totals: StepTotals, programs: Programs, good: Good) -> None:
+    step = int(totals.first_nonfinite_step)
+    if step >= 0:
+        raise NonFiniteLossError(
+            f"the loss became non-finite (nan or inf) at step {step}. Lower the learning rate, "
+            "clip gradients with optax.chain(optax.clip_by_global_norm(1.0), ...), or check the "
+            "data for non-finite values. The exception's .model and .history are those of the "
+            f"last epoch before it (epoch {len(good.history['epoch'])}).",
+            model=programs.model_of(good.model),
+            history=good.history,
+        )

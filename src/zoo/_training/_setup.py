@@ -19,7 +19,7 @@ from .. import _checks
 from ..losses._losses import batched_predictions, resolve_loss
 from ..metrics._metrics import resolve_metrics
 from ._callbacks import Callback, ProgressBar
-from ._checkpointing import Checkpointing
+from ._checkpointing import Checkpointing, describe_data, run_record
 from ._data import (
     check_class_labels,
     check_validation_data,
@@ -31,7 +31,6 @@ from ._data import (
 )
 from ._epochs import EpochRunner, Loop, epoch_runner
 from ._evaluate import Evaluation, current_learning_rate
-from ._run_record import describe_data, run_record
 from ._step import (
     DENSE,
     Programs,

@@ -18,14 +18,20 @@ from jaxtyping import PRNGKeyArray
 from .._custom_types import Dataset, IntLike, LossFn, Optimizer, RealLike
 from ..metrics._metrics import Metric
 from ._callbacks import Callback, EpochInfo
-from ._checkpointing import Checkpointing, Saver
+from ._checkpointing import (
+    Checkpointing,
+    Good,
+    Saver,
+    interrupted,
+    raise_if_not_finite,
+    schedule_checked,
+)
 from ._data import ValidationSplit
 from ._epochs import Loop
 from ._evaluate import new_history, record_epoch
 from ._parts import Parts
 from ._setup import built_run
 from ._step import StepTotals, TrainState
-from ._stopped import Good, interrupted, raise_if_not_finite, schedule_checked
 
 
 def train(
