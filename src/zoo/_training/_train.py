@@ -281,14 +281,13 @@ def _next_epoch(dynamic: TrainState) -> TrainState:
 class Parts:
     def __init__(self, run, model: eqx.Module, epochs: int, resumed: bool):
         self.callbacks = run.callbacks
-        self._steps_per_epoch = run.runner.steps_per_epoch
         self.epoch = 0  # the epoch running, 1-based
         info = RunInfo(
             epochs=epochs,
             steps_per_epoch=run.runner.steps_per_epoch,
             eval_names=run.evaluation.names,
             resumed=resumed,
-            history={"epoch": [], "step": [], "time": [], "train": {}, "eval": {}},
+            history=new_history(),
             model=model,
         )
         self._states = []
