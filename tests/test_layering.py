@@ -27,6 +27,18 @@ LAYERS = [
 ]
 _LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}
 
+# Inside `_training`, lowest first; a module imports only from layers below its own, so the
+# modules of one layer import none of each other. docs/architecture.md lists them in this order.
+TRAINING_LAYERS = [
+    {"_data"},  # datasets and the validation split
+    {"_step"},  # the training state and the compiled step
+    {"_strategy", "_evaluate", "_callbacks", "_checkpointing"},
+    {"_epochs"},  # the epoch runners
+    {"_train"},  # the loop
+]
+_TRAINING_LAYER_OF = {name: index for index, names in enumerate(TRAINING_LAYERS) for name in names}
+_TRAINING = SRC / "_training"
+
 
 def _component(module: str) -> str:
     """`zoo._io._serialization` -> `_io`; `zoo` itself -> `__init__`."""
@@ -84,3 +96,41 @@ def test_the_check_finds_an_upward_import():
     imported = _imported_modules(probe, source="from .._training import _train")
     assert "zoo._training._train" in imported
     assert _LAYER_OF[_component("zoo._training._train")] > _LAYER_OF["distributed"]
+
+
+def _training_modules_imported(path: pathlib.Path, source: str | None = None) -> set[str]:
+    """The modules of `_training` that `path` imports (`_step` for `zoo._training._step.X`)."""
+    return {
+        module.split(".")[2]
+        for module in _imported_modules(path, source)
+        if module.startswith("zoo._training.")
+    }
+
+
+def test_every_training_module_has_a_layer():
+    modules = {path.stem for path in _TRAINING.glob("*.py") if path.stem != "__init__"}
+    assert modules == set(_TRAINING_LAYER_OF), modules ^ set(_TRAINING_LAYER_OF)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(path for path in _TRAINING.glob("*.py") if path.stem != "__init__"),
+    ids=lambda p: p.name,
+)
+def test_training_modules_import_only_the_layers_below(path):
+    own = _TRAINING_LAYER_OF[path.stem]
+    not_below = sorted(
+        module
+        for module in _training_modules_imported(path)
+        if _TRAINING_LAYER_OF.get(module, own) >= own
+    )
+    assert not not_below, f"_training/{path.name} imports {not_below}, not from a layer below"
+
+
+def test_the_check_finds_a_training_import_sideways():
+    # A module importing one of its own layer is caught, as one importing the loop is.
+    probe = _TRAINING / "_callbacks.py"
+    source = "from ._checkpointing import Saver\nfrom ._train import train"
+    imported = _training_modules_imported(probe, source=source)
+    assert imported == {"_checkpointing", "_train"}
+    assert all(_TRAINING_LAYER_OF[m] >= _TRAINING_LAYER_OF["_callbacks"] for m in imported)
