@@ -154,7 +154,9 @@ class SASRec(Rebuildable, saved_as="zoo.SASRec"):
         - `num_heads`: attention heads per block; must divide `dim`.
         - `max_len`: the longest sequence the model reads (the number of positions).
         - `dropout`: the dropout rate of the input embeddings and of the output of each
-            attention and feed-forward layer, applied only when `__call__` gets a key.
+            attention and feed-forward layer, applied only when `__call__` gets a key
+            (drawn as 16 random bits per activation: the rate is rounded to a multiple of
+            2^-16, 0.2 to 0.19999695).
         - `key`: a `jax.random.key` for the initialisation.
         """
         _checks.key("key", key, example=_EXAMPLE)

@@ -32,7 +32,8 @@ def sequence_loss(
         and of `num_negatives` (default 1) sampled items per position (label 0).
     - `"softmax"`: cross-entropy of a softmax over the whole catalogue (Klenitskiy &
         Vasilev, 2023: the strongest under full ranking). It scores every item at every
-        position, so it reads the whole item table.
+        real position, so it reads the whole item table; padded positions are moved out
+        and cost no scores (a left-padded batch is often mostly padding).
     - `"sampled_softmax"`: a softmax over the target and `num_negatives` (default 128)
         items drawn per sequence, shared by its positions, with the *log-q correction*:
         each candidate's logit minus `log q_i`, its probability under the sampler, which
