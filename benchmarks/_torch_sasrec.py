@@ -7,7 +7,8 @@ The second form trains to the validation plateau: after each epoch, NDCG@10 of e
 validation item ranked over the whole catalogue (the user's training items excluded) from the
 model's state after the user's latest training items (`histories`), as
 `zoo.recsys.evaluate_ranking` computes it; it stops after PATIENCE epochs without a better
-figure and prints `[seconds since training began, NDCG@10]` after each epoch.
+figure and prints `[seconds since training began, NDCG@10, HR@10, seconds of the validation,
+seconds of the epoch's training]` after each epoch.
 
 The same model as `zoo.SASRec` (item embedding with a padding row, learned positions counted
 from the end, pre-norm blocks of causal self-attention that never attends to padding and a
@@ -71,8 +72,9 @@ class SASRec(nn.Module):
 
 
 @torch.no_grad()
-def validation_ndcg(model, arrays, num_items: int) -> float:
-    """Mean NDCG@10 of the validation items under full ranking, training items excluded."""
+def validation_figures(model, arrays, num_items: int) -> tuple[float, float]:
+    """Mean NDCG@10 and HR@10 of the validation items under full ranking, training items
+    excluded."""
     model.eval()
     histories = torch.from_numpy(arrays["histories"]).long()
     users = torch.from_numpy(arrays["valid_user"]).long()
@@ -87,7 +89,8 @@ def validation_ndcg(model, arrays, num_items: int) -> float:
     scores = scores.masked_fill(seen[users], -torch.inf)
     rank = (scores > target[:, None]).sum(1)
     model.train()
-    return float(torch.where(rank < 10, 1 / torch.log2(rank + 2.0), 0.0).mean())
+    ndcg = torch.where(rank < 10, 1 / torch.log2(rank + 2.0), 0.0).mean()
+    return float(ndcg), float((rank < 10).float().mean())
 
 
 def main() -> None:
@@ -124,8 +127,10 @@ def main() -> None:
             optimizer.step()
         seconds.append(time.perf_counter() - start)
         if patience is not None:
-            ndcg = validation_ndcg(model, arrays, config["num_items"])
-            marks.append([time.perf_counter() - began, ndcg])
+            validated = time.perf_counter()
+            ndcg, hr = validation_figures(model, arrays, config["num_items"])
+            end = time.perf_counter()
+            marks.append([end - began, ndcg, hr, end - validated, seconds[-1]])
             best = max(range(len(marks)), key=lambda epoch: (marks[epoch][1], -epoch))
             if len(marks) - 1 - best >= patience:
                 break

@@ -26,9 +26,14 @@ Both validate after every epoch (NDCG@10 of the validation items over the whole 
 and stop after `PATIENCE` epochs without a better figure; the time to the plateau is the
 wall-clock from the start of training (zoo's compilation included) to the end of the best
 epoch's validation. `--plateau-only` skips the throughput rounds; `--max-len` shortens the
-history for a quicker run.
+history for a quicker run. Each side's time is split: training and validation per epoch
+(medians), the first epoch's extra training time (compiling) and the time before it.
 
     flock /tmp/zoo-heavy.lock uv run python benchmarks/sasrec.py
+
+Last plateau run (`--plateau-only`, the CLI's 200-item history, 2026-12-03, 2 shared CPU
+cores): pytorch / zoo time to the plateau = 1.53 (zoo at epoch 15, 238 s; PyTorch at epoch 22,
+366 s; an epoch of training 14.9 s against 16.3 s). Figures and the profile: docs/sasrec.md.
 """
 
 import argparse
@@ -175,8 +180,10 @@ def zoo_plateau(train, valid, rows, config, keys, epochs: int, patience: int) ->
     marks = []
 
     def timed(model):
+        start = time.perf_counter()
         figures = validation(model)
-        marks.append([time.perf_counter() - began, figures[recipes.MONITOR]])
+        end = time.perf_counter()
+        marks.append([end - began, figures[recipes.MONITOR], figures["hr@10"], end - start])
         return figures
 
     began = time.perf_counter()
@@ -191,7 +198,8 @@ def zoo_plateau(train, valid, rows, config, keys, epochs: int, patience: int) ->
         evaluate=timed,
         patience=patience,
     )
-    return marks[-len(history["epoch"]) :]  # an evaluation before training names the figures
+    marks = marks[-len(history["epoch"]) :]  # an evaluation before training names the figures
+    return [[*mark, seconds] for mark, seconds in zip(marks, history["time"], strict=True)]
 
 
 def torch_plateau(python, train, valid, rows, config, epochs: int, patience: int) -> list | None:
@@ -217,10 +225,24 @@ def torch_plateau(python, train, valid, rows, config, epochs: int, patience: int
     return json.loads(result.stdout)["marks"]
 
 
-def plateau(marks: list) -> tuple[int, float, float]:
-    """`(epoch, seconds, ndcg)` of the best validation figure (the first, on ties)."""
+def plateau(marks: list) -> tuple[int, float, float, float]:
+    """`(epoch, seconds, ndcg, hr)` of the best validation figure (the first, on ties)."""
     best = max(range(len(marks)), key=lambda epoch: (marks[epoch][1], -epoch))
-    return best + 1, marks[best][0], marks[best][1]
+    return best + 1, marks[best][0], marks[best][1], marks[best][2]
+
+
+def split(marks: list) -> str:
+    """Where a side's time went: training and validation per epoch (medians), the first
+    epoch's extra training time (compiling, warm-up), and the time before the first epoch."""
+    train = [mark[4] for mark in marks]
+    evaluation = [mark[3] for mark in marks]
+    before = marks[0][0] - train[0] - evaluation[0]
+    typical = statistics.median(train)
+    return (
+        f"training {typical:.2f} s an epoch (the first {train[0] - typical:+.1f} s), "
+        f"validation {statistics.median(evaluation):.2f} s an epoch, {before:.1f} s before "
+        "the first"
+    )
 
 
 def run_plateau(python, max_len: int) -> None:
@@ -238,11 +260,11 @@ def run_plateau(python, max_len: int) -> None:
     if torch_marks:
         results["pytorch eager"] = torch_marks
     for name, marks in results.items():
-        epoch, seconds, ndcg = plateau(marks)
+        epoch, seconds, ndcg, hr = plateau(marks)
         print(
-            f"  {name:20s} best validation NDCG@10 {ndcg:.4f} at epoch {epoch} of "
-            f"{len(marks)}: {seconds:.0f} s to the plateau ({marks[-1][0]:.0f} s in all, "
-            f"{marks[-1][0] / len(marks):.1f} s an epoch)"
+            f"  {name:20s} best validation NDCG@10 {ndcg:.4f} (HR@10 {hr:.4f}) at epoch {epoch} "
+            f"of {len(marks)}: {seconds:.0f} s to the plateau ({marks[-1][0]:.0f} s in all, "
+            f"{marks[-1][0] / len(marks):.1f} s an epoch)\n  {'':20s} {split(marks)}"
         )
     if torch_marks:
         ratio = plateau(torch_marks)[1] / plateau(results["zoo (recipes.fit)"])[1]

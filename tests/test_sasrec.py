@@ -262,3 +262,51 @@ def test_a_sequence_loss_refuses_a_sampler_of_another_catalogue(getkey):
     loss = zoo.recsys.sequence_loss("sampled_softmax", num_negatives=5, sampler=sampler)
     with pytest.raises(ValueError, match=r"sequence_loss: the sampler draws from 2 items"):
         loss(model, batch, getkey())
+
+
+@pytest.mark.parametrize("lengths", [[0, 3, 100, 37, 0, 64], [100] * 6])
+def test_full_softmax_loss_is_the_masked_mean_over_every_position(getkey, lengths):
+    # 600 positions: two chunks of the catalogue's scores, the second one partial; with
+    # short rows the second holds no real position and is skipped. Either way: the loss and
+    # its gradient of scoring every position and masking the padding.
+    num_items, max_len = 40, 100
+    model = zoo.SASRec(num_items, dim=8, num_blocks=1, max_len=max_len, key=getkey())
+    ids = jax.random.randint(getkey(), (len(lengths), max_len), 0, num_items)
+    padding = jnp.arange(max_len)[None, :] < max_len - jnp.asarray(lengths)[:, None]
+    batch = {
+        "input": jnp.where(padding, num_items, ids),
+        "target": jnp.where(padding, num_items, jnp.roll(ids, -1, axis=1)),
+    }
+
+    def direct(model):
+        logits = jax.vmap(model.scores)(batch["input"])
+        real = batch["target"] != num_items
+        terms = optax.softmax_cross_entropy_with_integer_labels(
+            logits, jnp.where(real, batch["target"], 0)
+        )
+        return jnp.sum(jnp.where(real, terms, 0.0)) / jnp.sum(real).astype(terms.dtype)
+
+    loss = zoo.recsys.sequence_loss("softmax")
+    value, grads = jax.jit(jax.value_and_grad(lambda m: loss(m, batch)))(model)
+    expected, expected_grads = jax.jit(jax.value_and_grad(direct))(model)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    assert tree_allclose(grads, expected_grads, rtol=1e-4, atol=1e-6)
+
+
+def test_sasrec_dropout_keeps_each_activation_with_one_minus_the_rate_unbiased(getkey):
+    from zoo.recsys._sasrec import _dropout
+
+    x = jnp.ones((1000, 1000))
+    key = getkey()
+    dropped = _dropout(x, 0.2, key)
+    kept = dropped != 0
+    # 10^6 draws: the kept fraction is 0.8 within 5 standard deviations (0.0004 each).
+    assert abs(float(jnp.mean(kept)) - 0.8) < 0.002
+    np.testing.assert_allclose(dropped[kept], 65536 / (65536 - 13107))  # rate 0.2 -> 13107/2^16
+    assert abs(float(jnp.mean(dropped)) - 1.0) < 0.003
+    np.testing.assert_array_equal(_dropout(x, 0.2, key), dropped)  # the key decides
+    assert not jnp.array_equal(_dropout(x, 0.2, getkey()), dropped)
+    # An odd count of elements (half a random word left over) keeps its shape.
+    assert set(np.unique(_dropout(jnp.ones(7), 0.5, key)).tolist()) <= {0.0, 2.0}
+    assert _dropout(x, 0.2, None) is x
+    assert _dropout(x, 0.0, key) is x
