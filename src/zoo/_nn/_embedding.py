@@ -41,6 +41,9 @@ class TableView(eqx.Module):
     """
 
     where: str = eqx.field(static=True, default="", kw_only=True)
+    # Set on the copies `zoo.sparse` traces a loss with to find `jnp.take(weight, ids, axis=0)`:
+    # there the view converts to a stand-in of the table (`whole_table_stand_in`).
+    probe: int | None = eqx.field(static=True, default=None, kw_only=True)
 
     @property
     @abc.abstractmethod
@@ -53,6 +56,10 @@ class TableView(eqx.Module):
     ) -> Float[Array, "*ids dim"]:
         """The rows of `ids` (checked: in range), shape `(*ids.shape, embedding_dim)`. Rows of
         `padding_idx` may be anything: the `Embedding` zeroes them, and they get no gradient."""
+
+    @abc.abstractmethod
+    def table_struct(self) -> jax.ShapeDtypeStruct:
+        """The whole table's shape `(num_rows, embedding_dim)` and dtype."""
 
     def unused_id(self) -> int:
         """An id a masked-out read may look up: its row gets a zero gradient."""
@@ -139,8 +146,16 @@ class TableView(eqx.Module):
     def __bool__(self) -> bool:  # a view is a value, even though len() refuses
         return True
 
-    # Every way of using the table as one array: arithmetic, NumPy and JAX conversion.
-    __jax_array__ = __array__ = __len__ = __iter__ = _refuse
+    def __jax_array__(self) -> Array:
+        # `jnp.take(weight, ...)` (and every jnp function) converts its argument here, inside
+        # its own jit, before any hook sees the ids. Only while zoo.sparse probes the loss is
+        # the conversion answered, by a stand-in it then finds in the trace.
+        if self.probe is None:
+            self._refuse()
+        return whole_table_stand_in(self.probe, self.table_struct())
+
+    # Every other way of using the table as one array: arithmetic, NumPy conversion.
+    __array__ = __len__ = __iter__ = _refuse
     __matmul__ = __rmatmul__ = __add__ = __radd__ = __sub__ = __rsub__ = _refuse
     __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __pow__ = __neg__ = _refuse
 
@@ -149,6 +164,23 @@ class TableView(eqx.Module):
         if name.startswith("__"):
             raise AttributeError(name)
         raise AttributeError(self._read_directly(f"weight.{name}"))
+
+
+STAND_IN = "zoo_sparse_whole_table_"
+"""The name of the jit that makes a probed view's stand-in: `STAND_IN` and the view's number."""
+
+
+def whole_table_stand_in(probe: int, struct: jax.ShapeDtypeStruct) -> Array:
+    """An array of the table's shape, made by a jit named `STAND_IN{probe}` so that a trace
+    shows where view `probe` was converted to an array. Only ever traced: zoo.sparse replays
+    the trace with each row gather from it turned into a read of the view, and refuses it
+    otherwise."""
+
+    def stand_in():
+        return jnp.zeros(struct.shape, struct.dtype)
+
+    stand_in.__name__ = stand_in.__qualname__ = f"{STAND_IN}{probe}"
+    return jax.jit(stand_in)()
 
 
 def _whole_axis(index) -> bool:

@@ -91,6 +91,9 @@ class _Marked(TableView):
     def num_rows(self) -> int:
         return self.table.shape[0]
 
+    def table_struct(self) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(self.table.shape, self.table.dtype)
+
     def lookup(self, ids: Int[Array, "*ids"], padding_idx: int | None = None) -> Array:
         # Padding ids are marked as the sentinel: they get no gradient, so no row.
         if padding_idx is not None:
