@@ -112,6 +112,13 @@ def test_a_recommender_whose_ids_fit_the_routing_slots_trains_as_on_one_device(m
     _assert_same_arrays(out / "balanced.npz", cases.arrays(expected))
 
 
+def test_a_recommender_taking_rows_with_jnp_take_trains_as_on_one_device(mesh_run):
+    # jnp.take(weight, ids, axis=0) in the loss of the routed step: read as rows there too.
+    out, _ = mesh_run
+    expected = cases.train_recommender(loss=cases.taking_mse)
+    _assert_same_arrays(out / "taking.npz", cases.arrays(expected))
+
+
 def test_routed_lookups_and_gradients_are_exact(mesh_run):
     report = mesh_run[1]["routing"]
     # Uniform ids fit the fair-share slots; ids all of one shard do not, and that is detected

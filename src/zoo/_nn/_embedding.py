@@ -34,10 +34,16 @@ class TableView(eqx.Module):
     redirects lookups.
 
     Rows are read by calling the `Embedding`, or from the weight itself as from an array:
-    `weight[ids]`, `weight[ids, :]`, `weight.at[ids].get(mode=..., fill_value=...)` and
-    `weight.take(ids, axis=0)`. Reading the whole table (`h @ weight.T`, `jnp.square(weight)`,
-    `weight.shape`, `jnp.take(weight, ...)`, which converts it to an array first) raises a
-    `TypeError` that names the table (`where`) and the two ways out.
+    `weight[ids]`, `weight[ids, :]`, `weight.at[ids].get(mode=..., fill_value=...)`,
+    `weight.take(ids, axis=0)` and `jnp.take(weight, ids, axis=0)` (with its `mode` and
+    `fill_value`; under `jax.vmap` and `jax.checkpoint` too, not inside `lax.scan` or
+    `lax.cond`). Reading the whole table (`h @ weight.T`, `jnp.square(weight)`, `weight.shape`,
+    `jnp.take(weight, ids)` without `axis=0`) raises a `TypeError` that names the table
+    (`where`) and the two ways out.
+
+    `jnp.take` converts the view to an array (`__jax_array__`) inside its own jit, where no
+    method of the view sees the ids: zoo.sparse finds those reads in a trace of the loss
+    (`zoo.sparse._takes`), with the view numbered by `probe`.
     """
 
     where: str = eqx.field(static=True, default="", kw_only=True)
@@ -112,7 +118,8 @@ class TableView(eqx.Module):
         return self.read(ids)
 
     def take(self, ids, axis=None, *, mode=None, fill_value=None) -> Array:
-        """`weight.take(ids, axis=0)`: as `jnp.take(table, ids, axis=0)`."""
+        """`weight.take(ids, axis=0)`: the rows of `ids`, as `read` reads them (without a
+        mode every id must be a row, where `jnp.take` defaults to `mode="fill"`)."""
         if axis != 0:
             raise TypeError(self._read_directly(f"weight.take(ids, axis={axis!r})"))
         return self.read(ids, mode=mode, fill_value=fill_value)
@@ -129,9 +136,10 @@ class TableView(eqx.Module):
         return (
             f"zoo.sparse: {self._name()} is read whole inside the loss ({how}: weight tying "
             "such as `h @ weight.T`, weight decay such as `jnp.square(weight)`, `.shape`, "
-            "`jnp.take(weight, ...)`). A sparse step sees only the rows the loss looks up. Two "
-            "ways out: read rows, by calling the Embedding (`model.items(ids)`) or with "
-            "`weight[ids]`, `weight.at[ids].get()` or `weight.take(ids, axis=0)` (a penalty "
+            "`jnp.take(weight, ids)` without axis=0). A sparse step sees only the rows the "
+            "loss looks up. Two ways out: read rows, by calling the Embedding "
+            "(`model.items(ids)`) or with `weight[ids]`, `weight.at[ids].get()`, "
+            "`weight.take(ids, axis=0)` or `jnp.take(weight, ids, axis=0)` (a penalty "
             "on the rows looked up stays sparse; shapes are `embedding.num_embeddings` and "
             "`embedding.embedding_dim`); or train the table densely: hold a table the loss "
             "reads whole (a tied output matrix, say) as a plain array, not a zoo.Embedding, "

@@ -158,11 +158,11 @@ def value_and_grad(fn: Callable[..., Any], *, has_aux: bool = False) -> Callable
     !!! warning
 
         Inside `fn` a table is read by rows: by calling its `Embedding`, or as
-        `weight[ids]`, `weight.at[ids].get(...)` or `weight.take(ids, axis=0)`. Its `weight`
-        is a stand-in there, and a read of the whole table (weight tying such as
-        `h @ embedding.weight.T`, weight decay on the whole table, `jnp.take(weight, ...)`)
-        raises a `TypeError` naming the table and the ways out (docs/sparse.md, "Reading a
-        table inside the loss").
+        `weight[ids]`, `weight.at[ids].get(...)`, `weight.take(ids, axis=0)` or
+        `jnp.take(weight, ids, axis=0)`. Its `weight` is a stand-in there, and a read of the
+        whole table (weight tying such as `h @ embedding.weight.T`, weight decay on the whole
+        table, `jnp.take(weight, ids)` without `axis=0`) raises a `TypeError` naming the
+        table and the ways out (docs/sparse.md, "Reading a table inside the loss").
     """
 
     return value_and_grad_with(fn, local_rows, has_aux=has_aux)

@@ -12,9 +12,10 @@ table's shape, made by a `jit` named `STAND_IN + str(i)`.
   holds a stand-in inlined, with every gather of whole rows from a stand-in (the gather
   `jnp.take(weight, ids, axis=0)` makes, under `jax.vmap` too) replaced by
   `view.read(ids, mode=...)`, the path's own read, with the gather's out-of-range mode. Any
-  other use of a stand-in reads the whole table and raises the view's `TypeError`; so does a
-  stand-in inside `lax.scan`, `lax.cond`, `jax.checkpoint` and other primitives with their own
-  bodies, which the replay does not rebuild (`weight.take(ids, axis=0)` works there).
+  other use of a stand-in reads the whole table and raises the view's `TypeError`. A
+  `jax.checkpoint` holding a stand-in is rebuilt around the replay of its body; a stand-in
+  inside `lax.scan`, `lax.cond`, a loop or a custom derivative, which the replay does not
+  rebuild, raises a `TypeError` naming `weight.take(ids, axis=0)`, which works there.
 
 The stand-in itself is never computed: the replay skips the `jit` that makes it.
 """
@@ -28,7 +29,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.extend.core import ClosedJaxpr, Jaxpr, JaxprEqn, Literal
-from jax.extend.core.primitives import gather_p, jit_p
+from jax.extend.core.primitives import gather_p, jit_p, remat_p
 from jax.lax import GatherScatterMode
 
 from .._nn._embedding import STAND_IN, TableView
@@ -163,18 +164,40 @@ def _replay_eqn(eqn: JaxprEqn, ins: list, views: list[TableView]) -> list:
             how = f"converted to an array and used by `{eqn.primitive.name}`"
         raise TypeError(view._read_directly(how))
     inside = [n for sub in _inner(eqn.params) for n in _stand_ins(sub)]
+    if inside and eqn.primitive is remat_p:
+        return _checkpointed(eqn, ins, views)
     if inside:
         view = views[inside[0]]
         raise TypeError(
-            f"zoo.sparse: {view._name()} is read with `jnp.take(weight, ...)` inside "
-            f"`{eqn.primitive.name}` (jax.lax.scan, jax.lax.cond, jax.checkpoint, a custom "
-            "derivative and the like), where zoo cannot turn it into a read of rows. Read the "
-            "rows with `weight.take(ids, axis=0)` (or `weight[ids]`, or by calling the "
-            "Embedding), which works there, or call jnp.take outside it."
+            f"zoo.sparse: {view._name()} is converted to an array (by `jnp.take(weight, ...)` "
+            f"or another jnp function) inside `{eqn.primitive.name}` (jax.lax.scan, "
+            "jax.lax.cond, a loop, a custom derivative and the like), where zoo does not turn "
+            "`jnp.take(weight, ids, axis=0)` into a read of rows. Read the rows with "
+            "`weight.take(ids, axis=0)` there (or `weight[ids]`, or by calling the Embedding), "
+            "or call jnp.take outside it. See docs/sparse.md, \"Reading a table inside the "
+            'loss".'
         )
     with eqn.ctx.manager:
         out = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
     return out if eqn.primitive.multiple_results else [out]
+
+
+def _checkpointed(eqn: JaxprEqn, ins: list, views: list[TableView]) -> list:
+    """A `jax.checkpoint` (`remat`) whose body converts a table: the body replayed inside a
+    new `jax.checkpoint` with the same policy, so that the rows are read there."""
+    body = eqn.params["jaxpr"]
+    jaxpr, consts = (body.jaxpr, body.consts) if isinstance(body, ClosedJaxpr) else (body, ())
+    arrays = [x for x in ins if not isinstance(x, _Whole)]
+
+    def replayed(*arrays):
+        given = iter(arrays)
+        args = [x if isinstance(x, _Whole) else next(given) for x in ins]
+        return _replay(jaxpr, consts, args, views)
+
+    checkpoint = jax.checkpoint(
+        replayed, prevent_cse=eqn.params["prevent_cse"], policy=eqn.params["policy"]
+    )
+    return checkpoint(*arrays)
 
 
 def _row_read(eqn: JaxprEqn, view: TableView, indices) -> jax.Array | None:
