@@ -112,8 +112,9 @@ def test_a_recommender_whose_ids_fit_the_routing_slots_trains_as_on_one_device(m
     _assert_same_arrays(out / "balanced.npz", cases.arrays(expected))
 
 
-def test_a_recommender_taking_rows_with_jnp_take_trains_as_on_one_device(mesh_run):
-    # jnp.take(weight, ids, axis=0) in the loss of the routed step: read as rows there too.
+def test_a_recommender_reading_rows_from_its_weights_trains_as_on_one_device(mesh_run):
+    # `weight[ids]` and `jnp.take(weight, ids, axis=0)` in the loss of the routed step, where
+    # each device holds a shard of the table and the ids are global.
     out, _ = mesh_run
     expected = cases.train_recommender(loss=cases.taking_mse)
     _assert_same_arrays(out / "taking.npz", cases.arrays(expected))
