@@ -159,7 +159,7 @@ def _replay_eqn(eqn: JaxprEqn, ins: list, views: list[TableView]) -> list:
             rows = _row_read(eqn, view, ins[1])
             if rows is not None:
                 return [rows]
-            how = "a gather of other than whole rows, such as `jnp.take(weight, ids)` without axis=0"
+            how = "a gather of other than whole rows: `jnp.take(weight, ids)` without axis=0"
         else:
             how = f"converted to an array and used by `{eqn.primitive.name}`"
         raise TypeError(view._read_directly(how))
@@ -174,7 +174,7 @@ def _replay_eqn(eqn: JaxprEqn, ins: list, views: list[TableView]) -> list:
             "jax.lax.cond, a loop, a custom derivative and the like), where zoo does not turn "
             "`jnp.take(weight, ids, axis=0)` into a read of rows. Read the rows with "
             "`weight.take(ids, axis=0)` there (or `weight[ids]`, or by calling the Embedding), "
-            "or call jnp.take outside it. See docs/sparse.md, \"Reading a table inside the "
+            'or call jnp.take outside it. See docs/sparse.md, "Reading a table inside the '
             'loss".'
         )
     with eqn.ctx.manager:
