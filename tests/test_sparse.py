@@ -759,6 +759,28 @@ def test_jnp_take_of_rows_gives_the_dense_gradient(getkey, mode):
     assert tree_allclose(densified(grads), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("embeddings", ["sgd", "rowwise_adagrad"])
+@pytest.mark.parametrize("loss_fn", [vmapped_loss, scan_loss])
+def test_a_loss_without_jnp_take_compiles_to_the_program_it_did(
+    getkey, loss_fn, embeddings, monkeypatch
+):
+    # Every sparse path traces the loss once more to look for jnp.take; where there is none,
+    # the loss is called as it is: the lowered step is the one without that trace.
+    model, batch = Recommender(getkey()), make_batch(getkey())
+    opt = zoo.sparse.partition(
+        dense=optax.sgd(0.1), embeddings=getattr(zoo.sparse, embeddings)(0.1)
+    )
+
+    def lowered() -> str:
+        step = jax.jit(zoo.sparse.value_and_update(loss_fn, opt))
+        return re.sub(r"0x[0-9a-f]+", "", step.lower(model, opt.init(model), batch).as_text())
+
+    probed = lowered()
+    monkeypatch.setattr("zoo.sparse._in_place.reading_rows", lambda fn: fn)
+    monkeypatch.setattr("zoo.sparse._grad.reading_rows", lambda fn: fn)
+    assert probed == lowered()
+
+
 def test_jnp_take_inside_checkpoint_is_read_and_inside_scan_refused_naming_the_method(getkey):
     model, batch = Recommender(getkey()), make_batch(getkey())
 
