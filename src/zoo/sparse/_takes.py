@@ -55,7 +55,8 @@ def _is_view(x) -> bool:
 
 def reading_rows(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn(model, *args, **kwargs)`, for a `model` whose tables are views, with each
-    `jnp.take(weight, ids, axis=0)` of a table read as `weight.take(ids, axis=0)`.
+    `jnp.take(weight, ids, axis=0)` of a table read through its view (`view.read`, in the
+    mode of `jnp.take`).
 
     The first call decides whether `fn` takes rows with `jnp.take` (one abstract trace); if
     not, this and later calls call `fn` itself. Make one per step: the passes of a step call
