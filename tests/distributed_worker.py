@@ -244,6 +244,7 @@ def mesh_run(out: pathlib.Path) -> None:
     skewed = cases.train_recommender(mesh, data=cases.ratings(users=cases.USERS // 4))
     _save(out, "skewed", skewed)
     _save(out, "balanced", cases.train_recommender(mesh, data=cases.balanced_batches()))
+    _save(out, "taking", cases.train_recommender(mesh, loss=cases.taking_mse))
     report["checkpoint"] = _checkpoint(out, mesh)
     report["errors"] = {
         "batch_size": _error(lambda: cases.train_recommender(mesh, batch_size=31, epochs=0)),

@@ -112,6 +112,14 @@ def test_a_recommender_whose_ids_fit_the_routing_slots_trains_as_on_one_device(m
     _assert_same_arrays(out / "balanced.npz", cases.arrays(expected))
 
 
+def test_a_recommender_reading_rows_from_its_weights_trains_as_on_one_device(mesh_run):
+    # `weight[ids]` and `jnp.take(weight, ids, axis=0)` in the loss of the routed step, where
+    # each device holds a shard of the table and the ids are global.
+    out, _ = mesh_run
+    expected = cases.train_recommender(loss=cases.taking_mse)
+    _assert_same_arrays(out / "taking.npz", cases.arrays(expected))
+
+
 def test_routed_lookups_and_gradients_are_exact(mesh_run):
     report = mesh_run[1]["routing"]
     # Uniform ids fit the fair-share slots; ids all of one shard do not, and that is detected

@@ -635,6 +635,7 @@ READS = {
     "at_get": lambda w, ids: w.at[ids].get(),
     "at_get_fill": lambda w, ids: w.at[ids].get(mode="fill", fill_value=0.0),
     "take": lambda w, ids: w.take(ids, axis=0),
+    "jnp_take": lambda w, ids: jnp.take(w, ids, axis=0),
 }
 
 
@@ -678,23 +679,143 @@ def test_every_way_of_reading_rows_steps_in_place_as_dense_sgd(getkey, read):
     assert tree_allclose(model, reference, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", [None, "fill", "clip"])
-def test_every_way_of_reading_rows_but_jnp_take_which_is_refused_naming_the_method(getkey, mode):
-    # jnp.take converts the table to an array inside its own jit before any hook sees the ids
-    # (docs/sparse.md, "Reading a table inside the loss"): refused on the recorded path and the
-    # in-place path alike, pointing at weight.take(ids, axis=0), which works.
-    model, batch = Recommender(getkey()), make_batch(getkey())
+# jnp.take(weight, ids, axis=0) in each mode, and the method call that reads the same rows (jnp.take
+# wraps negative ids in "fill" mode, not in "clip" mode, and fills NaN by default).
+TAKES = {
+    None: (
+        lambda w, ids: jnp.take(w, ids, axis=0),
+        lambda w, ids: w.at[ids].get(mode="fill"),
+    ),
+    "fill": (
+        lambda w, ids: jnp.take(w, ids, axis=0, mode="fill", fill_value=0.5),
+        lambda w, ids: w.at[ids].get(mode="fill", fill_value=0.5),
+    ),
+    "clip": (
+        lambda w, ids: jnp.take(w, ids, axis=0, mode="clip"),
+        lambda w, ids: w.at[ids].get(mode="clip", wrap_negative_indices=False),
+    ),
+}
+
+
+def taking_loss(take):
+    """Rows taken from the item table directly and under vmap, next to Embedding calls."""
 
     def loss_fn(model, batch):
-        rows = jnp.take(model.items.weight, batch["negative"], axis=0, mode=mode)
-        return jnp.sum(rows) + jnp.sum(model.users(batch["user"]))
+        u = jax.vmap(model.head)(model.users(batch["user"]))
+        direct = take(model.items.weight, batch["take"])  # (size, bag, dim)
+        per_example = jax.vmap(lambda ids: take(model.items.weight, ids))(batch["take"])
+        rows = direct + 2 * per_example + model.items(batch["positive"])[:, None]
+        return jnp.mean(jnp.sin(jnp.einsum("bd,bkd->bk", u, rows)))
 
+    return loss_fn
+
+
+def taking_batch(key, mode):
+    """`make_batch` with ids to take: in range (negative ones wrap) without a mode, and out of
+    range on both sides with "fill" and "clip"."""
+    batch = make_batch(key)
+    extra = [-1, -NUM_ITEMS, NUM_ITEMS - 1, 0, 5, -3, 2, 1]
+    if mode is not None:
+        extra = [NUM_ITEMS, -1, 40, -NUM_ITEMS - 1, 3, -40, NUM_ITEMS - 1, 0]
+    batch["take"] = batch["negative"].at[:, 0].set(jnp.array(extra))
+    return batch
+
+
+@pytest.mark.parametrize("embeddings", ["sgd", "rowwise_adagrad", "lazy_adam"])
+@pytest.mark.parametrize("mode", TAKES)
+def test_jnp_take_of_rows_steps_as_the_method_and_the_dense_formula(getkey, mode, embeddings):
+    # jnp.take converts the table inside its own jit, where no method of the stand-in sees
+    # the ids: zoo.sparse finds the conversion in a trace of the loss and reads the rows
+    # through the stand-in, in the gather's mode (docs/sparse.md, "Reading a table inside
+    # the loss"). The in-place path (sgd) and the recorded one (the others) alike.
+    take, method = (taking_loss(t) for t in TAKES[mode])
+    opt = zoo.sparse.partition(
+        dense=optax.sgd(0.1), embeddings=getattr(zoo.sparse, embeddings)(0.3)
+    )
+    reference, batch = Recommender(getkey()), taking_batch(getkey(), mode)
+    steps = []
+    for loss_fn in (take, method):
+        model = copied(reference)
+        step = jax.jit(zoo.sparse.value_and_update(loss_fn, opt))
+        loss, model, _ = step(model, opt.init(model), batch)
+        steps.append((loss, model))
+    np.testing.assert_allclose(steps[0][0], take(reference, batch), rtol=1e-6)
+    np.testing.assert_allclose(steps[0][0], steps[1][0], rtol=1e-6)
+    assert tree_allclose(steps[0][1], steps[1][1], rtol=1e-6, atol=1e-7)
+    if embeddings != "lazy_adam":  # (which has no dense formula)
+        init, update = dense_reference(embeddings, 0.3, 1e-8)
+        accs = (init(reference.users.weight), init(reference.items.weight))
+        expected, _ = dense_reference_step(take, update, reference, accs, batch)
+        assert tree_allclose(steps[0][1], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", TAKES)
+def test_jnp_take_of_rows_gives_the_dense_gradient(getkey, mode):
+    loss_fn = taking_loss(TAKES[mode][0])
+    model, batch = Recommender(getkey()), taking_batch(getkey(), mode)
+    loss, grads = jax.jit(zoo.sparse.value_and_grad(loss_fn))(model, batch)
+    expected_loss, expected = eqx.filter_value_and_grad(loss_fn)(model, batch)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+    assert tree_allclose(densified(grads), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("embeddings", ["sgd", "rowwise_adagrad"])
+@pytest.mark.parametrize("loss_fn", [vmapped_loss, scan_loss])
+def test_a_loss_without_jnp_take_compiles_to_the_program_it_did(
+    getkey, loss_fn, embeddings, monkeypatch
+):
+    # Every sparse path traces the loss once more to look for jnp.take; where there is none,
+    # the loss is called as it is: the lowered step is the one without that trace.
+    model, batch = Recommender(getkey()), make_batch(getkey())
+    opt = zoo.sparse.partition(
+        dense=optax.sgd(0.1), embeddings=getattr(zoo.sparse, embeddings)(0.1)
+    )
+
+    def lowered() -> str:
+        step = jax.jit(zoo.sparse.value_and_update(loss_fn, opt))
+        return re.sub(r"0x[0-9a-f]+", "", step.lower(model, opt.init(model), batch).as_text())
+
+    probed = lowered()
+    monkeypatch.setattr("zoo.sparse._in_place.reading_rows", lambda fn: fn)
+    monkeypatch.setattr("zoo.sparse._grad.reading_rows", lambda fn: fn)
+    assert probed == lowered()
+
+
+def test_jnp_take_inside_checkpoint_is_read_and_inside_scan_refused_naming_the_method(getkey):
+    model, batch = Recommender(getkey()), make_batch(getkey())
+
+    def checkpointed(take):
+        def loss_fn(model, batch):
+            rows = jax.checkpoint(lambda ids: jnp.sin(take(model.items.weight, ids)))
+            return jnp.sum(rows(batch["negative"])) + jnp.sum(model.users(batch["user"]) ** 2)
+
+        return loss_fn
+
+    take = checkpointed(lambda w, ids: jnp.take(w, ids, axis=0))
+    method = checkpointed(lambda w, ids: w.take(ids, axis=0))
+    for name in ("sgd", "rowwise_adagrad"):
+        opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=getattr(zoo.sparse, name)(0.3))
+        loss, stepped, _ = jax.jit(zoo.sparse.value_and_update(take, opt))(
+            copied(model), opt.init(model), batch
+        )
+        loss2, expected, _ = jax.jit(zoo.sparse.value_and_update(method, opt))(
+            copied(model), opt.init(model), batch
+        )
+        np.testing.assert_allclose(loss, loss2, rtol=1e-6)
+        assert tree_allclose(stepped, expected, rtol=1e-6, atol=1e-7)
+
+    def scanned(model, batch):
+        def body(total, ids):
+            return total + jnp.sum(jnp.take(model.items.weight, ids, axis=0)), None
+
+        return jax.lax.scan(body, 0.0, batch["negative"])[0]
+
+    pattern = r"model\.items is converted to an array.*inside `scan`.*weight\.take\(ids, axis=0\)"
     opt = zoo.sparse.partition(dense=optax.sgd(0.1), embeddings=zoo.sparse.sgd(0.1))
-    pattern = r"model\.items is read whole.*weight\.take\(ids, axis=0\)"
     with pytest.raises(TypeError, match=pattern):
-        jax.jit(zoo.sparse.value_and_grad(loss_fn))(model, batch)
+        jax.jit(zoo.sparse.value_and_grad(scanned))(model, batch)
     with pytest.raises(TypeError, match=pattern):
-        jax.jit(zoo.sparse.value_and_update(loss_fn, opt))(model, opt.init(model), batch)
+        jax.jit(zoo.sparse.value_and_update(scanned, opt))(model, opt.init(model), batch)
 
 
 def test_a_fill_read_of_out_of_range_ids_reads_the_fill_value_and_moves_no_row(getkey):
@@ -714,7 +835,8 @@ def test_a_fill_read_of_out_of_range_ids_reads_the_fill_value_and_moves_no_row(g
 WHOLE_READS = {
     "matmul": lambda w, h: jnp.sum(h @ w.T),
     "square": lambda w, h: jnp.sum(h) + jnp.sum(jnp.square(w)),
-    "jnp_take": lambda w, h: jnp.sum(h) + jnp.sum(jnp.take(w, jnp.array([1]), axis=0)),
+    "jnp_take_flat": lambda w, h: jnp.sum(h) + jnp.sum(jnp.take(w, jnp.array([1]))),
+    "jnp_take_columns": lambda w, h: jnp.sum(h) + jnp.sum(jnp.take(w, jnp.array([1]), axis=1)),
     "times": lambda w, h: jnp.sum(h) + jnp.sum(w * 2.0),
     "slice": lambda w, h: jnp.sum(h) + jnp.sum(w[:3]),
     "column": lambda w, h: jnp.sum(h) + jnp.sum(w[jnp.array([1]), 0]),

@@ -84,6 +84,40 @@ def test_sparse_and_dense_sgd_train_to_the_same_model(getkey):
     assert tree_allclose(sparse_model, dense_model, rtol=1e-5, atol=1e-6)
 
 
+def _taking_mse(take):
+    """`_mse` with the item rows read from the table by `take`, per example (under vmap)."""
+
+    def loss_fn(model, batch, key):
+        def score(user, item):
+            rows = jnp.concatenate([model.users(user), take(model.items.weight, item)])
+            return model.head(rows)[0]
+
+        return jnp.mean((jax.vmap(score)(batch["user"], batch["item"]) - batch["rating"]) ** 2)
+
+    return loss_fn
+
+
+@pytest.mark.parametrize("embeddings", ["sgd", "rowwise_adagrad"])
+def test_train_with_jnp_take_of_rows_trains_as_the_method(getkey, embeddings):
+    # jnp.take(weight, ids, axis=0) inside zoo.train's sparse steps (the in-place one for sgd,
+    # the recorded one otherwise): the same model as `weight.take(ids, axis=0)`, and with sgd
+    # as dense training.
+    model, data, key = _Scorer(getkey()), _ratings(getkey()), getkey()
+    optimizer = zoo.sparse.partition(
+        dense=optax.sgd(0.1), embeddings=getattr(zoo.sparse, embeddings)(0.1)
+    )
+    take = _taking_mse(lambda w, item: jnp.take(w, item, axis=0))
+    method = _taking_mse(lambda w, item: w.take(item, axis=0))
+    kwargs = dict(optimizer=optimizer, epochs=2, batch_size=32, key=key)
+    trained, history = train(model, data, loss=take, **kwargs)
+    expected, _ = train(model, data, loss=method, **kwargs)
+    assert tree_allclose(trained, expected, rtol=1e-6, atol=1e-7)
+    assert history["train"]["loss"][1] < history["train"]["loss"][0]
+    if embeddings == "sgd":
+        dense, _ = train(model, data, loss=take, **{**kwargs, "optimizer": optax.sgd(0.1)})
+        assert tree_allclose(trained, dense, rtol=1e-5, atol=1e-6)
+
+
 class _SequenceScorer(eqx.Module):
     """Scores a sequence of items by running a recurrent cell over their embeddings in a
     `lax.scan`: every step of the scan looks the item table up."""

@@ -34,13 +34,22 @@ class TableView(eqx.Module):
     redirects lookups.
 
     Rows are read by calling the `Embedding`, or from the weight itself as from an array:
-    `weight[ids]`, `weight[ids, :]`, `weight.at[ids].get(mode=..., fill_value=...)` and
-    `weight.take(ids, axis=0)`. Reading the whole table (`h @ weight.T`, `jnp.square(weight)`,
-    `weight.shape`, `jnp.take(weight, ...)`, which converts it to an array first) raises a
-    `TypeError` that names the table (`where`) and the two ways out.
+    `weight[ids]`, `weight[ids, :]`, `weight.at[ids].get(mode=..., fill_value=...)`,
+    `weight.take(ids, axis=0)` and `jnp.take(weight, ids, axis=0)` (with its `mode` and
+    `fill_value`; under `jax.vmap` and `jax.checkpoint` too, not inside `lax.scan` or
+    `lax.cond`). Reading the whole table (`h @ weight.T`, `jnp.square(weight)`, `weight.shape`,
+    `jnp.take(weight, ids)` without `axis=0`) raises a `TypeError` that names the table
+    (`where`) and the two ways out.
+
+    `jnp.take` converts the view to an array (`__jax_array__`) inside its own jit, where no
+    method of the view sees the ids: zoo.sparse finds those reads in a trace of the loss
+    (`zoo.sparse._takes`), with the view numbered by `probe`.
     """
 
     where: str = eqx.field(static=True, default="", kw_only=True)
+    # Set on the copies `zoo.sparse` traces a loss with to find `jnp.take(weight, ids, axis=0)`:
+    # there the view converts to a stand-in of the table (`whole_table_stand_in`).
+    probe: int | None = eqx.field(static=True, default=None, kw_only=True)
 
     @property
     @abc.abstractmethod
@@ -53,6 +62,10 @@ class TableView(eqx.Module):
     ) -> Float[Array, "*ids dim"]:
         """The rows of `ids` (checked: in range), shape `(*ids.shape, embedding_dim)`. Rows of
         `padding_idx` may be anything: the `Embedding` zeroes them, and they get no gradient."""
+
+    @abc.abstractmethod
+    def table_struct(self) -> jax.ShapeDtypeStruct:
+        """The whole table's shape `(num_rows, embedding_dim)` and dtype."""
 
     def unused_id(self) -> int:
         """An id a masked-out read may look up: its row gets a zero gradient."""
@@ -105,7 +118,8 @@ class TableView(eqx.Module):
         return self.read(ids)
 
     def take(self, ids, axis=None, *, mode=None, fill_value=None) -> Array:
-        """`weight.take(ids, axis=0)`: as `jnp.take(table, ids, axis=0)`."""
+        """`weight.take(ids, axis=0)`: the rows of `ids`, as `read` reads them (without a
+        mode every id must be a row, where `jnp.take` defaults to `mode="fill"`)."""
         if axis != 0:
             raise TypeError(self._read_directly(f"weight.take(ids, axis={axis!r})"))
         return self.read(ids, mode=mode, fill_value=fill_value)
@@ -122,9 +136,10 @@ class TableView(eqx.Module):
         return (
             f"zoo.sparse: {self._name()} is read whole inside the loss ({how}: weight tying "
             "such as `h @ weight.T`, weight decay such as `jnp.square(weight)`, `.shape`, "
-            "`jnp.take(weight, ...)`). A sparse step sees only the rows the loss looks up. Two "
-            "ways out: read rows, by calling the Embedding (`model.items(ids)`) or with "
-            "`weight[ids]`, `weight.at[ids].get()` or `weight.take(ids, axis=0)` (a penalty "
+            "`jnp.take(weight, ids)` without axis=0). A sparse step sees only the rows the "
+            "loss looks up. Two ways out: read rows, by calling the Embedding "
+            "(`model.items(ids)`) or with `weight[ids]`, `weight.at[ids].get()`, "
+            "`weight.take(ids, axis=0)` or `jnp.take(weight, ids, axis=0)` (a penalty "
             "on the rows looked up stays sparse; shapes are `embedding.num_embeddings` and "
             "`embedding.embedding_dim`); or train the table densely: hold a table the loss "
             "reads whole (a tied output matrix, say) as a plain array, not a zoo.Embedding, "
@@ -139,8 +154,16 @@ class TableView(eqx.Module):
     def __bool__(self) -> bool:  # a view is a value, even though len() refuses
         return True
 
-    # Every way of using the table as one array: arithmetic, NumPy and JAX conversion.
-    __jax_array__ = __array__ = __len__ = __iter__ = _refuse
+    def __jax_array__(self) -> Array:
+        # `jnp.take(weight, ...)` (and every jnp function) converts its argument here, inside
+        # its own jit, before any hook sees the ids. Only while zoo.sparse probes the loss is
+        # the conversion answered, by a stand-in it then finds in the trace.
+        if self.probe is None:
+            self._refuse()
+        return whole_table_stand_in(self.probe, self.table_struct())
+
+    # Every other way of using the table as one array: arithmetic, NumPy conversion.
+    __array__ = __len__ = __iter__ = _refuse
     __matmul__ = __rmatmul__ = __add__ = __radd__ = __sub__ = __rsub__ = _refuse
     __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __pow__ = __neg__ = _refuse
 
@@ -149,6 +172,23 @@ class TableView(eqx.Module):
         if name.startswith("__"):
             raise AttributeError(name)
         raise AttributeError(self._read_directly(f"weight.{name}"))
+
+
+STAND_IN = "zoo_sparse_whole_table_"
+"""The name of the jit that makes a probed view's stand-in: `STAND_IN` and the view's number."""
+
+
+def whole_table_stand_in(probe: int, struct: jax.ShapeDtypeStruct) -> Array:
+    """An array of the table's shape, made by a jit named `STAND_IN{probe}` so that a trace
+    shows where view `probe` was converted to an array. Only ever traced: zoo.sparse replays
+    the trace with each row gather from it turned into a read of the view, and refuses it
+    otherwise."""
+
+    def stand_in():
+        return jnp.zeros(struct.shape, struct.dtype)
+
+    stand_in.__name__ = stand_in.__qualname__ = f"{STAND_IN}{probe}"
+    return jax.jit(stand_in)()
 
 
 def _whole_axis(index) -> bool:

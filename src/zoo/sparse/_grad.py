@@ -32,6 +32,7 @@ from ._in_place import check_no_refs
 from ._lookups import looked_up_ids, swap_tables, tables
 from ._native._lookup import in_place_rows
 from ._rows import SparseRows
+from ._takes import reading_rows
 
 
 class _Compact(TableView):
@@ -43,6 +44,9 @@ class _Compact(TableView):
     @property
     def num_rows(self) -> int:
         return self.table_rows
+
+    def table_struct(self) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct((self.table_rows, self.rows.shape[1]), self.rows.dtype)
 
     def lookup(self, ids: Int[Array, "*ids"], padding_idx: int | None = None) -> Array:
         # Every id looked up is in `sorted_ids` (recorded by the first pass), and the first of
@@ -95,7 +99,7 @@ def local_rows(embedding: Embedding, ids: Int[Array, " n"]) -> Float[Array, "n d
 def coalesced_ids(fn: Callable[..., Any], model, *args, **kwargs) -> list[tuple[Embedding, Array]]:
     """`(embedding, ids)` for each table of `model`: the ids `fn(model, *args, **kwargs)` looks
     up, coalesced as `value_and_grad` coalesces them."""
-    recorded = looked_up_ids(fn, model, *args, **kwargs)
+    recorded = looked_up_ids(reading_rows(fn), model, *args, **kwargs)
     return [(e, _coalesce(e, ids)[0]) for e, ids in zip(tables(model), recorded, strict=True)]
 
 
@@ -154,11 +158,11 @@ def value_and_grad(fn: Callable[..., Any], *, has_aux: bool = False) -> Callable
     !!! warning
 
         Inside `fn` a table is read by rows: by calling its `Embedding`, or as
-        `weight[ids]`, `weight.at[ids].get(...)` or `weight.take(ids, axis=0)`. Its `weight`
-        is a stand-in there, and a read of the whole table (weight tying such as
-        `h @ embedding.weight.T`, weight decay on the whole table, `jnp.take(weight, ...)`)
-        raises a `TypeError` naming the table and the ways out (docs/sparse.md, "Reading a
-        table inside the loss").
+        `weight[ids]`, `weight.at[ids].get(...)`, `weight.take(ids, axis=0)` or
+        `jnp.take(weight, ids, axis=0)`. Its `weight` is a stand-in there, and a read of the
+        whole table (weight tying such as `h @ embedding.weight.T`, weight decay on the whole
+        table, `jnp.take(weight, ids)` without `axis=0`) raises a `TypeError` naming the
+        table and the ways out (docs/sparse.md, "Reading a table inside the loss").
     """
 
     return value_and_grad_with(fn, local_rows, has_aux=has_aux)
@@ -183,11 +187,12 @@ def value_and_grad_with(fn: Callable[..., Any], gather: RowGather, *, has_aux: b
     @functools.wraps(fn)
     def value_and_grad_fn(model, *args, **kwargs):
         check_no_refs(model, "zoo.sparse.value_and_grad")
-        compact = _compact_model(gather, fn, model, *args, **kwargs)
+        reads = reading_rows(fn)  # jnp.take(weight, ids, axis=0), in all three passes
+        compact = _compact_model(gather, reads, model, *args, **kwargs)
         diff, static = eqx.partition(compact, eqx.is_inexact_array)
 
         def loss(diff):
-            return fn(eqx.combine(diff, static), *args, **kwargs)
+            return reads(eqx.combine(diff, static), *args, **kwargs)
 
         value, grads = jax.value_and_grad(loss, has_aux=has_aux)(diff)
         is_leaf = lambda x: x is None or _is_compact(x)  # noqa: E731

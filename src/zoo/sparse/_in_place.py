@@ -29,6 +29,7 @@ from .._nn._embedding import TableView
 from . import _native
 from ._lookups import split_params, swap_tables
 from ._native._lookup import in_place_rows
+from ._takes import reading_rows
 
 
 @jax.custom_vjp
@@ -56,6 +57,9 @@ class _InPlace(TableView):
     @property
     def num_rows(self) -> int:
         return self.table.shape[0]
+
+    def table_struct(self) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(self.table.shape, self.table.dtype)
 
     def unused_id(self) -> int:
         return 0  # read in bounds (the gather promises it); its row gets a zero update
@@ -107,10 +111,11 @@ def value_and_grad_in_place(fn: Callable[..., Any], *, has_aux: bool = False):
         check_no_refs(model, "zoo.sparse")
         tables, rest = split_params(model)
         static = eqx.filter(model, eqx.is_inexact_array, inverse=True)
+        reads = reading_rows(fn)
 
         def loss(tables, rest):
             model = eqx.combine(tables, rest, static)
-            return fn(swap_tables(lambda e: _InPlace(e.weight, scale), model), *args, **kwargs)
+            return reads(swap_tables(lambda e: _InPlace(e.weight, scale), model), *args, **kwargs)
 
         if has_aux:
             value, pullback, aux = jax.vjp(loss, tables, rest, has_aux=True)

@@ -86,10 +86,15 @@ class _Marked(TableView):
 
     table: Float[Array, "rows dim"]
     marker: _Marker = eqx.field(static=True)
+    # The whole table's rows: on a mesh, `table` is this device's shard, and ids are global.
+    rows: int = eqx.field(static=True)
 
     @property
     def num_rows(self) -> int:
-        return self.table.shape[0]
+        return self.rows
+
+    def table_struct(self) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct((self.rows, self.table.shape[1]), self.table.dtype)
 
     def lookup(self, ids: Int[Array, "*ids"], padding_idx: int | None = None) -> Array:
         # Padding ids are marked as the sentinel: they get no gradient, so no row.
@@ -136,7 +141,7 @@ def _with_markers(model, make_marker: Callable[[Embedding], _Marker]):
 
     def view(embedding):
         markers.append(make_marker(embedding))
-        return _Marked(embedding.weight, markers[-1])
+        return _Marked(embedding.weight, markers[-1], embedding.num_embeddings)
 
     return swap_tables(view, model), markers
 
