@@ -16,7 +16,7 @@ Under `jax.jit` XLA keeps of the recording pass only what computes the ids.
 """
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import equinox as eqx
@@ -146,7 +146,8 @@ def _with_markers(model, make_marker: Callable[[Embedding], _Marker]):
     return swap_tables(view, model), markers
 
 
-def _sub_jaxprs(params: dict):
+def sub_jaxprs(params: dict) -> Iterator[Jaxpr]:
+    """The jaxprs held in an equation's `params` (a `scan`'s body, a `cond`'s branches...)."""
     for value in params.values():
         for sub in value if isinstance(value, tuple | list) else (value,):
             if isinstance(sub, ClosedJaxpr):
@@ -170,7 +171,7 @@ def _count(jaxpr: Jaxpr, index: dict, times: int) -> list[int]:
             branches = [_count(b.jaxpr, index, times) for b in params["branches"]]
             inner = [[max(column) for column in zip(*branches, strict=True)]]
         else:
-            inner = [_count(sub, index, times) for sub in _sub_jaxprs(params)]
+            inner = [_count(sub, index, times) for sub in sub_jaxprs(params)]
             if name == "while" and any(any(c) for c in inner):
                 raise ValueError(
                     "zoo.sparse looks up an embedding table inside jax.lax.while_loop (or a "

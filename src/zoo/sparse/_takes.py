@@ -22,7 +22,7 @@ The stand-in itself is never computed: the replay skips the `jit` that makes it.
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -33,6 +33,7 @@ from jax.extend.core.primitives import gather_p, jit_p, remat_p
 from jax.lax import GatherScatterMode
 
 from .._nn._embedding import STAND_IN, TableView
+from ._lookups import sub_jaxprs
 
 # A loss that needs concrete values (Python control flow on an eager batch) cannot be traced
 # abstractly: it is called as it is, as before `jnp.take` was read.
@@ -103,15 +104,6 @@ def _stand_in_number(eqn: JaxprEqn) -> int | None:
     return None
 
 
-def _inner(params: dict) -> Iterator[Jaxpr]:
-    for value in params.values():
-        for sub in value if isinstance(value, tuple | list) else (value,):
-            if isinstance(sub, ClosedJaxpr):
-                yield sub.jaxpr
-            elif isinstance(sub, Jaxpr):
-                yield sub
-
-
 def _stand_ins(jaxpr: Jaxpr) -> list[int]:
     """The numbers of the views whose stand-ins `jaxpr` makes, at any depth."""
     found = []
@@ -120,7 +112,7 @@ def _stand_ins(jaxpr: Jaxpr) -> list[int]:
         if number is not None:
             found.append(number)
         else:
-            found += [n for sub in _inner(eqn.params) for n in _stand_ins(sub)]
+            found += [n for sub in sub_jaxprs(eqn.params) for n in _stand_ins(sub)]
     return found
 
 
@@ -164,7 +156,7 @@ def _replay_eqn(eqn: JaxprEqn, ins: list, views: list[TableView]) -> list:
         else:
             how = f"converted to an array and used by `{eqn.primitive.name}`"
         raise TypeError(view._read_directly(how))
-    inside = [n for sub in _inner(eqn.params) for n in _stand_ins(sub)]
+    inside = [n for sub in sub_jaxprs(eqn.params) for n in _stand_ins(sub)]
     if inside and eqn.primitive is remat_p:
         return _checkpointed(eqn, ins, views)
     if inside:
