@@ -310,3 +310,7 @@ def test_sasrec_dropout_keeps_each_activation_with_one_minus_the_rate_unbiased(g
     assert set(np.unique(_dropout(jnp.ones(7), 0.5, key)).tolist()) <= {0.0, 2.0}
     assert _dropout(x, 0.2, None) is x
     assert _dropout(x, 0.0, key) is x
+    # A rate just below 1 keeps one level in 2^16, scaled by 2^16: finite, never all dropped
+    # by rounding.
+    nearly_all = _dropout(x, 1 - 2**-18, key)
+    assert set(np.unique(nearly_all).tolist()) <= {0.0, 65536.0}

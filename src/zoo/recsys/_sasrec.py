@@ -38,7 +38,9 @@ def _dropout(x: Array, rate: float, key: PRNGKeyArray | None) -> Array:
     the model, not an `eqx.nn.Dropout` leaf: a Python float leaf would be traced (and
     differentiated) once the model is carried through a loop.
     """
-    threshold = round(rate * _DROPOUT_LEVELS)
+    # A rate within 2^-17 of 1 would round to dropping everything (and a scale of 1/0): the
+    # rate is below 1, so one level is always kept.
+    threshold = min(round(rate * _DROPOUT_LEVELS), _DROPOUT_LEVELS - 1)
     if key is None or threshold == 0:
         return x
     words = jax.random.bits(key, (-(-x.size // 2),), jnp.uint32)
