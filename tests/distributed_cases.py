@@ -50,14 +50,18 @@ def taking_mse(model, batch, key):
     return jnp.mean((scores - batch["rating"]) ** 2)
 
 
-def ratings(n: int = 96, users: int = USERS) -> dict[str, np.ndarray]:
-    """`n` ratings by the first `users` users."""
+def ratings(n: int = 96, users: int = USERS, out_of_range: bool = False) -> dict[str, np.ndarray]:
+    """`n` ratings by the first `users` users; with `out_of_range`, the sixth rating's user
+    is `USERS + 2` (past the table) and the 40th's `-1`."""
     rng = np.random.default_rng(0)
-    return {
+    data = {
         "user": rng.integers(0, users, n).astype(np.int32),
         "item": rng.integers(0, ITEMS, n).astype(np.int32),
         "rating": rng.uniform(size=n).astype(np.float32),
     }
+    if out_of_range:
+        data["user"][[5, 39]] = USERS + 2, -1
+    return data
 
 
 def balanced_batches(batches: int = 3, size: int = 32) -> list[dict[str, np.ndarray]]:

@@ -68,7 +68,7 @@ def _specs(tree) -> dict[str, str]:
 def _error(fn) -> str:
     try:
         fn()
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, jax.errors.JaxRuntimeError) as error:
         return f"{type(error).__name__}: {error}"
     return "no error"
 
@@ -250,6 +250,11 @@ def mesh_run(out: pathlib.Path) -> None:
         "batch_size": _error(lambda: cases.train_recommender(mesh, batch_size=31, epochs=0)),
         "table_rows": _error(
             lambda: zoo.distributed.shard_state(cases.Scorer(jax.random.key(0), users=50), mesh)
+        ),
+        "out_of_range_id": _error(
+            lambda: cases.train_recommender(
+                mesh, data=cases.ratings(out_of_range=True), batch_size=96
+            )
         ),
     }
     (out / "report.json").write_text(json.dumps(report))

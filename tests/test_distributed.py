@@ -225,6 +225,15 @@ def test_mesh_errors_name_the_argument(mesh_run):
     assert "num_embeddings a multiple of 4 (e.g. 52" in errors["table_rows"]
 
 
+def test_an_out_of_range_id_on_one_device_stops_every_device_with_the_table_named(mesh_run):
+    # One batch of all 96 ratings, two of them with bad ids, 12 per device: the routed step's
+    # devices agree on the check, so all of them raise instead of waiting for the one or two
+    # that hold the bad ids, and the message spans both.
+    error = mesh_run[1]["errors"]["out_of_range_id"]
+    assert "model.users" in error
+    assert "[0, 64)" in error and "from -1 to 66" in error
+
+
 def test_a_mesh_with_unknown_axes_or_no_mesh_is_refused():
     model = cases.Scorer(jax.random.key(0))
     with pytest.raises(ValueError, match="axes \\['batch'\\] that zoo does not know"):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import PartitionSpec as P
 
 import zoo
 
@@ -87,6 +88,32 @@ def test_out_of_range_ids_under_jit_and_vmap_raise_at_run_time(getkey, bad):
         with pytest.raises(Exception, match=expected) as error:
             jax.block_until_ready(run())
         assert re.search(expected, str(error.value).splitlines()[-1])
+
+
+def test_id_checks_that_agree_over_a_mesh_report_the_range_of_every_example(getkey):
+    # Inside `jax.shard_map` (zoo's routed step) the check is collective, so that every device
+    # raises together; it reports the same table and range as the check on one device, and
+    # passes valid ids through unchanged. (8 devices: tests/test_distributed.py.)
+    from zoo._nn._embedding import id_checks_agree_over
+
+    emb = zoo.Embedding(10, 2, key=getkey())
+    mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
+
+    def lookup(ids):
+        with id_checks_agree_over(("data",)):
+            return jax.vmap(emb)(ids)
+
+    # check_vma=False as in zoo's routed step: the check's error branch does not vary.
+    sharded = jax.shard_map(
+        lookup, mesh=mesh, in_specs=P("data"), out_specs=P("data"), check_vma=False
+    )
+    run = jax.jit(sharded)
+    good = jnp.array([[1, 2], [3, 9]])
+    np.testing.assert_array_equal(run(good), jax.vmap(emb)(good))
+    expected = r"zoo.Embedding\(10, 2\): ids must lie in \[0, num_embeddings\) .* from -3 to 12"
+    with pytest.raises(jax.errors.JaxRuntimeError, match=expected) as error:
+        jax.block_until_ready(run(jnp.array([[1, 12], [3, 4], [-3, 0]])))
+    assert re.search(expected, str(error.value).splitlines()[-1])
 
 
 def test_float_ids_are_a_type_error(getkey):

@@ -1,6 +1,9 @@
 """`zoo.Embedding`: a lookup table with optional bag combiners, trainable densely or sparsely."""
 
 import abc
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Literal
 
 import equinox as eqx
@@ -271,7 +274,53 @@ def checked_ids(
     if ids.size == 0:
         return ids
     bad = (ids < 0) | (ids >= num_rows)
+    axes = _AGREEING_AXES.get()
+    if axes:
+        return _checked_together(ids, bad, axes, table, num_rows, bound)
     return _checks.raise_if(ids, bad, _raise_out_of_range(table, num_rows, bound))
+
+
+# Inside `jax.shard_map`, an id check that raised on one device only would leave the others
+# waiting for it in the program's next collective, for ever: there the devices first agree
+# whether any of them holds a bad id (and its range), then all raise together.
+_AGREEING_AXES: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "zoo_id_checks_agree_over", default=()
+)
+
+
+@contextlib.contextmanager
+def id_checks_agree_over(axes: tuple[str, ...]) -> Iterator[None]:
+    """Within this context, the id checks traced are collective over the mesh `axes`: every
+    device raises when any device's ids are out of range. For the body of a `jax.shard_map`
+    over `axes` whose devices each run the same lookups."""
+    token = _AGREEING_AXES.set(tuple(axes))
+    try:
+        yield
+    finally:
+        _AGREEING_AXES.reset(token)
+
+
+def _checked_together(ids, bad, axes: tuple[str, ...], table: str, num_rows: int, bound: str):
+    info = jnp.iinfo(ids.dtype)
+    low = jax.lax.pmin(jnp.min(jnp.where(bad, ids, info.max)), axes)
+    local = jnp.stack([jnp.any(bad).astype(ids.dtype), jnp.max(jnp.where(bad, ids, info.min))])
+    flag, high = jax.lax.pmax(local, axes)
+    # The ids pass through the check beside every device's extremes, so that nothing reads them
+    # before it ran and the report shows the whole batch's range.
+    through = jnp.concatenate([jnp.stack([flag, low, high]), jnp.ravel(ids)])
+    checked = _checks.raise_if(through, flag > 0, _raise_agreed(table, num_rows, bound))
+    return checked[3:].reshape(ids.shape)
+
+
+def _raise_agreed(table: str, num_rows: int, bound: str):
+    def report(through):
+        # Under jax.vmap, one row per example: (any bad on some device, lowest, highest).
+        rows = np.asarray(through).reshape(-1, np.shape(through)[-1])[:, :3]
+        rows = rows[rows[:, 0] > 0]
+        low, high = rows[:, 1].min(), rows[:, 2].max()
+        raise OutOfRangeIdError(_out_of_range(table, num_rows, low, high, bound))
+
+    return report
 
 
 _INIT_BLOCK_ELEMENTS = 2**20  # rows drawn per block: about 4 MB of float32

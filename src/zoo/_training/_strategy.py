@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
 
 from .._custom_types import Batch, PyTree
-from .._nn._embedding import Embedding
+from .._nn._embedding import Embedding, id_checks_agree_over
 from ..distributed._mesh import (
     FSDP,
     MODEL,
@@ -374,10 +374,12 @@ def routed_step(
         return run
 
     def local(arrays, batch):
-        if not fallback:
-            return branch(steps[0])(arrays, batch)
-        overflow = overflows(eqx.combine(arrays, static), batch)
-        return lax.cond(overflow, branch(steps[1]), branch(steps[0]), arrays, batch)
+        # An out-of-range id on one device must stop all of them, or the rest wait for it.
+        with id_checks_agree_over(devices):
+            if not fallback:
+                return branch(steps[0])(arrays, batch)
+            overflow = overflows(eqx.combine(arrays, static), batch)
+            return lax.cond(overflow, branch(steps[1]), branch(steps[0]), arrays, batch)
 
     # Without typing what varies along which axis: equinox's runtime checks (`eqx.error_if` on
     # ids and labels) make a `lax.cond` whose error branch does not vary, which that refuses.
