@@ -301,13 +301,19 @@ def id_checks_agree_over(axes: tuple[str, ...]) -> Iterator[None]:
 
 
 def _checked_together(ids, bad, axes: tuple[str, ...], table: str, num_rows: int, bound: str):
+    import equinox.internal as eqxi  # only here: importing zoo stays light
+
     info = jnp.iinfo(ids.dtype)
-    low = jax.lax.pmin(jnp.min(jnp.where(bad, ids, info.max)), axes)
-    local = jnp.stack([jnp.any(bad).astype(ids.dtype), jnp.max(jnp.where(bad, ids, info.min))])
-    flag, high = jax.lax.pmax(local, axes)
-    # The ids pass through the check beside every device's extremes, so that nothing reads them
-    # before it ran and the report shows the whole batch's range.
-    through = jnp.concatenate([jnp.stack([flag, low, high]), jnp.ravel(ids)])
+    # One all-reduce of three numbers, over a whole `jax.vmap` batch too: whether any device
+    # has a bad id, minus the lowest (the lowest int raised by one so that it negates), and
+    # the highest.
+    low = jnp.min(jnp.where(bad, jnp.maximum(ids, info.min + 1), info.max))
+    high = jnp.max(jnp.where(bad, ids, info.min))
+    local = [eqxi.unvmap_max(x) for x in (jnp.any(bad).astype(ids.dtype), -low, high)]
+    flag, minus_low, high = jax.lax.pmax(jnp.stack(local), axes)
+    # The ids pass through the check beside the extremes, so that nothing reads them before
+    # it ran.
+    through = jnp.concatenate([jnp.stack([flag, -minus_low, high]), jnp.ravel(ids)])
     checked = _checks.raise_if(through, flag > 0, _raise_agreed(table, num_rows, bound))
     return checked[3:].reshape(ids.shape)
 

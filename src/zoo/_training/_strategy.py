@@ -374,12 +374,16 @@ def routed_step(
         return run
 
     def local(arrays, batch):
-        # An out-of-range id on one device must stop all of them, or the rest wait for it.
-        with id_checks_agree_over(devices):
-            if not fallback:
+        # An out-of-range id on one device must stop all of them, or the rest wait for it in
+        # the step's collectives: the devices agree on the id checks. The overflow pass makes
+        # the same lookups as the step, which waits for its result: once agreed there, the
+        # step's own checks cannot fire, and stay local.
+        if not fallback:
+            with id_checks_agree_over(devices):
                 return branch(steps[0])(arrays, batch)
+        with id_checks_agree_over(devices):
             overflow = overflows(eqx.combine(arrays, static), batch)
-            return lax.cond(overflow, branch(steps[1]), branch(steps[0]), arrays, batch)
+        return lax.cond(overflow, branch(steps[1]), branch(steps[0]), arrays, batch)
 
     # Without typing what varies along which axis: equinox's runtime checks (`eqx.error_if` on
     # ids and labels) make a `lax.cond` whose error branch does not vary, which that refuses.
