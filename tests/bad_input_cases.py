@@ -473,7 +473,7 @@ CASES: list[Case] = [
         "a NaN in the data (the loss becomes NaN)",
         _train(_nan_data(), batch_size=4, optimizer=optax.sgd(0.1)),
         FloatingPointError,
-        r"loss became non-finite .* at step \d",
+        r"loss or the model became non-finite .* at step \d",
         "Lower the learning rate, clip gradients, or clean the data.",
     ),
     Case(

@@ -75,7 +75,8 @@ class OnEpoch(zoo.Callback):
         return state, False
 
 
-_LOOP = ("last_batch", "on_nonfinite", "fused", "steps_per_chunk", "eval_batch_size", "accumulate")
+_LOOP = ("last_batch", "on_nonfinite", "fused", "steps_per_chunk", "eval_batch_size", "accumulate",
+         "grad_norm")  # fmt: skip
 _CHECKPOINTING = {"checkpoint_dir": "directory", "checkpoint_every": "every", "keep": "keep",
                   "resume": "resume"}  # fmt: skip
 

@@ -8,6 +8,7 @@ import pathlib
 import re
 import socket
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -209,7 +210,7 @@ def test_a_full_disk_fails_the_save_naming_the_folder_and_step(tmp_path, monkeyp
 def test_an_epoch_with_every_step_skipped_records_nan_and_warns():
     data = _data() | {"x": np.full((64, 5), np.nan, np.float32)}
     with pytest.warns(RuntimeWarning, match="epoch 1: all of its 4 steps .* nothing trained"):
-        model, history = _train(data, on_nonfinite="skip")
+        model, history = _train(data, on_nonfinite="skip", grad_norm=True)
     assert math.isnan(history["train"]["loss"][0]) and math.isnan(history["train"]["grad_norm"][0])
     assert history["train"]["nonfinite_steps"] == [4]
     assert tree_equal(model, _model())
@@ -312,6 +313,40 @@ def test_a_non_finite_loss_hands_back_the_last_good_model(tmp_path, checkpoints)
     assert tree_equal(stopped.value.model, expected)
     assert _without_time(stopped.value.history) == _without_time(expected_history)
     assert stopped.value.epochs == 2
+
+
+class _Root(eqx.Module):
+    weight: jax.Array
+
+    def __call__(self, x):
+        return jnp.sqrt(jnp.abs(self.weight) * x)
+
+
+def _root_loss(model, batch):
+    # At x = 0 the loss is 0, and its gradient 0 / 0 = nan.
+    return jnp.mean(jax.vmap(model)(batch["x"]))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("grad_norm", [True, False])
+def test_a_non_finite_gradient_behind_a_finite_loss_at_the_last_step_stops_training(
+    fused, grad_norm
+):
+    # The one step of the run has a finite loss and a nan gradient: nothing after it would
+    # show a non-finite loss, so the model's check after the steps (or the gradient norm) is
+    # all that stops a nan model from coming back as trained.
+    model = _Root(jnp.ones(()))
+    data = {"x": np.zeros(8, np.float32)}
+    with pytest.raises(zoo.NonFiniteLossError, match="at step 0") as stopped:
+        _train(data, model, loss=_root_loss, batch_size=8, fused=fused, grad_norm=grad_norm)
+    assert tree_equal(stopped.value.model, model)
+
+
+def test_the_gradient_norm_is_recorded_only_when_asked():
+    _, history = _train()
+    assert "grad_norm" not in history["train"]
+    _, history = _train(grad_norm=True)
+    assert history["train"]["grad_norm"][0] > 0
 
 
 def test_a_non_finite_loss_in_the_first_epoch_hands_back_the_given_model():

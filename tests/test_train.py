@@ -141,8 +141,9 @@ def test_history_and_learning(getkey):
     optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
     model = zoo.MLP(6, 3, (16,), key=getkey())
     _, history = train(
-        model, data, optimizer=optimizer, epochs=4, batch_size=20, eval_data=eval_data
-    )
+        model, data, optimizer=optimizer, epochs=4, batch_size=20, eval_data=eval_data,
+        grad_norm=True,
+    )  # fmt: skip
     assert history["epoch"] == [1, 2, 3, 4] and history["step"] == [10, 20, 30, 40]
     assert len(history["time"]) == 4 and all(t > 0 for t in history["time"])
     assert history["train"]["loss"][-1] < history["train"]["loss"][0]
@@ -157,7 +158,7 @@ def test_gradient_clipping_from_optax(getkey):
     data = _blobs(getkey())
     clipped = optax.chain(optax.clip_by_global_norm(1e-3), optax.sgd(1.0))
     model = zoo.MLP(6, 3, (16,), key=getkey())
-    trained, history = train(model, data, optimizer=clipped, batch_size=200)
+    trained, history = train(model, data, optimizer=clipped, batch_size=200, grad_norm=True)
     moved = optax.tree.norm(
         jax.tree.map(
             jnp.subtract, eqx.filter(trained, eqx.is_array), eqx.filter(model, eqx.is_array)

@@ -49,8 +49,9 @@ def test_train_with_a_sparse_optimizer_matches_a_hand_written_step(getkey):
         dense=optax.adam(1e-2), embeddings=zoo.sparse.rowwise_adagrad(0.1)
     )
     trained, history = train(
-        model, data, loss=_mse, optimizer=optimizer, epochs=2, batch_size=32, key=key
-    )
+        model, data, loss=_mse, optimizer=optimizer, epochs=2, batch_size=32, key=key,
+        grad_norm=True,
+    )  # fmt: skip
 
     @eqx.filter_jit
     def step(model, opt_state, batch):

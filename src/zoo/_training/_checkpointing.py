@@ -345,8 +345,9 @@ class TrainingStopped(BaseException):
 
 
 class NonFiniteLossError(TrainingStopped, FloatingPointError):
-    """Raised by `zoo.train` with `on_nonfinite="raise"` when a step's loss or gradient is
-    not finite: a `FloatingPointError` and a [`zoo.TrainingStopped`][], whose `model` and
+    """Raised by `zoo.train` with `on_nonfinite="raise"` when a step's loss (or, with
+    `zoo.Loop(grad_norm=True)`, its gradient) is not finite, or the model is not after a
+    chunk of steps: a `FloatingPointError` and a [`zoo.TrainingStopped`][], whose `model` and
     `history` are those of the last epoch before the bad step."""
 
 
@@ -405,7 +406,8 @@ def raise_if_not_finite(totals: StepTotals, programs: Programs, good: Good) -> N
     step = int(totals.first_nonfinite_step)
     if step >= 0:
         raise NonFiniteLossError(
-            f"the loss became non-finite (nan or inf) at step {step}. Lower the learning rate, "
+            f"the loss or the model became non-finite (nan or inf) at step {step}. Lower the "
+            "learning rate, "
             "clip gradients with optax.chain(optax.clip_by_global_norm(1.0), ...), or check the "
             "data for non-finite values. The exception's .model and .history are those of the "
             f"last epoch before it (epoch {len(good.history['epoch'])}).",

@@ -279,24 +279,25 @@ def record_epoch(
     totals: StepTotals,
     opt_state: PyTree,
     eval_metrics: dict[str, float],
+    grad_norm: bool,
 ) -> None:
-    """Appends one epoch's figures to `history` (in place)."""
+    """Appends one epoch's figures to `history` (in place); the mean gradient norm with
+    `grad_norm` (`zoo.Loop(grad_norm=True)`)."""
     history["epoch"].append(epoch)
     history["step"].append(step)
     history["time"].append(seconds)
-    train = {
-        "loss": float(totals.loss) / max(int(totals.examples), 1),
-        "grad_norm": float(totals.grad_norm) / max(int(totals.steps), 1),
-        "nonfinite_steps": int(totals.nonfinite_steps),
-    }
+    train = {"loss": float(totals.loss) / max(int(totals.examples), 1)}
+    if grad_norm:
+        train["grad_norm"] = float(totals.grad_norm) / max(int(totals.steps), 1)
+    train["nonfinite_steps"] = int(totals.nonfinite_steps)
     if int(totals.steps) == 0:
         # Nothing trained: a loss of 0.0 would read as a perfect epoch.
-        train["loss"] = train["grad_norm"] = float("nan")
+        train |= {name: float("nan") for name in ("loss", "grad_norm") if name in train}
         warnings.warn(
             f"epoch {epoch}: all of its {int(totals.nonfinite_steps)} steps had a non-finite loss "
             "or gradient and were skipped (on_nonfinite='skip'), so nothing trained; its loss "
-            "and grad_norm are recorded as nan. Lower the learning rate, clip gradients, or "
-            "check the data for non-finite values.",
+            "is recorded as nan. Lower the learning rate, clip gradients, or check the data "
+            "for non-finite values.",
             RuntimeWarning,
             stacklevel=2,
         )

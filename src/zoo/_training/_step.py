@@ -450,14 +450,32 @@ class StepTotals(NamedTuple):
             self.nonfinite_steps + (1 - weight).astype(jnp.int32),
         )
 
+    def check_model(self, last_step: Array, model) -> "StepTotals":
+        """Marks `last_step` non-finite when `model`'s floating arrays are not all finite and
+        no step was yet. A non-finite gradient with a finite loss (with the gradients' norm
+        not computed) shows in the next step's loss, or, after a chunk's last step, here."""
+        bad = ~all_finite(eqx.filter(model, eqx.is_inexact_array)) & (last_step >= 0)
+        first = self.first_nonfinite_step
+        return self._replace(
+            first_nonfinite_step=jnp.where(bad & (first < 0), last_step, first),
+            nonfinite_steps=self.nonfinite_steps + (bad & (first < 0)).astype(jnp.int32),
+        )
+
 
 def make_train_step(
-    loss_fn: LossFn, optimizer: Optimizer, rule: UpdateRule, *, skip_nonfinite: bool = False
+    loss_fn: LossFn,
+    optimizer: Optimizer,
+    rule: UpdateRule,
+    *,
+    skip_nonfinite: bool = False,
+    grad_norm: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Array, Array]]:
     """`train_step(state, batch) -> (state, loss, grad_norm)`: one optimizer step.
 
     With `skip_nonfinite`, a step whose loss or gradient is not finite leaves the model and the
     optimizer state as they were (the step counter still advances, so keys stay in sequence).
+    The gradients' norm is computed with `grad_norm` or `skip_nonfinite` (which needs to know
+    whether it is finite), and is 0 otherwise: it costs a pass over the gradients.
     """
 
     def update(operands):
@@ -475,28 +493,31 @@ def make_train_step(
         return model, opt_state
 
     def train_step(state: TrainState, batch: Batch):
-        state, loss, grad_norm = step(state, batch)
+        state, loss, norm = step(state, batch)
         learning_rate = injected_learning_rate(state.opt_state)
         if learning_rate is not None:
             # A float learning rate is checked before training; a schedule's values only here.
             loss = eqx.error_if(
                 loss, ~(learning_rate >= 0) | ~jnp.isfinite(learning_rate), SCHEDULE_ERROR
             )
-        return state, loss, grad_norm
+        return state, loss, norm
 
     def step(state: TrainState, batch: Batch):
         scale = loss_scale(state.opt_state)  # None unless float16's dynamic loss scaling
         value_and_grad = scaled_value_and_grad(rule.value_and_grad, loss_fn, scale)
         gradients = rule.gradients(value_and_grad, loss_fn, optimizer)
         loss, grads, model = gradients(state.model, state.opt_state, batch, state.step_key())
-        grad_norm = rule.grad_norm(grads)
+        if not (grad_norm or skip_nonfinite):
+            norm = jnp.zeros((), jnp.float32)
+        else:
+            norm = rule.grad_norm(grads)
         if scale is not None:
             # Overflowing gradients are the loss scaler's to handle: it skips the update and
             # lowers the scale. Only a non-finite loss is a failure.
-            grad_norm = jnp.where(jnp.isfinite(grad_norm), grad_norm, 0.0)
+            norm = jnp.where(jnp.isfinite(norm), norm, 0.0)
         operands = (model, state.opt_state, grads)
         if skip_nonfinite:
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            finite = jnp.isfinite(loss) & jnp.isfinite(norm)
             model, opt_state = lax.cond(finite, update, keep, operands)
         else:
             model, opt_state = update(operands)
@@ -505,7 +526,7 @@ def make_train_step(
             state,
             (model, opt_state, state.step + 1, state.batch + 1),
         )
-        return state, loss, grad_norm
+        return state, loss, norm
 
     return train_step
 
@@ -534,9 +555,18 @@ def _has_hyperparams(node) -> bool:
 class Programs:
     """The compiled entry points of one training run, built once from its static structure."""
 
-    def __init__(self, train_step, static: TrainState, batch_size: int):
+    def __init__(
+        self, train_step, static: TrainState, batch_size: int, *, check_model: bool = False
+    ):
+        """`check_model`: check the model after each program's steps (`StepTotals.check_model`),
+        for a run that stops at a non-finite step."""
         self._static = static
         self._batch_size = batch_size
+
+        def checked(totals: StepTotals, dynamic) -> StepTotals:
+            if not check_model:
+                return totals
+            return totals.check_model(dynamic.step - 1, dynamic.model)
 
         def run_steps(dynamic, totals, data, order, num_steps):
             # The loop carries the state's arrays only: a Python float in the model (the rate
@@ -552,14 +582,16 @@ class Programs:
                 totals = totals.add(step, loss, grad_norm, batch_size)
                 return eqx.filter(state, eqx.is_array), totals
 
-            return lax.fori_loop(0, num_steps, body, (dynamic, totals))
+            dynamic, totals = lax.fori_loop(0, num_steps, body, (dynamic, totals))
+            return dynamic, checked(totals, dynamic)
 
         def one_step(dynamic, totals, batch):
             state = eqx.combine(dynamic, static)
             step = state.step
             state, loss, grad_norm = train_step(state, batch)
             size = jax.tree.leaves(batch)[0].shape[0]
-            return eqx.filter(state, eqx.is_array), totals.add(step, loss, grad_norm, size)
+            dynamic = eqx.filter(state, eqx.is_array)
+            return dynamic, checked(totals.add(step, loss, grad_norm, size), dynamic)
 
         def epoch_order(dynamic, num_examples):
             return eqx.combine(dynamic, static).epoch_order(num_examples)

@@ -109,7 +109,8 @@ def train(
       optimizer from `zoo.sparse`. Wrap in `optax.inject_hyperparams` to have the learning
       rate recorded. With `zoo.sparse.sgd` on the tables (and `on_nonfinite="raise"`, no
       `mesh`), each step adds the tables' update into them during the backward pass (see
-      `zoo.sparse.value_and_update`), so `history["train"]["grad_norm"]` covers the rest.
+      `zoo.sparse.value_and_update`), so a recorded `history["train"]["grad_norm"]` covers
+      the rest.
     - `epochs`: passes over `data`.
     - `batch_size`: examples per step.
     - `key`: the training key; shuffling, the loss's per-step keys (e.g. dropout) and the
@@ -148,7 +149,8 @@ def train(
     **Returns:**
 
     `(model, history)`. `history` holds per-epoch lists: `history["train"]["loss"]`,
-    `history["train"]["grad_norm"]` (mean global gradient norm),
+    `history["train"]["grad_norm"]` (mean global gradient norm, with
+    `zoo.Loop(grad_norm=True)`),
     `history["train"]["learning_rate"]` (that of the epoch's last step, when recorded),
     `history["eval"][metric]`, `history["time"]` (seconds of training per epoch),
     `history["epoch"]` and `history["step"]`; when a callback stopped training,
@@ -240,6 +242,7 @@ def train(
                 totals=totals,
                 opt_state=state.opt_state,
                 eval_metrics=run.evaluation(state.model),
+                grad_norm=run.loop.grad_norm,
             )
             good = Good(_copied(dynamic.model), copy.deepcopy(history))
             info = EpochInfo(
@@ -538,7 +541,11 @@ def built_run(
     eval_arrays = None if eval_data is None else checked_dataset(eval_data, argument="eval_data")
     check_eval_data_fits(model, eval_arrays, metric_fns)
     make_step = functools.partial(
-        make_train_step, loss_fn, optimizer, skip_nonfinite=loop.on_nonfinite == "skip"
+        make_train_step,
+        loss_fn,
+        optimizer,
+        skip_nonfinite=loop.on_nonfinite == "skip",
+        grad_norm=loop.grad_norm,
     )
     strategy = strategy_for(mesh, batch_size, rule, make_step, loss_fn)
 
@@ -551,7 +558,7 @@ def built_run(
     train_step = make_step(accumulating(rule, accumulate, terms))
     dynamic, static, train_step = strategy.state(init, model, train_step)
     check_learning_rate(current_learning_rate(dynamic.opt_state))
-    programs = Programs(train_step, static, batch_size)
+    programs = Programs(train_step, static, batch_size, check_model=loop.on_nonfinite == "raise")
     runner = epoch_runner(
         data, programs, batch_size, loop.last_batch, loop.fused, loop.steps_per_chunk, strategy
     )
