@@ -205,6 +205,19 @@ def test_eval_fn_figures_are_recorded_each_epoch(getkey):
     assert history["eval"]["bias_sum"][-1] == pytest.approx(float(jnp.sum(model.layers[-1].bias)))
 
 
+def test_labels_out_of_range_in_batches_from_an_iterable_stop_the_step(getkey):
+    # Arrays' labels are checked on the host before training, so their step checks none;
+    # batches from an iterable are seen only by the step, which keeps the check.
+    data = _blobs(getkey(), n=64)
+    data["y"][37] = 3
+    batches = [{k: v[i : i + 32] for k, v in data.items()} for i in (0, 32)]
+    model = zoo.MLP(6, 3, (8,), key=getkey())
+    with pytest.raises(ValueError, match=r"data\['y'\] must hold class labels in \[0, 3\)"):
+        train(model, data, batch_size=32)
+    with pytest.raises(Exception, match=r"labels must lie in \[0, 3\)"):
+        train(model, batches, batch_size=32)
+
+
 def test_non_finite_loss_names_the_step(getkey):
     data = _blobs(getkey(), n=64)
     data["x"][40] = np.nan

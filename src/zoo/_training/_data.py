@@ -96,20 +96,21 @@ def inputs_not_finite(argument: str, bad: int, count: int, first: int) -> ValueE
     )
 
 
-def check_class_labels(model: eqx.Module, arrays: dict | None, argument: str) -> None:
+def check_class_labels(model: eqx.Module, arrays: dict | None, argument: str) -> bool:
     """Labels for cross-entropy must index the model's outputs; checked once, on the host.
+    Returns whether every label was checked (else the loss checks them in the step).
 
     (Inside the compiled step an out-of-range label would only show as a wrong loss.)
     """
     if arrays is None or "x" not in arrays or "y" not in arrays:
-        return
+        return False
     labels = arrays["y"]
     if not np.issubdtype(labels.dtype, np.integer):
-        return  # the loss itself raises a TypeError that says so, when traced
+        return False  # the loss itself raises a TypeError that says so, when traced
     try:
         outputs = eqx.filter_eval_shape(lambda m, x: m(x), model, arrays["x"][0])
     except Exception:
-        return
+        return False
     classes = outputs.shape[-1] if outputs.ndim else 1
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= classes:
@@ -118,6 +119,7 @@ def check_class_labels(model: eqx.Module, arrays: dict | None, argument: str) ->
             f"outputs; got labels from {low} to {high}. Remap the labels, or build the model "
             f"with out_size={high + 1}."
         )
+    return True
 
 
 # Holding out part of the training data as the eval set: deterministic by key, disjoint.

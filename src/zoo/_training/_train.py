@@ -22,7 +22,7 @@ from jaxtyping import PRNGKeyArray
 
 from .. import _checks
 from .._custom_types import Dataset, IntLike, LossFn, Optimizer, RealLike
-from ..losses._losses import batched_predictions, resolve_loss
+from ..losses._losses import batched_predictions, resolve_loss, with_labels_in_range
 from ..metrics._metrics import Metric, resolve_metrics
 from ._callbacks import Callback, ChunkInfo, EpochInfo, ProgressBar, RunInfo
 from ._checkpointing import (
@@ -525,7 +525,7 @@ def built_run(
     rule = rule_for(optimizer, in_place=loop.on_nonfinite == "raise" and mesh is None)
     accumulate = check_accumulate(loop.accumulate, batch_size, rule, loss)
     check_precision_for(rule, precision)
-    loss_fn = with_precision(resolve_loss(loss), precision)
+    loss_fn = resolve_loss(loss)
     terms = count_terms(loss)
     if precision == "float16":
         optimizer = dynamic_loss_scaling(optimizer)
@@ -540,6 +540,16 @@ def built_run(
         )
     eval_arrays = None if eval_data is None else checked_dataset(eval_data, argument="eval_data")
     check_eval_data_fits(model, eval_arrays, metric_fns)
+    if isinstance(data, Mapping):
+        data = checked_dataset(data, argument="data")
+    if loss == "cross_entropy":
+        labels_checked = check_class_labels(
+            model, data if isinstance(data, Mapping) else None, "data"
+        )
+        check_class_labels(model, eval_arrays, "eval_data")
+        if labels_checked:  # every label checked here: none in the step
+            loss_fn = with_labels_in_range(loss_fn)
+    loss_fn = with_precision(loss_fn, precision)
     make_step = functools.partial(
         make_train_step,
         loss_fn,
@@ -562,9 +572,6 @@ def built_run(
     runner = epoch_runner(
         data, programs, batch_size, loop.last_batch, loop.fused, loop.steps_per_chunk, strategy
     )
-    if loss == "cross_entropy":
-        for argument, arrays in (("data", runner.arrays), ("eval_data", eval_arrays)):
-            check_class_labels(model, arrays, argument)
     # A built-in loss is evaluated as inference (no dropout); a user's gets a fixed key, which
     # a loss that samples negatives needs.
     eval_key = None if isinstance(loss, str) else evaluation_key(key)
