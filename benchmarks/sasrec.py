@@ -25,9 +25,10 @@ ratings >= 4, leave-one-out, its default SASRec, loss, optimizer, batch and epoc
 Both validate after every epoch (NDCG@10 of the validation items over the whole catalogue)
 and stop after `PATIENCE` epochs without a better figure; the time to the plateau is the
 wall-clock from the start of training (zoo's compilation included) to the end of the best
-epoch's validation. `--plateau-only` skips the throughput rounds; `--max-len` shortens the
-history for a quicker run. Each side's time is split: training and validation per epoch
-(medians), the first epoch's extra training time (compiling) and the time before it.
+epoch's validation. `--plateau-only` skips the throughput rounds, `--throughput-only` the
+plateau; `--max-len` shortens the history for a quicker run. Each side's time is split:
+training and validation per epoch (medians), the first epoch's extra training time
+(compiling) and the time before it.
 
     flock /tmp/zoo-heavy.lock uv run python benchmarks/sasrec.py
 
@@ -277,6 +278,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--plateau-only", action="store_true", help="skip the throughput rounds")
     parser.add_argument(
+        "--throughput-only", action="store_true", help="skip the time to the plateau"
+    )
+    parser.add_argument(
         "--max-len", type=int, default=recipes.DEFAULT_MAX_LEN, help="plateau run's history"
     )
     args = parser.parse_args()
@@ -315,7 +319,8 @@ def main() -> None:
                 )
             )
     report({name: sequences / statistics.median(v) for name, v in samples.items() if v})
-    run_plateau(python, args.max_len)
+    if not args.throughput_only:
+        run_plateau(python, args.max_len)
 
 
 def report(throughput: dict[str, float]) -> None:
