@@ -30,11 +30,12 @@ plateau; `--max-len` shortens the history for a quicker run. Each side's time is
 training and validation per epoch (medians), the first epoch's extra training time
 (compiling) and the time before it.
 
-    flock /tmp/zoo-heavy.lock uv run python benchmarks/sasrec.py
+    uv run python benchmarks/sasrec.py
 
-Last plateau run (`--plateau-only`, the CLI's 200-item history, 2026-12-03, 2 shared CPU
-cores): pytorch / zoo time to the plateau = 1.53 (zoo at epoch 15, 238 s; PyTorch at epoch 22,
-366 s; an epoch of training 14.9 s against 16.3 s). Figures and the profile: docs/sasrec.md.
+Plateau runs (`--plateau-only`, the CLI's 200-item history, 2 shared CPU cores): pytorch / zoo
+time to the plateau = 1.70, 1.53 and 1.30 (zoo at epoch 15, 15 and 19; PyTorch at 22 each
+time; an epoch of training 1.09-1.14x faster in zoo). Figures and the profile:
+docs/sasrec.md.
 """
 
 import argparse

@@ -208,6 +208,7 @@ def test_train_refuses(name, values, data):
         ("directory", lambda v: zoo.Checkpointing(v), PATH.filter(lambda v: v is not None)),
         ("resume", lambda v: zoo.Checkpointing("run", resume=v), BOOLEAN),
         ("stratify", lambda v: zoo.ValidationSplit(0.2, stratify=v), BOOLEAN),
+        ("grad_norm", lambda v: zoo.Loop(grad_norm=v), BOOLEAN),
     ],
 )
 @_SETTINGS
