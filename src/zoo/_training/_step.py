@@ -24,7 +24,11 @@ from .. import _checks, sparse
 from .._custom_types import Batch, LossFn, Optimizer, PyTree
 from .._io._rebuild import record_name
 from ..losses._losses import resolve_loss
-from ..sparse import _in_place as sparse_in_place, _native as sparse_native
+from ..sparse import (
+    _in_place as sparse_in_place,
+    _lookups as sparse_lookups,
+    _native as sparse_native,
+)
 from ._data import gather
 
 # Streams of randomness derived from the one training key, so each is a pure function of
@@ -94,6 +98,7 @@ class UpdateRule(NamedTuple):
     - `params(model)`: what the optimizer's `update(grads, state, params)` receives.
     - `apply_updates(model, updates) -> model`
     - `grad_norm(grads) -> scalar`: the global norm of the gradients.
+    - `checked(model)`: the arrays whose finiteness is checked after each chunk of steps.
     - `in_place`: the tables' update is added into them during the backward pass (see
         `gradients`), for an optimizer with an `in_place_scale` (`zoo.sparse.sgd`).
     """
@@ -102,6 +107,7 @@ class UpdateRule(NamedTuple):
     params: Callable[[eqx.Module], Any]
     apply_updates: Callable[[eqx.Module, Any], eqx.Module]
     grad_norm: Callable[[Any], Any]
+    checked: Callable[[eqx.Module], Any]
     in_place: bool = False
 
     def gradients(self, value_and_grad: Callable, loss_fn: Callable, optimizer) -> Callable:
@@ -149,6 +155,7 @@ DENSE = UpdateRule(
     params=lambda model: eqx.filter(model, eqx.is_inexact_array),
     apply_updates=eqx.apply_updates,
     grad_norm=global_norm,
+    checked=lambda model: eqx.filter(model, eqx.is_inexact_array),
 )
 
 
@@ -159,6 +166,10 @@ SPARSE = UpdateRule(
     params=lambda model: model,
     apply_updates=sparse.apply_updates,
     grad_norm=global_norm,
+    # Not the tables: a step changes only their looked-up rows, and reading every row after
+    # each chunk would be the O(table) work the sparse path avoids. A non-finite row shows
+    # in the loss of the next step that looks it up.
+    checked=lambda model: sparse_lookups.split_params(model)[1],
 )
 
 # Tables whose optimizer is linear in the gradient (`zoo.sparse.sgd`) receive their update in
@@ -450,11 +461,12 @@ class StepTotals(NamedTuple):
             self.nonfinite_steps + (1 - weight).astype(jnp.int32),
         )
 
-    def check_model(self, last_step: Array, model) -> "StepTotals":
-        """Marks `last_step` non-finite when `model`'s floating arrays are not all finite and
-        no step was yet. A non-finite gradient with a finite loss (with the gradients' norm
-        not computed) shows in the next step's loss, or, after a chunk's last step, here."""
-        bad = ~all_finite(eqx.filter(model, eqx.is_inexact_array)) & (last_step >= 0)
+    def check_model(self, last_step: Array, arrays) -> "StepTotals":
+        """Marks `last_step` non-finite when `arrays` (the model's, `UpdateRule.checked`) are
+        not all finite and no step was yet. A non-finite gradient with a finite loss (with the
+        gradients' norm not computed) shows in the next step's loss, or, after a chunk's last
+        step, here."""
+        bad = ~all_finite(arrays) & (last_step >= 0)
         first = self.first_nonfinite_step
         return self._replace(
             first_nonfinite_step=jnp.where(bad & (first < 0), last_step, first),
@@ -556,17 +568,23 @@ class Programs:
     """The compiled entry points of one training run, built once from its static structure."""
 
     def __init__(
-        self, train_step, static: TrainState, batch_size: int, *, check_model: bool = False
+        self,
+        train_step,
+        static: TrainState,
+        batch_size: int,
+        *,
+        check_model: Callable[[eqx.Module], Any] | None = None,
     ):
-        """`check_model`: check the model after each program's steps (`StepTotals.check_model`),
-        for a run that stops at a non-finite step."""
+        """`check_model(model)`: the arrays to check after each program's steps
+        (`StepTotals.check_model`), for a run that stops at a non-finite step."""
         self._static = static
         self._batch_size = batch_size
 
         def checked(totals: StepTotals, dynamic) -> StepTotals:
-            if not check_model:
+            if check_model is None:
                 return totals
-            return totals.check_model(dynamic.step - 1, dynamic.model)
+            model = eqx.combine(dynamic.model, static.model)
+            return totals.check_model(dynamic.step - 1, check_model(model))
 
         def run_steps(dynamic, totals, data, order, num_steps):
             # The loop carries the state's arrays only: a Python float in the model (the rate

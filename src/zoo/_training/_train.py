@@ -568,7 +568,8 @@ def built_run(
     train_step = make_step(accumulating(rule, accumulate, terms))
     dynamic, static, train_step = strategy.state(init, model, train_step)
     check_learning_rate(current_learning_rate(dynamic.opt_state))
-    programs = Programs(train_step, static, batch_size, check_model=loop.on_nonfinite == "raise")
+    checked = rule.checked if loop.on_nonfinite == "raise" else None
+    programs = Programs(train_step, static, batch_size, check_model=checked)
     runner = epoch_runner(
         data, programs, batch_size, loop.last_batch, loop.fused, loop.steps_per_chunk, strategy
     )
