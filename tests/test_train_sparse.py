@@ -224,3 +224,31 @@ def test_the_trainers_fused_program_does_no_table_sized_work(on_nonfinite, embed
     )
     with jax.numpy_dtype_promotion("standard"):
         assert table_sized_ops(programs.run_steps, args) == []
+
+
+class _Dot(eqx.Module):
+    """A model of embedding tables alone: the check after each chunk, which leaves out the
+    tables, then has nothing to read."""
+
+    users: zoo.Embedding
+    items: zoo.Embedding
+
+    def __init__(self, key):
+        user_key, item_key = jax.random.split(key)
+        self.users = zoo.Embedding(50, 4, key=user_key)
+        self.items = zoo.Embedding(40, 4, key=item_key)
+
+
+def _dot_mse(model, batch, key):
+    users, items = jax.vmap(model.users)(batch["user"]), jax.vmap(model.items)(batch["item"])
+    return jnp.mean((jnp.sum(users * items, axis=-1) - batch["rating"]) ** 2)
+
+
+@pytest.mark.parametrize("embeddings", ["sgd", "rowwise_adagrad", "lazy_adam"])
+def test_a_model_of_tables_alone_trains_on_the_sparse_path(getkey, embeddings):
+    optimizer = getattr(zoo.sparse, embeddings)(0.1)
+    _, history = train(
+        _Dot(getkey()), _ratings(getkey()), loss=_dot_mse, optimizer=optimizer, epochs=3,
+        batch_size=32,
+    )  # fmt: skip
+    assert history["train"]["loss"][-1] < history["train"]["loss"][0]
