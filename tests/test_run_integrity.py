@@ -342,6 +342,24 @@ def test_a_non_finite_gradient_behind_a_finite_loss_at_the_last_step_stops_train
     assert tree_equal(stopped.value.model, model)
 
 
+class _Masked(eqx.Module):
+    weight: jax.Array
+    bias: jax.Array  # -inf where an output is masked out, by design
+
+    def __call__(self, x):
+        return x @ self.weight + self.bias
+
+
+def test_an_array_that_starts_non_finite_by_design_does_not_stop_training():
+    # The check after each chunk looks at the arrays that were finite when training began.
+    model = _Masked(jnp.ones((5, 3)), jnp.array([0.0, 0.0, -jnp.inf]))
+    trained, history = _train(
+        model=model, loss=lambda m, b: jnp.mean(jax.nn.logsumexp(jax.vmap(m)(b["x"]), -1))
+    )
+    assert np.isneginf(trained.bias[2]) and np.all(np.isfinite(trained.weight))
+    assert np.isfinite(history["train"]["loss"]).all()
+
+
 def test_the_gradient_norm_is_recorded_only_when_asked():
     _, history = _train()
     assert "grad_norm" not in history["train"]

@@ -295,6 +295,24 @@ def dynamic_loss_scaling(
     return optax.GradientTransformation(init, update)
 
 
+def finite_at_start(rule: UpdateRule, model: eqx.Module) -> Callable[[eqx.Module], list]:
+    """`rule.checked`, narrowed to the arrays that are finite in `model`, the model training
+    starts from: an array that holds inf or nan by design (a mask of -inf, say) is not a
+    failure, and the others are checked for what training does to them."""
+
+    @jax.jit
+    def finite(arrays):
+        return [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(arrays)]
+
+    kept = [bool(flag) for flag in finite(rule.checked(model))]
+
+    def checked(model: eqx.Module) -> list:
+        leaves = jax.tree.leaves(rule.checked(model))
+        return [leaf for leaf, keep in zip(leaves, kept, strict=True) if keep]
+
+    return checked
+
+
 def all_finite(tree) -> Array:
     leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
     # No arrays (a model of tables alone, on the sparse path, checks none): nothing is bad.

@@ -59,6 +59,7 @@ from ._step import (
     count_terms,
     dynamic_loss_scaling,
     evaluation_key,
+    finite_at_start,
     initial_state,
     make_train_step,
     rule_for,
@@ -568,7 +569,7 @@ def built_run(
     train_step = make_step(accumulating(rule, accumulate, terms))
     dynamic, static, train_step = strategy.state(init, model, train_step)
     check_learning_rate(current_learning_rate(dynamic.opt_state))
-    checked = rule.checked if loop.on_nonfinite == "raise" else None
+    checked = finite_at_start(rule, model) if loop.on_nonfinite == "raise" else None
     programs = Programs(train_step, static, batch_size, check_model=checked)
     runner = epoch_runner(
         data, programs, batch_size, loop.last_batch, loop.fused, loop.steps_per_chunk, strategy
