@@ -147,15 +147,20 @@ def global_norm(grads) -> Any:
     return optax.tree.norm(leaves)
 
 
+def floating(model: eqx.Module) -> Any:
+    """The floating arrays of `model`: what the dense rule trains and checks."""
+    return eqx.filter(model, eqx.is_inexact_array)
+
+
 DENSE = UpdateRule(
     value_and_grad=eqx.filter_value_and_grad,
     # The optimizer sees what is differentiated: floating arrays. Integer arrays in a model
     # (lookup tables, counts) get no gradient, and optax would turn their state leaves into None
     # after the first update, changing the state's structure between steps.
-    params=lambda model: eqx.filter(model, eqx.is_inexact_array),
+    params=floating,
     apply_updates=eqx.apply_updates,
     grad_norm=global_norm,
-    checked=lambda model: eqx.filter(model, eqx.is_inexact_array),
+    checked=floating,
 )
 
 
