@@ -407,10 +407,9 @@ def raise_if_not_finite(totals: StepTotals, programs: Programs, good: Good) -> N
     if step >= 0:
         raise NonFiniteLossError(
             f"the loss or the model became non-finite (nan or inf) at step {step}. Lower the "
-            "learning rate, "
-            "clip gradients with optax.chain(optax.clip_by_global_norm(1.0), ...), or check the "
-            "data for non-finite values. The exception's .model and .history are those of the "
-            f"last epoch before it (epoch {len(good.history['epoch'])}).",
+            "learning rate, clip gradients with optax.chain(optax.clip_by_global_norm(1.0), "
+            "...), or check the data for non-finite values. The exception's .model and "
+            f".history are those of the last epoch before it (epoch {len(good.history['epoch'])}).",
             model=programs.model_of(good.model),
             history=good.history,
         )
